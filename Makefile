@@ -1,0 +1,24 @@
+# Two commands on a fresh machine: `make demo` (score sample photos with the embedded default model) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+$(BIN)/diffv2iqa-trt: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[cpu,dev]'
+	touch $@
+
+.PHONY: install demo test test-all
+install: $(BIN)/diffv2iqa-trt
+
+demo: install
+	$(BIN)/python scripts/make_samples.py out/samples
+	$(BIN)/diffv2iqa-trt score out/samples
+
+test: install
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-all: install
+	$(BIN)/python -m pytest -q

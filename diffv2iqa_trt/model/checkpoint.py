@@ -1,0 +1,156 @@
+"""Checkpoint I/O: the native format, and the authors' SR3 and DIV2IQA state dicts.
+
+Native format: one safetensors file; tensors are the state dict of `DiffV2IQA` (`unet.*`, `iqa.*`), and the metadata
+holds the format name and version, the model config as JSON, and whether the weights are trained.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorsError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import Tensor, nn
+
+from ..atomic import atomic_path
+from ..config import ModelConfig
+from .diffv2iqa import DiffV2IQA
+
+FORMAT_NAME = "diffv2iqa-trt-checkpoint"
+FORMAT_VERSION = 1
+SR3_SCHEDULE_BUFFERS = frozenset({
+    "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
+})
+_LIST_LIMIT = 20
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used, with what is wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    trained: bool
+    description: str
+
+
+def _listing(title: str, items: list[str]) -> str:
+    shown = ", ".join(items[:_LIST_LIMIT])
+    more = f" ... and {len(items) - _LIST_LIMIT} more" if len(items) > _LIST_LIMIT else ""
+    return f"\n  {title} ({len(items)}): {shown}{more}"
+
+
+def load_state_strict(module: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    """Load `state` into `module`, or raise CheckpointError listing missing, unexpected and mis-shaped keys."""
+    expected = module.state_dict()
+    missing = sorted(k for k in expected if k not in state)
+    unexpected = sorted(k for k in state if k not in expected)
+    misshaped = sorted(f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+                       if k in state and tuple(state[k].shape) != tuple(v.shape))
+    if missing or unexpected or misshaped:
+        msg = f"{source} does not match the model architecture"
+        if missing:
+            msg += _listing("missing keys", missing)
+        if unexpected:
+            msg += _listing("unexpected keys", unexpected)
+        if misshaped:
+            msg += _listing("mis-shaped keys (checkpoint != model)", misshaped)
+        msg += "\n  Check that the preset (--preset) matches the checkpoint, or that this is the right file."
+        raise CheckpointError(msg)
+    module.load_state_dict(dict(state), strict=True)
+
+
+def save_checkpoint(model: DiffV2IQA, path: str | os.PathLike[str], *, trained: bool, description: str = "") -> None:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
+        "config": json.dumps(model.config.to_dict()),
+        "trained": json.dumps(trained),
+        "description": description,
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def read_checkpoint_config(path: str | os.PathLike[str]) -> tuple[ModelConfig, CheckpointInfo]:
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: checkpoint file not found")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorsError, OSError, ValueError) as exc:
+        hint = (" It looks like a PyTorch pickle: authors' checkpoints are converted with "
+                "`diffv2iqa-trt convert`." if p.suffix in (".pth", ".pt", ".ckpt") else "")
+        raise CheckpointError(f"{p}: not a native safetensors checkpoint ({exc}).{hint}") from None
+    if meta.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{p}: safetensors file without {FORMAT_NAME} metadata; convert it with "
+                              "`diffv2iqa-trt convert`")
+    version = meta.get("format_version")
+    if version != str(FORMAT_VERSION):
+        raise CheckpointError(f"{p}: checkpoint format version {version}, this toolkit reads version "
+                              f"{FORMAT_VERSION}; use the toolkit release that wrote it or re-convert the weights")
+    try:
+        config = ModelConfig.from_dict(json.loads(meta["config"]))
+        info = CheckpointInfo(trained=bool(json.loads(meta.get("trained", "false"))),
+                              description=meta.get("description", ""))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{p}: checkpoint config is unreadable ({exc})") from None
+    return config, info
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> tuple[DiffV2IQA, CheckpointInfo]:
+    """A native checkpoint -> model in eval mode, with its label."""
+    config, info = read_checkpoint_config(path)
+    model = DiffV2IQA(config)
+    load_state_strict(model, load_file(str(path)), str(path))
+    return model.eval(), info
+
+
+def _torch_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: checkpoint file not found")
+    try:
+        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for pickles it refuses or cannot parse
+        raise CheckpointError(
+            f"{p}: cannot read as a PyTorch state dict ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
+            "Only state dicts are accepted (torch.save(model.state_dict(), path)); a pickled whole model must be "
+            "re-saved as its state dict with the authors' code.") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise CheckpointError(f"{p}: expected a state dict (name -> tensor), found {type(obj).__name__}")
+    return obj
+
+
+def _strip(prefix: str, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    if state and all(k.startswith(prefix) for k in state):
+        return {k[len(prefix):]: v for k, v in state.items()}
+    return dict(state)
+
+
+def sr3_unet_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """SR3 generator state dict (`denoise_fn.*` + schedule buffers, maybe `module.`-prefixed) -> U-Net state dict."""
+    state = _strip("module.", state)
+    state = {k: v for k, v in state.items() if k not in SR3_SCHEDULE_BUFFERS}
+    return _strip("denoise_fn.", state)
+
+
+def load_authors(config: ModelConfig, sr3_path: str | os.PathLike[str],
+                 div2iqa_path: str | os.PathLike[str]) -> DiffV2IQA:
+    """The authors' two checkpoints (SR3 generator and DIV2IQA) -> our model, strictly checked."""
+    model = DiffV2IQA(config)
+    load_state_strict(model.unet, sr3_unet_state(_torch_state_dict(sr3_path)), f"SR3 checkpoint {sr3_path}")
+    load_state_strict(model.iqa, _strip("module.", _torch_state_dict(div2iqa_path)),
+                      f"DIV2IQA checkpoint {div2iqa_path}")
+    return model.eval()

@@ -1,0 +1,62 @@
+"""The PyTorch reference scorer: a model (checkpoint, preset or embedded default) wired into the runtime pipeline."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import ModelConfig, ScoringConfig, preset
+from .model.checkpoint import CheckpointError, CheckpointInfo, load_checkpoint
+from .model.diffv2iqa import DiffV2IQA, build_model
+from .model.schedule import check_capture_steps, step_tables
+from .runtime.backends.torch_backend import TorchExecutor
+from .runtime.pipeline import Pipeline, PipelineSpec
+
+DEFAULT_PRESET = "tiny"
+DEFAULT_SEED = 0
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: DiffV2IQA
+    info: CheckpointInfo
+
+    @property
+    def label(self) -> str:
+        name = self.model.config.name
+        return f"{name}" if self.info.trained else f"{name} (UNTRAINED: {self.info.description})"
+
+
+def load_model(checkpoint: str | os.PathLike[str] | None = None, preset_name: str | None = None) -> LoadedModel:
+    """A native checkpoint, or a preset with seeded random weights (the embedded default is `tiny`, untrained)."""
+    if checkpoint is not None:
+        model, info = load_checkpoint(checkpoint)
+        if preset_name is not None and preset_name != model.config.name:
+            raise CheckpointError(f"{checkpoint} holds a {model.config.name!r} model but --preset {preset_name} "
+                                  "was given; drop --preset or pick the matching checkpoint")
+        return LoadedModel(model, info)
+    name = preset_name or DEFAULT_PRESET
+    model = build_model(preset(name), seed=DEFAULT_SEED)
+    return LoadedModel(model, CheckpointInfo(trained=False, description=f"random weights from seed {DEFAULT_SEED}"))
+
+
+def pipeline_spec(config: ModelConfig, scoring: ScoringConfig, steps: int | None = None) -> PipelineSpec:
+    n = config.schedule.steps if steps is None else steps
+    if n < 1:
+        raise ValueError(f"--steps must be at least 1, got {n}")
+    check_capture_steps(config.schedule, n)
+    tables = step_tables(config.schedule, n)
+    return PipelineSpec(
+        gamma=tables.gamma.astype(np.float32), coef=tables.coef.astype(np.float32),
+        capture_t1=config.schedule.capture_t1, capture_t2=config.schedule.capture_t2,
+        noise_seed=scoring.noise_seed, crop_size=config.crop_size, size_multiple=config.unet.size_multiple,
+        crops=scoring.crops, mode=scoring.mode,
+        vcg_weight=config.fusion.vcg_weight, vda_weight=config.fusion.vda_weight,
+    )
+
+
+def reference_pipeline(model: DiffV2IQA, scoring: ScoringConfig, steps: int | None = None, batch_size: int = 8,
+                       device: str = "cpu") -> Pipeline:
+    return Pipeline(TorchExecutor(model, device), pipeline_spec(model.config, scoring, steps), batch_size)

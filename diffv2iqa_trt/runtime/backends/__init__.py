@@ -1,0 +1,1 @@
+"""Executors. Each imports its framework lazily so that the runtime core stays NumPy-only."""

@@ -1,0 +1,110 @@
+"""Every kind of bad or unusual input of the image decoder."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffv2iqa_trt.runtime.images import ImageDecodeError, expand_paths, load_image
+
+
+def _gradient(h=20, w=30):
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([x * 8 % 256, y * 12 % 256, (x + y) * 4 % 256], axis=2).astype(np.uint8)
+
+
+def test_rgb_png_roundtrip(tmp_path):
+    rgb = _gradient()
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    np.testing.assert_array_equal(load_image(tmp_path / "a.png"), rgb)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    rgb = _gradient(20, 30)
+    img = Image.fromarray(rgb)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    img.save(tmp_path / "o.jpg", exif=exif, quality=100)
+    out = load_image(tmp_path / "o.jpg")
+    assert out.shape == (30, 20, 3)  # upright: width and height swap
+    expected = np.asarray(Image.fromarray(rgb).transpose(Image.Transpose.ROTATE_270))
+    assert np.abs(out.astype(int) - expected.astype(int)).mean() < 4  # JPEG loss only
+
+
+def test_grayscale_replicated(tmp_path):
+    g = _gradient()[..., 0]
+    Image.fromarray(g, mode="L").save(tmp_path / "g.png")
+    out = load_image(tmp_path / "g.png")
+    assert out.shape == (20, 30, 3)
+    for c in range(3):
+        np.testing.assert_array_equal(out[..., c], g)
+
+
+def test_sixteen_bit_scaled_to_eight(tmp_path):
+    g16 = (np.arange(20 * 30).reshape(20, 30) * 100).astype(np.uint16)
+    Image.fromarray(g16).save(tmp_path / "g16.png")
+    out = load_image(tmp_path / "g16.png")
+    np.testing.assert_array_equal(out[..., 1], np.rint(g16 / 65535 * 255).astype(np.uint8))
+
+
+def test_rgba_composited_on_white(tmp_path):
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[..., 3] = 0
+    rgba[0, 0, 3] = 255  # one opaque pixel
+    rgba[1, 1, 3] = 128
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "t.png")
+    out = load_image(tmp_path / "t.png")
+    np.testing.assert_array_equal(out[0, 0], [200, 0, 0])
+    np.testing.assert_array_equal(out[3, 3], [255, 255, 255])
+    assert abs(int(out[1, 1, 1]) - 127) <= 1  # half transparent over white: 255 * (1 - 128/255)
+
+
+def test_palette_with_transparency(tmp_path):
+    img = Image.new("P", (4, 4), 0)
+    img.putpalette([0, 0, 255] + [10, 20, 30] * 255)
+    img.putpixel((0, 0), 1)
+    img.info["transparency"] = 0
+    img.save(tmp_path / "p.png", transparency=0)
+    out = load_image(tmp_path / "p.png")
+    np.testing.assert_array_equal(out[0, 0], [10, 20, 30])
+    np.testing.assert_array_equal(out[2, 2], [255, 255, 255])  # transparent index shows white
+
+
+def test_cmyk_jpeg(tmp_path):
+    Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(tmp_path / "c.jpg")
+    out = load_image(tmp_path / "c.jpg")
+    assert out.shape == (8, 8, 3) and out[..., 0].mean() > 200 and out[..., 1].mean() < 60
+
+
+@pytest.mark.parametrize("content,reason", [(b"not an image at all", "not an image"),
+                                            (b"", "not an image")])
+def test_non_image_files(tmp_path, content, reason):
+    p = tmp_path / "bad.png"
+    p.write_bytes(content)
+    with pytest.raises(ImageDecodeError, match=reason) as info:
+        load_image(p)
+    assert str(p) in str(info.value)
+
+
+def test_truncated_file(tmp_path):
+    Image.fromarray(_gradient(64, 64)).save(tmp_path / "full.png")
+    data = (tmp_path / "full.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageDecodeError, match="corrupt or truncated") as info:
+        load_image(tmp_path / "cut.png")
+    assert "cut.png" in str(info.value)
+
+
+def test_missing_and_directory(tmp_path):
+    with pytest.raises(ImageDecodeError, match="file not found"):
+        load_image(tmp_path / "nope.jpg")
+    with pytest.raises(ImageDecodeError, match="directory"):
+        load_image(tmp_path)
+
+
+def test_expand_paths(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for name in ("b.png", "a.JPG", "sub/c.webp", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    found = expand_paths([tmp_path, tmp_path / "explicit.bin"])
+    assert [p.name for p in found] == ["a.JPG", "b.png", "c.webp", "explicit.bin"]

@@ -1,0 +1,128 @@
+"""SR3 restorer U-Net: size, the authors' key layout, shapes, batch invariance, embedding, ONNX export."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diffv2iqa_trt.config import UNetConfig, tiny_config
+from diffv2iqa_trt.model.unet import UNet, noise_level_embedding
+
+LAYOUT = Path(__file__).resolve().parents[1] / "diffv2iqa_trt/model/authors_layout/sr3_unet_paper.json"
+PAPER_PARAMS = 97.81e6
+
+
+def _tiny(seed: int = 0) -> UNet:
+    torch.manual_seed(seed)
+    model = UNet(tiny_config().unet).eval()
+    # Default GroupNorm affine is (1, 0): randomise everything so a wrong key mapping or op order shows up.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def _paper_meta() -> UNet:
+    with torch.device("meta"):
+        return UNet(UNetConfig())
+
+
+def test_paper_parameter_count() -> None:
+    n = sum(p.numel() for p in _paper_meta().parameters())
+    assert n == 97_807_491
+    assert abs(n - PAPER_PARAMS) / PAPER_PARAMS < 0.005
+
+
+def test_paper_state_dict_matches_authors_layout() -> None:
+    layout = json.loads(LAYOUT.read_text())
+    expected = {k.removeprefix("denoise_fn."): v for k, v in layout["keys"].items()}
+    assert all(k.startswith("denoise_fn.") for k in layout["keys"])
+    ours = {k: list(v.shape) for k, v in _paper_meta().state_dict().items()}
+    assert sorted(set(ours) - set(expected)) == []
+    assert sorted(set(expected) - set(ours)) == []
+    assert {k: v for k, v in ours.items() if expected[k] != v} == {}
+    assert layout["num_parameters"] == sum(math.prod(s) for s in expected.values())
+    assert "betas" in layout["schedule_buffers"] and "alphas_cumprod" in layout["schedule_buffers"]
+
+
+@pytest.mark.parametrize(("batch", "h", "w"), [(2, 64, 64), (3, 48, 80)])
+def test_tiny_forward_shape(batch: int, h: int, w: int) -> None:
+    cfg = tiny_config().unet
+    model = _tiny()
+    with torch.no_grad():
+        out = model(torch.randn(batch, cfg.in_channel, h, w), torch.rand(batch))
+    assert out.shape == (batch, cfg.out_channel, h, w)
+    assert torch.isfinite(out).all()
+
+
+def test_noise_level_shape_b1_equals_b() -> None:
+    # The authors' sampler passes gamma as (B, 1); our callers pass (B,).
+    model = _tiny()
+    x, g = torch.randn(2, 6, 32, 32), torch.rand(2)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, g), model(x, g[:, None]), rtol=0, atol=0)
+
+
+def test_batch_invariance() -> None:
+    model = _tiny()
+    x, g = torch.randn(4, 6, 48, 64), torch.rand(4)
+    with torch.no_grad():
+        full = model(x, g)
+        for i in range(4):
+            alone = model(x[i : i + 1], g[i : i + 1])
+            torch.testing.assert_close(alone, full[i : i + 1], rtol=0, atol=1e-6)
+        # Changing the other samples must not move sample 0.
+        x2, g2 = x.clone(), g.clone()
+        x2[1:] = torch.randn_like(x2[1:])
+        g2[1:] = torch.rand(3)
+        torch.testing.assert_close(model(x2, g2)[0], full[0], rtol=0, atol=1e-6)
+
+
+def test_noise_level_embedding_matches_numpy() -> None:
+    dim = 64
+    gamma = np.array([0.0, 0.013, 0.5, 0.9999, 1.0], dtype=np.float64)
+    half = dim // 2
+    freqs = np.exp(-np.log(1e4) * np.arange(half, dtype=np.float64) / half)
+    angles = gamma[:, None] * freqs[None, :]
+    expected = np.concatenate([np.sin(angles), np.cos(angles)], axis=1)  # sines first, then cosines
+    got = noise_level_embedding(torch.tensor(gamma, dtype=torch.float32), dim).numpy()
+    assert got.shape == (5, dim)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    # The module in noise_level_mlp slot 0 is the same function.
+    model = _tiny()
+    g = torch.tensor(gamma, dtype=torch.float32)
+    torch.testing.assert_close(model.noise_level_mlp[0](g), noise_level_embedding(g, tiny_config().unet.inner_channel))
+
+
+def test_onnx_export_dynamic_matches_torch(tmp_path: Path) -> None:
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    model = _tiny()
+    x, g = torch.randn(2, 6, 64, 64), torch.rand(2)
+    batch, h, w = torch.export.Dim("batch", min=1, max=64), torch.export.Dim.DYNAMIC, torch.export.Dim.DYNAMIC
+    path = tmp_path / "unet.onnx"
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            (x, g),
+            str(path),
+            dynamo=True,
+            opset_version=18,
+            input_names=["x", "noise_level"],
+            output_names=["eps"],
+            dynamic_shapes={"x": {0: batch, 2: h, 3: w}, "noise_level": {0: batch}},
+            external_data=False,
+        )
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for b, hh, ww in [(1, 32, 48), (3, 64, 80)]:
+        xs, gs = torch.randn(b, 6, hh, ww), torch.rand(b)
+        with torch.no_grad():
+            ref = model(xs, gs).numpy()
+        (got,) = sess.run(None, {"x": xs.numpy(), "noise_level": gs.numpy()})
+        assert got.shape == ref.shape
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4)
