@@ -144,7 +144,10 @@ def _emit(fmt: OutputFormat, files: list[Path], results: dict[int, Any], errors:
         table = Table(title=f"DiffV2IQA scores, model {label}", caption=f"crops={scoring.crops} mode={scoring.mode} "
                       f"steps={steps} seed={scoring.noise_seed}")
         for col in ("image", "score", "VCG", "VDA", "crops"):
-            table.add_column(col, justify="left" if col == "image" else "right")
+            if col == "image":
+                table.add_column(col, overflow="fold")
+            else:
+                table.add_column(col, justify="right")
         for row in rows:
             if row["error"] is None:
                 table.add_row(row["path"], _fmt(row["score"]), _fmt(row["vcg"]), _fmt(row["vda"]), str(row["crops"]))

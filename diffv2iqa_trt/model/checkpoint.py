@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor, nn
 
@@ -87,7 +87,7 @@ def read_checkpoint_config(path: str | os.PathLike[str]) -> tuple[ModelConfig, C
     try:
         with safe_open(str(p), framework="pt") as f:
             meta = f.metadata() or {}
-    except (SafetensorsError, OSError, ValueError) as exc:
+    except (SafetensorError, OSError, ValueError) as exc:
         hint = (" It looks like a PyTorch pickle: authors' checkpoints are converted with "
                 "`diffv2iqa-trt convert`." if p.suffix in (".pth", ".pt", ".ckpt") else "")
         raise CheckpointError(f"{p}: not a native safetensors checkpoint ({exc}).{hint}") from None
@@ -146,11 +146,16 @@ def sr3_unet_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return _strip("denoise_fn.", state)
 
 
+def div2iqa_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """DIV2IQA state dict (maybe saved from nn.DataParallel, `module.`-prefixed) -> IQANet state dict."""
+    return _strip("module.", state)
+
+
 def load_authors(config: ModelConfig, sr3_path: str | os.PathLike[str],
                  div2iqa_path: str | os.PathLike[str]) -> DiffV2IQA:
     """The authors' two checkpoints (SR3 generator and DIV2IQA) -> our model, strictly checked."""
     model = DiffV2IQA(config)
     load_state_strict(model.unet, sr3_unet_state(_torch_state_dict(sr3_path)), f"SR3 checkpoint {sr3_path}")
-    load_state_strict(model.iqa, _strip("module.", _torch_state_dict(div2iqa_path)),
+    load_state_strict(model.iqa, div2iqa_state(_torch_state_dict(div2iqa_path)),
                       f"DIV2IQA checkpoint {div2iqa_path}")
     return model.eval()

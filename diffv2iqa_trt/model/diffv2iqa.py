@@ -80,11 +80,18 @@ class DiffV2IQA(nn.Module):
 
 
 def build_model(config: ModelConfig, seed: int | None = 0) -> DiffV2IQA:
-    """A model in eval mode; with `seed`, its random initialisation is reproducible."""
-    if seed is not None:
-        with torch.random.fork_rng(devices=[]):
+    """A freshly initialised model in eval mode; with `seed`, the initialisation is reproducible.
+
+    The last layer of each score MLP starts with bias 0.5: with PyTorch's default init the final ReLU clamps almost
+    every untrained score to exactly 0, which would make untrained models (tests, the embedded default) score every
+    image alike.
+    """
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
             torch.manual_seed(seed)
-            model = DiffV2IQA(config)
-    else:
         model = DiffV2IQA(config)
+    with torch.no_grad():
+        for mlp in (model.iqa.fc_score, model.iqa.fc_score1):
+            last_linear = [m for m in mlp if isinstance(m, nn.Linear)][-1]
+            last_linear.bias.fill_(0.5)
     return model.eval()

@@ -4,8 +4,8 @@ One function (`step_tables`) feeds the PyTorch reference, the exported `restore_
 backend runs the same arithmetic. NumPy only (float64 tables, cast at the edges): the runtime can use it without torch.
 
 Indexing follows SR3: step i runs for i = T-1 ... 0; the U-Net is conditioned on gamma_i = sqrt(alphabar_i) and the
-update is y <- c1_i * clip(y0_hat) + c2_i * y + sigma_i * z_i with y0_hat = y / sqrt(alphabar_i) - sqrt(1/alphabar_i - 1)
-* eps. sigma_0 is 0: the last step adds no noise.
+update is y <- c1_i * clip(y0_hat) + c2_i * y + sigma_i * z_i with
+y0_hat = y / sqrt(alphabar_i) - sqrt(1/alphabar_i - 1) * eps. sigma_0 is 0: the last step adds no noise.
 """
 
 from __future__ import annotations

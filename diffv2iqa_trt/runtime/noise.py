@@ -4,7 +4,8 @@ Row i (0 <= i < T) is the noise z_i added by step i (row 0 exists but is multipl
 initial sample y_T. Row r is drawn as float32 standard normals of shape (3, H, W) from NumPy's Philox4x64 counter-based
 generator keyed by the two 64-bit words (seed, r), counter 0:
 
-    np.random.Generator(np.random.Philox(key=np.array([seed, r], dtype=np.uint64))).standard_normal((3, H, W), np.float32)
+    rng = np.random.Generator(np.random.Philox(key=np.array([seed, r], dtype=np.uint64)))
+    rng.standard_normal((3, H, W), dtype=np.float32)
 
 The same bank serves every image of a resolution, so a score depends on neither the batch size nor the batch position
 nor the backend; any language with Philox4x64-10 and NumPy's ziggurat normal sampler can reproduce it.

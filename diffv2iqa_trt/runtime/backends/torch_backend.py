@@ -21,7 +21,7 @@ class TorchExecutor:
         self.model = model.to(self.device).eval()
 
     def _t(self, a: np.ndarray):  # noqa: ANN202 - torch is imported lazily
-        return self._torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(self.device)
+        return self._torch.from_numpy(np.require(a, np.float32, ['C', 'W'])).to(self.device)
 
     def restore_step(self, x: np.ndarray, y: np.ndarray, gamma: np.ndarray, coef: np.ndarray,
                      z: np.ndarray) -> np.ndarray:

@@ -1,0 +1,96 @@
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from diffv2iqa_trt.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def image_dir(tmp_path, photos):
+    for name, rgb in zip(("astronaut", "chelsea"), photos, strict=False):
+        Image.fromarray(rgb).resize((96, 96)).save(tmp_path / f"{name}.png")
+    (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    return tmp_path
+
+
+def test_score_reports_bad_files_and_scores_the_rest(image_dir):
+    result = runner.invoke(app, ["score", str(image_dir), "--format", "json"])
+    assert result.exit_code == 1
+    doc = json.loads(result.stdout)
+    assert doc["model"]["trained"] is False and "UNTRAINED" in doc["model"]["label"]
+    by_name = {r["path"].rsplit("/", 1)[1]: r for r in doc["results"]}
+    assert by_name["corrupt.jpg"]["error"] and by_name["corrupt.jpg"]["score"] is None
+    assert all(np.isfinite(by_name[n]["score"]) for n in ("astronaut.png", "chelsea.png"))
+    assert "corrupt.jpg" in result.stderr and "1 of 3 file(s) could not be scored" in result.stderr
+
+
+def test_score_formats_agree(image_dir):
+    good = [str(image_dir / "astronaut.png"), str(image_dir / "chelsea.png")]
+    js = json.loads(runner.invoke(app, ["score", *good, "--format", "json"]).stdout)
+    res = runner.invoke(app, ["score", *good, "--format", "csv"])
+    assert res.exit_code == 0
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert [float(r["score"]) for r in rows] == pytest.approx([r["score"] for r in js["results"]], abs=1e-9)
+    assert all("UNTRAINED" in r["model"] for r in rows)
+    table = runner.invoke(app, ["score", *good])
+    assert table.exit_code == 0 and "UNTRAINED" in table.stdout and "astronaut.png" in table.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--crops", "random"], "unknown crop policy"),
+    (["--mode", "fast"], "unknown mode"),
+    (["--steps", "3"], "outside the 3-step schedule"),
+    (["--checkpoint", "missing.safetensors"], "checkpoint file not found"),
+])
+def test_score_bad_options(image_dir, args, message):
+    result = runner.invoke(app, ["score", str(image_dir / "astronaut.png"), *args])
+    assert result.exit_code == 2
+    assert message in result.stderr
+
+
+def test_score_nothing_found(tmp_path):
+    result = runner.invoke(app, ["score", str(tmp_path)])
+    assert result.exit_code == 2 and "no images found" in result.stderr
+
+
+def test_info_paper_parameter_counts():
+    result = runner.invoke(app, ["info", "--preset", "paper", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    p = doc["params"]
+    for name, expected in (("restorer U-Net", 97.81e6), ("ViT (VCG backbone)", 86.58e6),
+                           ("ResNet (VDA backbone)", 25.56e6), ("DIV2IQA heads", 67.66e6)):
+        assert p[name] == pytest.approx(expected, rel=5e-3), name
+    # MODEL_SPEC: 143.6 GMAC per U-Net step at 224 x 224
+    assert doc["macs"]["restorer U-Net, one step"] == pytest.approx(143.6e9, rel=1e-2)
+    table = runner.invoke(app, ["info", "--preset", "paper"])
+    assert "97.8" in table.stdout and "GMAC" in table.stdout
+
+
+def test_convert_authors_checkpoints(tmp_path):
+    import torch
+
+    from diffv2iqa_trt.config import tiny_config
+    from diffv2iqa_trt.model.diffv2iqa import build_model
+
+    src = build_model(tiny_config(), seed=4)
+    torch.save({f"denoise_fn.{k}": v for k, v in src.unet.state_dict().items()}, tmp_path / "gen.pth")
+    torch.save({f"module.{k}": v for k, v in src.iqa.state_dict().items()}, tmp_path / "iqa.pth")
+    out = tmp_path / "model.safetensors"
+    result = runner.invoke(app, ["convert", "--sr3", str(tmp_path / "gen.pth"), "--div2iqa", str(tmp_path / "iqa.pth"),
+                                 "--preset", "tiny", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    bad = runner.invoke(app, ["convert", "--sr3", str(tmp_path / "iqa.pth"), "--div2iqa", str(tmp_path / "iqa.pth"),
+                              "--preset", "tiny", "--out", str(tmp_path / "bad.safetensors")])
+    assert bad.exit_code == 2 and "missing keys" in bad.stderr and not (tmp_path / "bad.safetensors").exists()
+    img = tmp_path / "i.png"
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(img)
+    scored = runner.invoke(app, ["score", str(img), "--checkpoint", str(out), "--format", "json"])
+    assert scored.exit_code == 0 and json.loads(scored.stdout)["model"]["trained"] is True
