@@ -123,7 +123,7 @@ def score(
 
 def _emit(fmt: OutputFormat, files: list[Path], results: dict[int, Any], errors: dict[int, str], label: str,
           trained: bool, scoring: Any, steps: int) -> None:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for i, path in enumerate(files):
         r = results.get(i)
         rows.append({"path": str(path), "score": r.score if r else None, "vcg": r.vcg if r else None,

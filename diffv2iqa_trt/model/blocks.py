@@ -162,7 +162,8 @@ class WindowAttention(nn.Module):
         qkv = self.qkv(x).reshape(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
         attn = (q * self.scale) @ k.transpose(-2, -1)
-        bias = self.relative_position_bias_table[self.relative_position_index.reshape(-1)]
+        index: Tensor = self.relative_position_index  # type: ignore[assignment]  # a registered buffer
+        bias = self.relative_position_bias_table[index.reshape(-1)]
         attn = attn + bias.reshape(n, n, -1).permute(2, 0, 1).unsqueeze(0)
         if mask is not None:
             nw = mask.shape[0]

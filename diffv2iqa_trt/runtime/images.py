@@ -62,10 +62,9 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     if p.is_dir():
         raise ImageDecodeError(p, "is a directory, not an image")
     try:
-        with Image.open(p) as img:
-            img.load()  # decode now so truncated files fail here, not later
-            img = ImageOps.exif_transpose(img)
-            rgb = _to_rgb(img)
+        with Image.open(p) as opened:
+            opened.load()  # decode now so truncated files fail here, not later
+            rgb = _to_rgb(ImageOps.exif_transpose(opened))
     except UnidentifiedImageError:
         raise ImageDecodeError(p, "not an image file Pillow can read (unknown or corrupt format)") from None
     except (OSError, SyntaxError, ValueError) as exc:

@@ -1,0 +1,45 @@
+"""Writing benchmark results: JSON with the command and the machine, plus a Markdown summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..atomic import atomic_path
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+def command() -> str:
+    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, "-m", "diffv2iqa_trt.benchmarks." +
+                                             Path(sys.argv[0]).stem, *sys.argv[1:]])
+
+
+def write(out_dir: Path, name: str, results: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+    doc = {"command": command(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "machine": machine(), **results}
+    json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
+    with atomic_path(json_path) as tmp:
+        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    header = f"Command: `{doc['command']}`  \nDate: {doc['date']}  \nMachine: {doc['machine']['cpu']}, " \
+             f"{doc['machine']['logical_cpus']} logical CPUs\n\n"
+    with atomic_path(md_path) as tmp:
+        tmp.write_text(markdown.replace("<!--header-->", header))
+    return json_path, md_path
