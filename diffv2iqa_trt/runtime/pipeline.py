@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .crops import WorkUnit, prepare
-from .executor import Executor
+from .executor import Executor, Handle
 from .noise import noise_bank
 
 
@@ -56,38 +56,44 @@ class Pipeline:
     executor: Executor
     spec: PipelineSpec
     batch_size: int = 8
-    _banks: dict[tuple[int, int], np.ndarray] = field(default_factory=dict, repr=False)
+    _banks: dict[tuple[int, int], tuple[np.ndarray, list[Handle]]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
 
-    def noise(self, height: int, width: int) -> np.ndarray:
-        """The noise bank of one resolution, generated once and reused."""
+    def noise(self, height: int, width: int) -> tuple[np.ndarray, list[Handle]]:
+        """The noise bank of one resolution, generated and uploaded once: (starting sample (3,H,W) on the host,
+        step noise rows (1,3,H,W) as backend handles)."""
         key = (height, width)
         if key not in self._banks:
-            self._banks[key] = noise_bank(self.spec.noise_seed, self.spec.steps, height, width)
+            bank = noise_bank(self.spec.noise_seed, self.spec.steps, height, width)
+            self._banks[key] = (bank[self.spec.steps], [self.executor.upload(row[None]) for row in bank[:-1]])
         return self._banks[key]
 
     def restore(self, x: np.ndarray) -> Snapshots:
-        """Run all steps on a batch x (B,3,H,W) and keep y0, y_t1 and y_t2."""
+        """Run all steps on a batch x (B,3,H,W) and keep y0, y_t1 and y_t2 (host arrays)."""
+        ex, s = self.executor, self.spec
         b, _, h, w = x.shape
-        bank = self.noise(h, w)
-        s = self.spec
-        y = np.ascontiguousarray(np.broadcast_to(bank[s.steps], x.shape))
+        start, bank = self.noise(h, w)
+        x_dev = ex.upload(x)
+        y = ex.upload(np.ascontiguousarray(np.broadcast_to(start, x.shape)))
         captured: dict[int, np.ndarray] = {}
         for i in reversed(range(s.steps)):
-            gamma = np.full((b,), s.gamma[i], dtype=np.float32)
-            coef = np.ascontiguousarray(np.broadcast_to(s.coef[i].astype(np.float32), (b, s.coef.shape[1])))
-            y = self.executor.restore_step(x, y, gamma, coef, bank[i][None])
+            gamma = ex.upload(np.full((b,), s.gamma[i], dtype=np.float32))
+            coef = ex.upload(np.ascontiguousarray(np.broadcast_to(s.coef[i].astype(np.float32),
+                                                                  (b, s.coef.shape[1]))))
+            y = ex.restore_step(x_dev, y, gamma, coef, bank[i])
             if i in (s.capture_t1, s.capture_t2):
-                captured[i] = y
-        return Snapshots(y0=y, yt1=captured[s.capture_t1], yt2=captured[s.capture_t2])
+                captured[i] = ex.download(y)
+        return Snapshots(y0=ex.download(y), yt1=captured[s.capture_t1], yt2=captured[s.capture_t2])
 
     def _branch_scores(self, x: np.ndarray, y0: np.ndarray, yt1: np.ndarray,
                        yt2: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
-        vcg = self.executor.vcg(x, y0, yt1, yt2) if self.spec.vcg_weight != 0 else None
-        vda = self.executor.vda(x, y0, yt1, yt2) if self.spec.vda_weight != 0 else None
+        ex = self.executor
+        handles = [ex.upload(a) for a in (x, y0, yt1, yt2)]
+        vcg = ex.download(ex.vcg(*handles)) if self.spec.vcg_weight != 0 else None
+        vda = ex.download(ex.vda(*handles)) if self.spec.vda_weight != 0 else None
         return vcg, vda
 
     def score(self, images: Sequence[np.ndarray]) -> list[ImageScore]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -11,6 +11,8 @@ if TYPE_CHECKING:
 
 
 class TorchExecutor:
+    """Handles are torch tensors on the executor's device."""
+
     name = "torch"
 
     def __init__(self, model: DiffV2IQA, device: str = "cpu") -> None:
@@ -20,19 +22,20 @@ class TorchExecutor:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
 
-    def _t(self, a: np.ndarray):  # noqa: ANN202 - torch is imported lazily
-        return self._torch.from_numpy(np.require(a, np.float32, ['C', 'W'])).to(self.device)
+    def upload(self, array: np.ndarray) -> Any:
+        return self._torch.from_numpy(np.require(array, np.float32, ["C", "W"])).to(self.device)
 
-    def restore_step(self, x: np.ndarray, y: np.ndarray, gamma: np.ndarray, coef: np.ndarray,
-                     z: np.ndarray) -> np.ndarray:
-        with self._torch.inference_mode():
-            out = self.model.restore_step(self._t(x), self._t(y), self._t(gamma), self._t(coef), self._t(z))
-        return out.cpu().numpy()
+    def download(self, handle: Any) -> np.ndarray:
+        return handle.detach().cpu().numpy()
 
-    def vcg(self, x: np.ndarray, y0: np.ndarray, yt1: np.ndarray, yt2: np.ndarray) -> np.ndarray:
+    def restore_step(self, x: Any, y: Any, gamma: Any, coef: Any, z: Any) -> Any:
         with self._torch.inference_mode():
-            return self.model.vcg(self._t(x), self._t(y0), self._t(yt1), self._t(yt2)).cpu().numpy()
+            return self.model.restore_step(x, y, gamma, coef, z)
 
-    def vda(self, x: np.ndarray, y0: np.ndarray, yt1: np.ndarray, yt2: np.ndarray) -> np.ndarray:
+    def vcg(self, x: Any, y0: Any, yt1: Any, yt2: Any) -> Any:
         with self._torch.inference_mode():
-            return self.model.vda(self._t(x), self._t(y0), self._t(yt1), self._t(yt2)).cpu().numpy()
+            return self.model.vcg(x, y0, yt1, yt2)
+
+    def vda(self, x: Any, y0: Any, yt1: Any, yt2: Any) -> Any:
+        with self._torch.inference_mode():
+            return self.model.vda(x, y0, yt1, yt2)
