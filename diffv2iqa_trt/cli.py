@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -23,7 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class OutputFormat(str, Enum):
@@ -38,7 +39,7 @@ class PresetName(str, Enum):
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}")
+    err.print(f"[bold red]error:[/] {escape(message)}")
     return typer.Exit(code)
 
 
@@ -60,39 +61,51 @@ def _fmt(v: float | None) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.6f}"
 
 
+class BackendName(str, Enum):
+    torch = "torch"
+    onnxruntime = "onnxruntime"
+
+
 @app.command()
 def score(
     paths: Annotated[list[Path], typer.Argument(help="Image files or directories (searched recursively).")],
+    bundle: Annotated[Path | None, typer.Option(help="A bundle written by `build`; scores come from its graphs.")]
+    = None,
+    backend: Annotated[BackendName | None, typer.Option(help="torch (the reference) or onnxruntime. Default: "
+                                                             "onnxruntime with --bundle, torch without.")] = None,
+    precision: Annotated[str, typer.Option(help="Bundle graph variant for onnxruntime (fp32, fp16, int8).")]
+    = "fp32",
     checkpoint: Annotated[Path | None, typer.Option(help="Native checkpoint (.safetensors). Default: the embedded "
                                                          "model (tiny, untrained random weights).")] = None,
     preset: Annotated[PresetName | None, typer.Option(help="Model preset when no checkpoint is given.")] = None,
-    crops: Annotated[str, typer.Option(help="Crop policy: center, five, grid:N or resize224.")] = "center",
-    mode: Annotated[str, typer.Option(help="crops: restore only the crops; faithful: restore the whole image "
-                                           "(resized to a multiple of 16) and crop afterwards.")] = "crops",
-    steps: Annotated[int | None, typer.Option(help="Denoising steps (default: the model's schedule).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the deterministic noise bank.")] = 0,
+    crops: Annotated[str | None, typer.Option(help="Crop policy: center, five, grid:N or resize224 "
+                                                   "(default: the bundle's, else center).")] = None,
+    mode: Annotated[str | None, typer.Option(help="crops: restore only the crops; faithful: restore the whole image "
+                                                  "(resized to a multiple of 16) and crop afterwards "
+                                                  "(default: the bundle's, else crops).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps (default: the model's schedule; "
+                                                   "fixed by the bundle).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the deterministic noise bank (default: the bundle's, "
+                                                  "else 0).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Crops per batch.")] = 8,
-    device: Annotated[str, typer.Option(help="torch device of the reference backend: cpu or cuda.")] = "cpu",
+    device: Annotated[str, typer.Option(help="cpu or cuda (torch); cpu, cuda or tensorrt (onnxruntime EPs).")]
+    = "cpu",
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for onnxruntime.")] = None,
     fmt: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = OutputFormat.table,
 ) -> None:
-    """Score images with the PyTorch reference. Bad files are reported and skipped; the exit code is 1 if any
-    file could not be scored."""
-    from .config import ScoringConfig
-    from .model.checkpoint import CheckpointError
-    from .reference import load_model, reference_pipeline
+    """Score images. Bad files are reported and skipped; the exit code is 1 if any file could not be scored."""
     from .runtime.images import ImageDecodeError, expand_paths, load_image
 
     try:
-        scoring = ScoringConfig(crops=crops, mode=mode, noise_seed=seed)
-        loaded = load_model(checkpoint, preset.value if preset else None)
-        pipeline = reference_pipeline(loaded.model, scoring, steps, batch_size, device)
-    except (CheckpointError, ValueError) as exc:
+        pipeline, label, trained = _scoring_pipeline(bundle, backend, precision, checkpoint, preset, crops, mode,
+                                                     steps, seed, batch_size, device, threads)
+    except (ValueError, RuntimeError) as exc:  # CheckpointError and BundleError are ValueErrors
         raise _fail(str(exc)) from None
     files = expand_paths(list(paths))
     if not files:
         raise _fail("no images found in the given paths")
-    if not loaded.info.trained:
-        err.print(f"[yellow]warning:[/] model {loaded.label}: scores are not meaningful quality ratings")
+    if not trained:
+        err.print(f"[yellow]warning:[/] model {label}: scores are not meaningful quality ratings")
 
     results: dict[int, Any] = {}
     errors: dict[int, str] = {}
@@ -113,24 +126,58 @@ def score(
                     results[index] = result
             progress.advance(task, min(chunk, len(files) - start))
 
-    _emit(fmt, files, results, errors, loaded.label, loaded.info.trained, scoring, pipeline.spec.steps)
+    backend_name = getattr(pipeline.executor, "name", "?")
+    _emit(fmt, files, results, errors, label, trained, pipeline.spec, backend_name)
     for index, reason in sorted(errors.items()):
-        err.print(f"[bold red]error:[/] {files[index]}: {reason}")
+        err.print(f"[bold red]error:[/] {escape(str(files[index]))}: {escape(reason)}")
     if errors:
         err.print(f"{len(errors)} of {len(files)} file(s) could not be scored")
         raise typer.Exit(1)
 
 
+def _scoring_pipeline(bundle: Path | None, backend: BackendName | None, precision: str, checkpoint: Path | None,
+                      preset: PresetName | None, crops: str | None, mode: str | None, steps: int | None,
+                      seed: int | None, batch_size: int, device: str, threads: int | None) -> tuple[Any, str, bool]:
+    """(pipeline, model label, trained) for the score command's options."""
+    from .config import ScoringConfig
+
+    if bundle is not None:
+        if checkpoint is not None or preset is not None or steps is not None:
+            raise ValueError("--checkpoint, --preset and --steps do not apply with --bundle: the bundle fixes the "
+                             "model and its schedule")
+        from .bundle import load_bundle
+        from .runtime.from_bundle import bundle_pipeline
+
+        b = load_bundle(bundle)
+        p = b.pipeline
+        scoring = ScoringConfig(crops=crops or p["crops"], mode=mode or p["mode"],
+                                noise_seed=p["noise"]["seed"] if seed is None else seed)
+        chosen = (backend or BackendName.onnxruntime).value
+        pipe = bundle_pipeline(b, chosen, precision=precision, device=device, scoring=scoring,
+                               batch_size=batch_size, threads=threads)
+        model = b.manifest["model"]
+        label = model["name"] if model["trained"] else f"{model['name']} (UNTRAINED: {model['description']})"
+        return pipe, label, bool(model["trained"])
+    if backend is BackendName.onnxruntime:
+        raise ValueError("--backend onnxruntime needs --bundle (build one with `diffv2iqa-trt build`)")
+    from .reference import load_model, reference_pipeline
+
+    scoring = ScoringConfig(crops=crops or "center", mode=mode or "crops", noise_seed=0 if seed is None else seed)
+    loaded = load_model(checkpoint, preset.value if preset else None)
+    return (reference_pipeline(loaded.model, scoring, steps, batch_size, device), loaded.label,
+            loaded.info.trained)
+
+
 def _emit(fmt: OutputFormat, files: list[Path], results: dict[int, Any], errors: dict[int, str], label: str,
-          trained: bool, scoring: Any, steps: int) -> None:
+          trained: bool, spec: Any, backend: str) -> None:
     rows: list[dict[str, Any]] = []
     for i, path in enumerate(files):
         r = results.get(i)
         rows.append({"path": str(path), "score": r.score if r else None, "vcg": r.vcg if r else None,
                      "vda": r.vda if r else None, "crops": r.crops if r else 0, "error": errors.get(i)})
     if fmt is OutputFormat.json:
-        doc = {"model": {"label": label, "trained": trained}, "crops": scoring.crops, "mode": scoring.mode,
-               "steps": steps, "noise_seed": scoring.noise_seed, "results": rows}
+        doc = {"model": {"label": label, "trained": trained}, "backend": backend, "crops": spec.crops,
+               "mode": spec.mode, "steps": spec.steps, "noise_seed": spec.noise_seed, "results": rows}
         out.print(json.dumps(doc, indent=2), markup=False)
     elif fmt is OutputFormat.csv:
         buf = io.StringIO()
@@ -141,8 +188,8 @@ def _emit(fmt: OutputFormat, files: list[Path], results: dict[int, Any], errors:
             writer.writerow({**row, "model": label, "error": row["error"] or ""})
         out.print(buf.getvalue(), end="", markup=False)
     else:
-        table = Table(title=f"DiffV2IQA scores, model {label}", caption=f"crops={scoring.crops} mode={scoring.mode} "
-                      f"steps={steps} seed={scoring.noise_seed}")
+        table = Table(title=f"DiffV2IQA scores, model {label}", caption=f"backend={backend} crops={spec.crops} "
+                      f"mode={spec.mode} steps={spec.steps} seed={spec.noise_seed}")
         for col in ("image", "score", "VCG", "VDA", "crops"):
             if col == "image":
                 table.add_column(col, overflow="fold")
@@ -154,6 +201,111 @@ def _emit(fmt: OutputFormat, files: list[Path], results: dict[int, Any], errors:
             else:
                 table.add_row(row["path"], "[red]error[/]", "", "", "")
         out.print(table)
+
+
+class BuildTarget(str, Enum):
+    onnx = "onnx"
+
+
+@app.command()
+def build(
+    out_dir: Annotated[Path, typer.Option("--out", help="Bundle directory to write.")],
+    target: Annotated[BuildTarget, typer.Option(help="What to build: onnx (FP32 ONNX graphs). TensorRT engines "
+                                                     "come in a later release.")] = BuildTarget.onnx,
+    checkpoint: Annotated[Path | None, typer.Option(help="Native checkpoint (.safetensors). Default: the embedded "
+                                                         "model (tiny, untrained random weights).")] = None,
+    preset: Annotated[PresetName | None, typer.Option(help="Model preset when no checkpoint is given.")] = None,
+    crops: Annotated[str, typer.Option(help="Default crop policy recorded in the bundle.")] = "center",
+    mode: Annotated[str, typer.Option(help="Default restoration mode recorded in the bundle.")] = "crops",
+    seed: Annotated[int, typer.Option(help="Noise-bank seed recorded in the bundle.")] = 0,
+    opset: Annotated[int, typer.Option(help="ONNX opset (18 or newer).")] = 18,
+    opt_batch: Annotated[int, typer.Option(min=1, help="TensorRT profile: optimal batch.")] = 8,
+    max_batch: Annotated[int, typer.Option(min=1, help="TensorRT profile: largest batch.")] = 16,
+    max_size: Annotated[int, typer.Option(help="TensorRT profile: largest restoration height/width "
+                                               "(faithful mode).")] = 512,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps baked into the bundle (default: the model's "
+                                                   "schedule, 50 for paper).")] = None,
+    no_checkpoint: Annotated[bool, typer.Option("--no-checkpoint", help="Do not embed the weights as "
+                                                "model.safetensors (the torch backend then cannot run).")] = False,
+    allow_lint_failures: Annotated[bool, typer.Option(help="Write the bundle even if the TensorRT lint fails.")]
+    = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle at --out.")] = False,
+) -> None:
+    """Export the three graphs, lint them for TensorRT, check them against torch and write a bundle."""
+    from .build import BuildError, BuildOptions, build_onnx_bundle
+    from .config import ScoringConfig
+    from .reference import load_model
+
+    try:
+        options = BuildOptions(scoring=ScoringConfig(crops=crops, mode=mode, noise_seed=seed), opset=opset,
+                               opt_batch=opt_batch, max_batch=max_batch, max_size=max_size, steps=steps,
+                               include_checkpoint=not no_checkpoint, allow_lint_failures=allow_lint_failures,
+                               overwrite=overwrite)
+        loaded = load_model(checkpoint, preset.value if preset else None)
+        options.check(loaded.model.config.crop_size, loaded.model.config.unet.size_multiple)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    if not loaded.info.trained:
+        err.print(f"[yellow]warning:[/] model {loaded.label}")
+    with err.status("building") as status:
+        try:
+            result = build_onnx_bundle(loaded.model, loaded.info, out_dir, options, init_seed=loaded.init_seed,
+                                       checkpoint_path=checkpoint, progress=lambda m: status.update(m))
+        except BuildError as exc:
+            raise _fail(str(exc), code=1) from None
+        except ValueError as exc:  # BundleError: e.g. --out exists
+            raise _fail(str(exc)) from None
+    _print_lint(result.lint)
+    table = Table(title="ONNX Runtime (CPU) vs torch, example inputs at batch 2")
+    for col in ("graph", "output", "max |Δ|", "max rel"):
+        table.add_column(col, justify="left" if col in ("graph", "output") else "right")
+    for graph, entry in result.parity["fp32"].items():
+        for name, err_ in entry.items():
+            if isinstance(err_, dict):
+                table.add_row(graph, name, f"{err_['max_abs']:.3g}", f"{err_['max_rel']:.3g}")
+    out.print(table)
+    out.print(f"wrote bundle {result.path}")
+
+
+def _print_lint(lint: dict[str, Any]) -> None:
+    table = Table(title="TensorRT ONNX-parser compatibility lint")
+    for col in ("graph", "TensorRT", "result", "problems"):
+        table.add_column(col)
+    for graph, by_major in lint.items():
+        for major, report in by_major.items():
+            bad = [r for r in report.rows if r.status != "ok"]
+            text = "; ".join(f"{r.status}: {r.subject}: {r.detail}" for r in bad[:5]) or "-"
+            table.add_row(graph, f"{major}.x", "[green]ok[/]" if report.ok else "[red]FAIL[/]", text)
+    out.print(table)
+
+
+@app.command()
+def inspect(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory (or its manifest.json).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the sha256 check of every file.")] = False,
+) -> None:
+    """Summarise a bundle: model, pipeline, graphs, files, lint and parity. Verifies every file's sha256."""
+    from .bundle import load_bundle
+
+    try:
+        b = load_bundle(bundle, verify_hashes=not no_verify)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    summary = b.summary()
+    if as_json:
+        out.print(json.dumps(summary, indent=2), markup=False)
+        return
+    _print_summary(summary)
+
+
+def _print_summary(summary: dict[str, Any], prefix: str = "") -> None:
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            out.print(f"{prefix}[bold]{key}[/]")
+            _print_summary(value, prefix + "  ")
+        else:
+            out.print(f"{prefix}{key}: {value}", markup=False)
 
 
 @app.command()

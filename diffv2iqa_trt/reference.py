@@ -22,6 +22,7 @@ DEFAULT_SEED = 0
 class LoadedModel:
     model: DiffV2IQA
     info: CheckpointInfo
+    init_seed: int | None = None  # set when the weights are a seeded initialisation, not a checkpoint
 
     @property
     def label(self) -> str:
@@ -39,7 +40,8 @@ def load_model(checkpoint: str | os.PathLike[str] | None = None, preset_name: st
         return LoadedModel(model, info)
     name = preset_name or DEFAULT_PRESET
     model = build_model(preset(name), seed=DEFAULT_SEED)
-    return LoadedModel(model, CheckpointInfo(trained=False, description=f"random weights from seed {DEFAULT_SEED}"))
+    info = CheckpointInfo(trained=False, description=f"random weights from seed {DEFAULT_SEED}")
+    return LoadedModel(model, info, init_seed=DEFAULT_SEED)
 
 
 def pipeline_spec(config: ModelConfig, scoring: ScoringConfig, steps: int | None = None) -> PipelineSpec:

@@ -1,0 +1,115 @@
+"""A tiny bundle end to end: build, score with ONNX Runtime against the torch reference, refusal of damaged bundles,
+and a runtime that needs neither torch nor the model code."""
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from diffv2iqa_trt.benchmarks.photos import DISTORTIONS, distort, photos
+from diffv2iqa_trt.build import BuildOptions, build_onnx_bundle
+from diffv2iqa_trt.bundle import BundleError, load_bundle
+from diffv2iqa_trt.cli import app
+from diffv2iqa_trt.config import ScoringConfig
+from diffv2iqa_trt.reference import load_model
+from diffv2iqa_trt.runtime.from_bundle import bundle_pipeline
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    loaded = load_model()
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    result = build_onnx_bundle(loaded.model, loaded.info, out, BuildOptions(), init_seed=loaded.init_seed)
+    assert all(rep.ok for by_major in result.lint.values() for rep in by_major.values())
+    return result.path
+
+
+@pytest.fixture(scope="module")
+def distorted_photos():
+    """21 real photographs with synthetic distortions (7 photos x 3 kinds), small so the test stays quick."""
+    base = list(photos(max_side=96).values())[:7]
+    return [distort(p, kind, 3, seed=i) for i, p in enumerate(base) for kind in DISTORTIONS]
+
+
+def test_onnxruntime_matches_torch_on_real_photos(tiny_bundle, distorted_photos):
+    bundle = load_bundle(tiny_bundle)
+    ort_scores = np.array([r.score for r in bundle_pipeline(bundle, "onnxruntime").score(distorted_photos)])
+    ref_scores = np.array([r.score for r in bundle_pipeline(bundle, "torch").score(distorted_photos)])
+    spread = ref_scores.max() - ref_scores.min()
+    assert len(distorted_photos) >= 20 and spread > 0
+    assert np.abs(ort_scores - ref_scores).max() <= 1e-4 * spread
+
+
+def test_bundle_pipeline_equals_reference_pipeline(tiny_bundle, distorted_photos):
+    """The manifest's tables, seed and fusion reproduce the config-driven reference exactly."""
+    from diffv2iqa_trt.reference import reference_pipeline
+
+    loaded = load_model()
+    scoring = ScoringConfig(crops="five", mode="faithful", noise_seed=3)
+    ref = reference_pipeline(loaded.model, scoring).score(distorted_photos[:2])
+    via_bundle = bundle_pipeline(load_bundle(tiny_bundle), "torch", scoring=scoring).score(distorted_photos[:2])
+    assert [r.score for r in via_bundle] == [r.score for r in ref]
+
+
+def test_cli_build_score_inspect(tiny_bundle, tmp_path, distorted_photos):
+    from PIL import Image
+
+    img = tmp_path / "a.png"
+    Image.fromarray(distorted_photos[0]).save(img)
+    res = runner.invoke(app, ["score", str(img), "--bundle", str(tiny_bundle), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["backend"] == "onnxruntime-cpu" and "UNTRAINED" in doc["model"]["label"]
+    ref = runner.invoke(app, ["score", str(img), "--bundle", str(tiny_bundle), "--backend", "torch",
+                              "--format", "json"])
+    assert json.loads(ref.stdout)["results"][0]["score"] == pytest.approx(doc["results"][0]["score"], abs=1e-6)
+    info = runner.invoke(app, ["inspect", str(tiny_bundle), "--json"])
+    assert info.exit_code == 0 and json.loads(info.stdout)["model"] == "tiny"
+    again = runner.invoke(app, ["build", "--out", str(tiny_bundle)])
+    assert again.exit_code == 2 and "--overwrite" in again.stderr
+
+
+def _damaged_copy(src, dst, damage):
+    shutil.copytree(src, dst)
+    damage(dst)
+    return dst
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda d: (d / "vcg.fp32.onnx").write_bytes(b"\x00" + (d / "vcg.fp32.onnx").read_bytes()[1:]),
+     "vcg.fp32.onnx"),
+    (lambda d: (d / "vda.fp32.onnx").write_bytes((d / "vda.fp32.onnx").read_bytes()[:1000]), "vda.fp32.onnx"),
+    (lambda d: (d / "restore_step.fp32.onnx").unlink(), "restore_step.fp32.onnx"),
+    (lambda d: (d / "manifest.json").write_text((d / "manifest.json").read_text().replace(
+        '"schema_version": 1', '"schema_version": 2')), "schema version 2"),
+])
+def test_damaged_bundles_are_refused(tiny_bundle, tmp_path, damage, message):
+    bad = _damaged_copy(tiny_bundle, tmp_path / "bad", damage)
+    with pytest.raises(BundleError, match=message):
+        load_bundle(bad)
+    res = runner.invoke(app, ["score", str(tmp_path), "--bundle", str(bad)])
+    assert res.exit_code == 2 and message in res.stderr
+
+
+def test_runtime_needs_neither_torch_nor_the_model(tiny_bundle, tmp_path):
+    code = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        from diffv2iqa_trt.bundle import load_bundle
+        from diffv2iqa_trt.runtime.from_bundle import bundle_pipeline
+        pipe = bundle_pipeline(load_bundle({str(tiny_bundle)!r}), "onnxruntime")
+        score = pipe.score([np.full((80, 80, 3), 120, np.uint8)])[0].score
+        leaked = sorted(m for m in sys.modules if m == "torch" or m.startswith(("torch.", "diffv2iqa_trt.model",
+                                                                                  "diffv2iqa_trt.export")))
+        print(score, leaked)
+        assert not leaked, leaked
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
