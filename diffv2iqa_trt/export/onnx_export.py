@@ -10,6 +10,7 @@ runs the ONNX checker (full check) and shape inference, and writes the file atom
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -81,9 +82,11 @@ def export_graph(model: DiffV2IQA, graph: str, path: str | os.PathLike[str], *, 
     # Batch 2 and distinct height/width keep torch.export from specialising a size to 1 or tying two sizes.
     args = example_inputs(model.config, graph, batch=2, height=3 * m, width=4 * m)
     dynamic_shapes, quotients = _dynamic_shapes(graph, m)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_exporter_logs():
         # The exporter warns when two inputs share an axis name, which is exactly what the contract wants.
         warnings.filterwarnings("ignore", message=".*will not be used, since it shares the same shape constraints")
+        # Deprecation notices from torch's own pytree code, not actionable here.
+        warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec")  # torch-internal deprecation
         program = torch.onnx.export(
             module, tuple(args.values()), dynamic_shapes=dynamic_shapes, input_names=list(spec.input_names),
@@ -111,6 +114,18 @@ def export_graph(model: DiffV2IQA, graph: str, path: str | os.PathLike[str], *, 
 
 
 # --- export helpers -----------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _quiet_exporter_logs() -> Iterator[None]:
+    """The exporter logs a warning per torchvision op it cannot register; torchvision is not a dependency."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
 
 def _dynamic_shapes(graph: str, m: int) -> tuple[dict[str, Any], dict[str, str]]:
     """torch.export dynamic shapes, and {quotient Dim name: contract name} for height and width."""
