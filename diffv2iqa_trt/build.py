@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .benchmarks.parity import DEFAULT_GATES
 from .bundle import BundleError, write_bundle
 from .config import ScoringConfig
 from .export.graphs import GRAPHS, example_inputs, graph_spec
@@ -102,7 +103,9 @@ def build_onnx_bundle(model: DiffV2IQA, info: CheckpointInfo, out_dir: str | os.
         files: dict[str, Path] = {}
         graphs: dict[str, Any] = {}
         lint: dict[str, dict[int, LintReport]] = {}
-        parity: dict[str, Any] = {"reference": "torch fp32 (cpu)", "fp32": {}}
+        # Gates that `diffv2iqa-trt parity` enforces for each precision of this bundle.
+        parity: dict[str, Any] = {"reference": "torch fp32 (cpu)", "fp32": {},
+                                  "gates": {p: dict(g) for p, g in DEFAULT_GATES.items()}}
         for graph in GRAPHS:
             say(f"exporting {graph}")
             name = f"{graph}.fp32.onnx"

@@ -309,6 +309,46 @@ def _print_summary(summary: dict[str, Any], prefix: str = "") -> None:
 
 
 @app.command()
+def parity(
+    bundle: Annotated[Path, typer.Option(help="Bundle to check.")],
+    images: Annotated[list[Path], typer.Option(help="Image files or directories (repeatable).")],
+    labels: Annotated[Path | None, typer.Option(help="CSV with columns image,score (or mos): also report SRCC/PLCC "
+                                                     "against these labels.")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Report directory (JSON, Markdown, PNG).")]
+    = Path("parity-report"),
+    batch_size: Annotated[int, typer.Option(min=1, help="Crops per batch.")] = 8,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for onnxruntime.")] = None,
+) -> None:
+    """Score parity of every backend x precision in the bundle against the torch fp32 reference. Exits 1 when a
+    variant breaks a gate of the manifest."""
+    from .benchmarks.parity import read_labels, run_parity, write_report
+    from .bundle import load_bundle
+    from .runtime.images import expand_paths
+
+    try:
+        b = load_bundle(bundle)
+        label_map = read_labels(labels) if labels else None
+        files = expand_paths(list(images))
+        with err.status("parity") as status:
+            report = run_parity(b, files, label_map, batch_size=batch_size, threads=threads,
+                                progress=lambda m: status.update(f"parity: {m}"))
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    paths = write_report(report, out_dir)
+    table = Table(title=f"Parity against torch fp32, {report['images']} images")
+    for col in ("variant", "max |Δ|", "SRCC", "rank flips", "result"):
+        table.add_column(col)
+    for name, v in report["variants"].items():
+        m = v["metrics"]
+        table.add_row(name, f"{m['abs_error']['max']:.3g}", f"{m['srcc']:.6f}", str(m["rank_flips"]),
+                      "[green]PASS[/]" if v["passed"] else f"[red]FAIL[/] {escape('; '.join(v['failures']))}")
+    out.print(table)
+    out.print("wrote " + ", ".join(str(p) for p in paths))
+    if not report["passed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
 def info(
     preset: Annotated[PresetName, typer.Option(help="Model preset.")] = PresetName.tiny,
     crop_size: Annotated[int | None, typer.Option(help="Crop size for the MAC count (default: the preset's).")] = None,

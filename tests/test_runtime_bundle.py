@@ -113,3 +113,48 @@ def test_runtime_needs_neither_torch_nor_the_model(tiny_bundle, tmp_path):
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
+
+
+def _perturbed_bundle(src, dst, factor=1.01):
+    """A valid bundle (hashes match) whose vda graph scales its score: what a broken export would look like."""
+    import onnx
+
+    from diffv2iqa_trt.bundle import write_bundle
+
+    b = load_bundle(src)
+    model = onnx.load(str(b.onnx_path("vda")))
+    out = model.graph.output[0].name
+    for node in model.graph.node:  # rename the producer's output, then scale it into the graph output
+        node.output[:] = [f"{o}_raw" if o == out else o for o in node.output]
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(factor, np.float32), "perturb_factor"))
+    model.graph.node.append(onnx.helper.make_node("Mul", [f"{out}_raw", "perturb_factor"], [out]))
+    onnx.save(model, str(dst.parent / "vda_perturbed.onnx"))
+    files = {name: b.file_path(name) for name in b.manifest["files"]}
+    files["vda.fp32.onnx"] = dst.parent / "vda_perturbed.onnx"
+    manifest = {k: v for k, v in b.manifest.items() if k != "files"}
+    return write_bundle(dst, manifest, files)
+
+
+def test_parity_passes_and_a_perturbed_bundle_fails(tiny_bundle, tmp_path, distorted_photos):
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, rgb in enumerate(distorted_photos[:6]):
+        Image.fromarray(rgb).save(images / f"{i}.png")
+    (images / "labels.csv").write_text("image,score\n" + "".join(f"{i}.png,{i / 10}\n" for i in range(6)))
+    ok = runner.invoke(app, ["parity", "--bundle", str(tiny_bundle), "--images", str(images),
+                             "--labels", str(images / "labels.csv"), "--out", str(tmp_path / "ok")])
+    assert ok.exit_code == 0, ok.output
+    report = json.loads((tmp_path / "ok" / "parity.json").read_text())
+    v = report["variants"]["onnxruntime-fp32"]
+    assert v["passed"] and v["metrics"]["abs_error"]["max"] <= 1e-4 and report["labels"]["images"] == 6
+    assert all((tmp_path / "ok" / f).stat().st_size > 0 for f in ("parity.md", "parity_scatter.png",
+                                                                 "parity_errors.png"))
+    bad = _perturbed_bundle(tiny_bundle, tmp_path / "perturbed")
+    res = runner.invoke(app, ["parity", "--bundle", str(bad), "--images", str(images), "--out", str(tmp_path / "bad")])
+    assert res.exit_code == 1
+    report = json.loads((tmp_path / "bad" / "parity.json").read_text())
+    failure = report["variants"]["onnxruntime-fp32"]
+    assert not failure["passed"] and any("max |Δ|" in f for f in failure["failures"])
+    assert failure["tensor_errors"]["vda"] > 1e-3 and failure["tensor_errors"]["vcg"] < 1e-5

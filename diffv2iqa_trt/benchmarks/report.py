@@ -28,8 +28,11 @@ def machine() -> dict[str, Any]:
 
 
 def command() -> str:
-    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, "-m", "diffv2iqa_trt.benchmarks." +
-                                             Path(sys.argv[0]).stem, *sys.argv[1:]])
+    """How this process was started, without machine paths: the CLI verb or the harness module."""
+    prog = Path(sys.argv[0]).name
+    head = ["diffv2iqa-trt"] if prog == "diffv2iqa-trt" else ["python", "-m",
+                                                                 "diffv2iqa_trt.benchmarks." + Path(prog).stem]
+    return " ".join(shlex.quote(a) for a in [*head, *sys.argv[1:]])
 
 
 def write(out_dir: Path, name: str, results: dict[str, Any], markdown: str) -> tuple[Path, Path]:
