@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import shlex
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -308,8 +309,25 @@ def _print_summary(summary: dict[str, Any], prefix: str = "") -> None:
             out.print(f"{prefix}{key}: {value}", markup=False)
 
 
+def _invocation(ctx: typer.Context) -> str:
+    """The command line that made a report, rebuilt from the parsed options (sys.argv is not ours under tests)."""
+    parts = ["diffv2iqa-trt", ctx.info_name or ""]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        if value is None or value is False or not param.opts:
+            continue
+        flag = param.opts[0]
+        if value is True:
+            parts.append(flag)
+            continue
+        for v in value if isinstance(value, list | tuple) else [value]:
+            parts += [flag, str(v.value if isinstance(v, Enum) else v)]
+    return shlex.join(parts)
+
+
 @app.command()
 def parity(
+    ctx: typer.Context,
     bundle: Annotated[Path, typer.Option(help="Bundle to check.")],
     images: Annotated[list[Path], typer.Option(help="Image files or directories (repeatable).")],
     labels: Annotated[Path | None, typer.Option(help="CSV with columns image,score (or mos): also report SRCC/PLCC "
@@ -334,7 +352,7 @@ def parity(
                                 progress=lambda m: status.update(f"parity: {m}"))
     except (ValueError, RuntimeError, OSError) as exc:
         raise _fail(str(exc)) from None
-    paths = write_report(report, out_dir)
+    paths = write_report(report, out_dir, invocation=_invocation(ctx))
     table = Table(title=f"Parity against torch fp32, {report['images']} images")
     for col in ("variant", "max |Δ|", "SRCC", "rank flips", "result"):
         table.add_column(col)
@@ -346,6 +364,73 @@ def parity(
     out.print("wrote " + ", ".join(str(p) for p in paths))
     if not report["passed"]:
         raise typer.Exit(1)
+
+
+@app.command()
+def bench(
+    ctx: typer.Context,
+    bundle: Annotated[Path, typer.Option(help="Bundle to measure.")],
+    images: Annotated[list[Path] | None, typer.Option(help="Images to score (files or directories); default: one "
+                                                            "synthetic 256x256 image written to the report folder.")]
+    = None,
+    backends: Annotated[str, typer.Option(help="Comma-separated backends, the first is the baseline of the ratios.")]
+    = "torch,onnxruntime",
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes (crops) for the offline scenario.")]
+    = "1,2,4,8",
+    warmup: Annotated[int, typer.Option(min=0, help="Warm-up iterations per measurement.")] = 1,
+    min_iters: Annotated[int, typer.Option(min=1, help="Minimum timed iterations per measurement.")] = 5,
+    min_seconds: Annotated[float, typer.Option(min=0, help="Minimum timed seconds per measurement.")] = 2.0,
+    offline_images: Annotated[int, typer.Option(min=1, help="Images per offline iteration.")] = 8,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads (torch and onnxruntime).")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Report directory (JSON, Markdown, PNG).")]
+    = Path("bench-report"),
+    name: Annotated[str | None, typer.Option(help="Report file stem (default: bench_<model>).")] = None,
+) -> None:
+    """Latency (single stream) and throughput (offline) of the bundle on several backends, side by side."""
+    from .benchmarks.bench import BenchSettings, run_bench, write_report
+    from .bundle import load_bundle
+    from .runtime.images import expand_paths
+
+    try:
+        b = load_bundle(bundle)
+        settings = BenchSettings(backends=tuple(backends.split(",")),
+                                 batch_sizes=tuple(int(v) for v in batch_sizes.split(",")), warmup=warmup,
+                                 min_iters=min_iters, min_seconds=min_seconds, threads=threads,
+                                 offline_images=offline_images)
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        files = expand_paths(list(images)) if images else [_synthetic_image(out_dir)]
+        with err.status("bench") as status:
+            report = run_bench(b, files, settings, progress=lambda m: status.update(f"bench: {m}"))
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    paths = write_report(report, out_dir, name or f"bench_{report['model']}", invocation=_invocation(ctx))
+    table = Table(title=f"Single-stream latency, model {report['model']}")
+    for col in ("backend", "median s", "p99 s", "speed-up", "best images/s (offline)"):
+        table.add_column(col)
+    base = settings.backends[0]
+    for v in report["backends"].values():
+        s = v["single_stream"]["no_decode"]
+        best = max(o["images_per_s"] for o in v["offline"])
+        table.add_row(v["executor"], f"{s['median']:.4f}", f"{s['p99']:.4f}", f"{v['speedup_vs_' + base]:.2f}x",
+                      f"{best:.3f}")
+    out.print(table)
+    out.print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def _synthetic_image(folder: Path) -> Path:
+    """A deterministic 256x256 test image (smooth gradients plus texture), so bench runs without any data."""
+    import numpy as np
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:256, 0:256].astype(np.float64)
+    rgb = np.stack([128 + 100 * np.sin(xx / 17), 128 + 100 * np.cos(yy / 23), (xx + yy) / 2], axis=2)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "bench_input.png"
+    Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(path)
+    return path
 
 
 @app.command()

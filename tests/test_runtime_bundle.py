@@ -158,3 +158,26 @@ def test_parity_passes_and_a_perturbed_bundle_fails(tiny_bundle, tmp_path, disto
     failure = report["variants"]["onnxruntime-fp32"]
     assert not failure["passed"] and any("max |Δ|" in f for f in failure["failures"])
     assert failure["tensor_errors"]["vda"] > 1e-3 and failure["tensor_errors"]["vcg"] < 1e-5
+
+
+def test_bench_reports_latency_throughput_stages_and_roofline(tiny_bundle, tmp_path):
+    res = runner.invoke(app, ["bench", "--bundle", str(tiny_bundle), "--batch-sizes", "1,2", "--min-iters", "2",
+                              "--min-seconds", "0", "--warmup", "1", "--offline-images", "2",
+                              "--out", str(tmp_path / "bench")])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "bench" / "bench_tiny.json").read_text())
+    assert report["command"].startswith("diffv2iqa-trt bench")
+    for name in ("torch", "onnxruntime"):
+        b = report["backends"][name]
+        lat = b["single_stream"]["no_decode"]
+        assert lat["iterations"] >= 2 and 0 < lat["min"] <= lat["median"] <= lat["max"]
+        stages = b["single_stream"]["stage_mean_s"]
+        assert stages["restoration steps"] > 0 and stages["decode + preprocess"] > 0
+        # the stages of the executor calls cannot add up to more than the measured latency
+        assert sum(v for k, v in stages.items() if k != "decode + preprocess") <= lat["mean"] * 1.05
+        assert [o["batch"] for o in b["offline"]] == [1, 2] and all(o["images_per_s"] > 0 for o in b["offline"])
+        frac = report["roofline"][name]["fraction_of_peak"]["restoration steps"]
+        assert 0 < frac < 1.5
+    assert report["roofline"]["stage_macs"]["restoration steps"] > 0
+    for suffix in ("throughput", "latency_cdf", "stages"):
+        assert (tmp_path / "bench" / f"bench_tiny_{suffix}.png").stat().st_size > 1000

@@ -197,11 +197,12 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict[str, Any], out_dir: Path, name: str = "parity") -> list[Path]:
+def write_report(report: dict[str, Any], out_dir: Path, name: str = "parity", invocation: str | None = None
+                 ) -> list[Path]:
     from . import plots
     from .report import write
 
-    json_path, md_path = write(out_dir, name, report, markdown(report))
+    json_path, md_path = write(out_dir, name, report, markdown(report), invocation=invocation)
     ref = np.array([r["reference"] for r in report["per_image"]])
     scores = {v: np.array([r[v] for r in report["per_image"]]) for v in report["variants"]}
     pngs = [plots.scatter_vs_reference(ref, scores, out_dir / f"{name}_scatter.png"),

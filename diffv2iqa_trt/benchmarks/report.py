@@ -35,8 +35,9 @@ def command() -> str:
     return " ".join(shlex.quote(a) for a in [*head, *sys.argv[1:]])
 
 
-def write(out_dir: Path, name: str, results: dict[str, Any], markdown: str) -> tuple[Path, Path]:
-    doc = {"command": command(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+def write(out_dir: Path, name: str, results: dict[str, Any], markdown: str, *, invocation: str | None = None
+          ) -> tuple[Path, Path]:
+    doc = {"command": invocation or command(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "machine": machine(), **results}
     json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
     with atomic_path(json_path) as tmp:

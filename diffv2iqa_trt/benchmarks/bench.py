@@ -1,0 +1,218 @@
+"""Throughput and latency of a bundle's pipeline on several backends, trtexec-style.
+
+Scenarios:
+- single-stream: one image at a time, latency per image (with decoding from the file, or on pre-decoded pixels);
+- offline: many images at once, throughput in images/s and crops/s for each batch size.
+Each measurement runs warm-up iterations, then at least `min_iters` iterations and at least `min_seconds`.
+Backends alternate within every scenario so that drift of a shared machine hits them alike. A stage breakdown comes
+from timing the executor calls (upload = host-to-device, download = device-to-host); the roofline puts each stage's
+MACs against the backend's measured GEMM peak.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..bundle import Bundle
+from ..runtime.from_bundle import bundle_pipeline
+from ..runtime.images import load_image
+from ..runtime.pipeline import Pipeline
+from . import roofline
+
+
+class TimedExecutor:
+    """Adds up wall time per call kind of an executor (synchronous backends: CPU, or GPU calls that block)."""
+
+    KINDS = {"upload": "host-to-device", "download": "device-to-host", "restore_step": "restoration steps",
+             "vcg": "VCG", "vda": "VDA"}
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def __getattr__(self, attr: str) -> Any:
+        fn = getattr(self.inner, attr)
+        kind = self.KINDS.get(attr)
+        if kind is None:
+            return fn
+
+        def timed(*args: Any) -> Any:
+            t0 = time.perf_counter()
+            out = fn(*args)
+            self.seconds[kind] += time.perf_counter() - t0
+            return out
+
+        return timed
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    backends: tuple[str, ...] = ("torch", "onnxruntime")
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8)
+    warmup: int = 1
+    min_iters: int = 5
+    min_seconds: float = 2.0
+    threads: int | None = None
+    offline_images: int = 8  # images per offline iteration (at least the batch size)
+
+
+def _repeat(fn: Callable[[], object], s: BenchSettings, after_warmup: Callable[[], object] | None = None
+            ) -> list[float]:
+    for _ in range(s.warmup):
+        fn()
+    if after_warmup is not None:
+        after_warmup()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < s.min_iters or time.perf_counter() - start < s.min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def latency_stats(times: Sequence[float]) -> dict[str, float]:
+    t = np.asarray(times)
+    return {"iterations": int(len(t)), "min": float(t.min()), "median": float(np.median(t)),
+            "mean": float(t.mean()), "p90": float(np.percentile(t, 90)), "p95": float(np.percentile(t, 95)),
+            "p99": float(np.percentile(t, 99)), "max": float(t.max())}
+
+
+def run_bench(bundle: Bundle, image_paths: Sequence[Path], settings: BenchSettings,
+              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    say = progress or (lambda _m: None)
+    if not image_paths:
+        raise ValueError("bench needs at least one image")
+    decoded = [load_image(p) for p in image_paths]
+    pipes: dict[str, Pipeline] = {}
+    timers: dict[str, TimedExecutor] = {}
+    for b in settings.backends:
+        plain = bundle_pipeline(bundle, b, batch_size=1, threads=settings.threads)
+        timers[b] = TimedExecutor(plain.executor)
+        pipes[b] = Pipeline(timers[b], plain.spec, batch_size=1)
+    spec = next(iter(pipes.values())).spec
+    crops_per_image = pipes[settings.backends[0]].score(decoded[:1])[0].crops
+
+    results: dict[str, Any] = {b: {"executor": timers[b].name} for b in settings.backends}
+    # Single stream, on decoded pixels and with decoding from the file.
+    for b in settings.backends:
+        say(f"single-stream {b}")
+        decode_seconds = [0.0]
+
+        def one_with_decode(b: str = b, decode_seconds: list[float] = decode_seconds) -> None:
+            t0 = time.perf_counter()
+            img = load_image(image_paths[0])
+            decode_seconds[0] += time.perf_counter() - t0
+            pipes[b].score([img])
+
+        t_plain = _repeat(partial(pipes[b].score, decoded[:1]), settings, timers[b].seconds.clear)
+        stages = {k: v / len(t_plain) for k, v in timers[b].seconds.items()}
+        stages["host (crops, noise, fusion)"] = max(0.0, float(np.mean(t_plain)) - sum(stages.values()))
+        t_decode = _repeat(one_with_decode, settings, partial(decode_seconds.__setitem__, 0, 0.0))
+        stages = {"decode + preprocess": decode_seconds[0] / len(t_decode), **stages}
+        results[b]["single_stream"] = {"no_decode": latency_stats(t_plain), "with_decode": latency_stats(t_decode),
+                                       "latencies_no_decode": t_plain, "stage_mean_s": stages}
+    # Offline: throughput against batch size.
+    for bs in settings.batch_sizes:
+        n = max(bs, settings.offline_images)
+        batch_imgs = [decoded[i % len(decoded)] for i in range(n)]
+        for b in settings.backends:
+            say(f"offline {b} batch {bs}")
+            pipes[b].batch_size = bs
+            t = _repeat(partial(pipes[b].score, batch_imgs), settings)
+            med = float(np.median(t))
+            results[b].setdefault("offline", []).append(
+                {"batch": bs, "images": n, "median_s": med, "images_per_s": n / med,
+                 "crops_per_s": n * crops_per_image / med})
+            pipes[b].batch_size = 1
+    # Roofline.
+    macs = roofline.stage_macs(bundle.manifest["model"]["config"], spec.steps)
+    roof: dict[str, Any] = {"stage_macs": macs}
+    if macs is not None:
+        for b in settings.backends:
+            say(f"GEMM peak {b}")
+            peak = roofline.gemm_peak_macs_per_s(b, threads=settings.threads)
+            stages = results[b]["single_stream"]["stage_mean_s"]
+            ran = {"VCG": spec.vcg_weight != 0, "VDA": spec.vda_weight != 0, "restoration steps": True}
+            roof[b] = {"gemm_peak_gmacs": peak / 1e9, "fraction_of_peak": {
+                k: (macs[k] * crops_per_image / stages[k] / peak) if ran[k] and stages.get(k) else None
+                for k in macs}}
+    base = settings.backends[0]
+    for b in settings.backends:
+        results[b]["speedup_vs_" + base] = (results[base]["single_stream"]["no_decode"]["median"] /
+                                            results[b]["single_stream"]["no_decode"]["median"])
+    return {"bundle": str(bundle.root), "model": bundle.model_name, "trained": bundle.manifest["model"]["trained"],
+            "steps": spec.steps, "crops": spec.crops, "crops_per_image": crops_per_image,
+            "crop_size": spec.crop_size, "images": [Path(p).name for p in image_paths],
+            "settings": {k: v for k, v in settings.__dict__.items()}, "backends": results, "roofline": roof}
+
+
+def markdown(r: dict[str, Any]) -> str:
+    bs = list(r["backends"])
+    base = bs[0]
+    lines = [f"# Throughput and latency, model {r['model']}", "", "<!--header-->",
+             f"{r['steps']} restoration steps, crops `{r['crops']}` ({r['crops_per_image']} per image, "
+             f"{r['crop_size']}×{r['crop_size']}), threads {r['settings']['threads'] or 'default'}; at least "
+             f"{r['settings']['min_iters']} iterations and {r['settings']['min_seconds']} s per measurement after "
+             f"{r['settings']['warmup']} warm-up.", "",
+             "## Single stream (latency per image, seconds)", "",
+             "| backend | decode | min | median | mean | p90 | p95 | p99 | speed-up vs " + base + " |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for b in bs:
+        for key, label in (("no_decode", "no"), ("with_decode", "yes")):
+            s = r["backends"][b]["single_stream"][key]
+            ratio = f"{r['backends'][b]['speedup_vs_' + base]:.2f}×" if key == "no_decode" else ""
+            lines.append(f"| {r['backends'][b]['executor']} | {label} | {s['min']:.4f} | {s['median']:.4f} | "
+                         f"{s['mean']:.4f} | {s['p90']:.4f} | {s['p95']:.4f} | {s['p99']:.4f} | {ratio} |")
+    stage_keys: list[str] = []
+    for b in bs:
+        stage_keys += [k for k in r["backends"][b]["single_stream"]["stage_mean_s"] if k not in stage_keys]
+    lines += ["", "## Stage breakdown (single stream, mean ms per image)", "",
+              "| backend | " + " | ".join(stage_keys) + " |", "|---" * (len(stage_keys) + 1) + "|"]
+    for b in bs:
+        st = r["backends"][b]["single_stream"]["stage_mean_s"]
+        lines.append(f"| {r['backends'][b]['executor']} | " + " | ".join(f"{st.get(k, 0.0) * 1e3:.2f}"
+                                                                       for k in stage_keys) + " |")
+    lines += ["", "## Offline throughput", "", "| backend | batch | images/s | crops/s |", "|---|---|---|---|"]
+    for b in bs:
+        for o in r["backends"][b]["offline"]:
+            lines.append(f"| {r['backends'][b]['executor']} | {o['batch']} | {o['images_per_s']:.3f} | "
+                         f"{o['crops_per_s']:.3f} |")
+    roof = r["roofline"]
+    if roof.get("stage_macs"):
+        lines += ["", "## Roofline", "", "MACs per crop: " + ", ".join(f"{k} {v / 1e9:.2f} G"
+                                                                        for k, v in roof["stage_macs"].items()), "",
+                  "| backend | GEMM peak (GMAC/s) | " + " | ".join(roof["stage_macs"]) + " |",
+                  "|---" * (len(roof["stage_macs"]) + 2) + "|"]
+        for b in bs:
+            if b in roof:
+                fr = roof[b]["fraction_of_peak"]
+                cells = " | ".join("not run" if fr[k] is None else f"{100 * fr[k]:.0f} %" for k in roof["stage_macs"])
+                lines.append(f"| {r['backends'][b]['executor']} | {roof[b]['gemm_peak_gmacs']:.1f} | {cells} |")
+    lines += ["", "Plots: `*_throughput.png`, `*_latency_cdf.png`, `*_stages.png`."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(r: dict[str, Any], out_dir: Path, name: str, invocation: str | None = None) -> list[Path]:
+    from . import plots
+    from .report import write
+
+    paths = list(write(out_dir, name, r, markdown(r), invocation=invocation))
+    names = {b: v["executor"] for b, v in r["backends"].items()}
+    paths.append(plots.throughput_vs_batch({names[b]: [(o["batch"], o["images_per_s"]) for o in v["offline"]]
+                                            for b, v in r["backends"].items()}, out_dir / f"{name}_throughput.png",
+                                           "images per second"))
+    paths.append(plots.latency_cdf({names[b]: np.asarray(v["single_stream"]["latencies_no_decode"])
+                                    for b, v in r["backends"].items()}, out_dir / f"{name}_latency_cdf.png"))
+    paths.append(plots.stage_bars({names[b]: v["single_stream"]["stage_mean_s"] for b, v in r["backends"].items()},
+                                  out_dir / f"{name}_stages.png"))
+    return paths
