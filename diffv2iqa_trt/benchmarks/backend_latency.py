@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -23,37 +21,8 @@ from ..bundle import load_bundle
 from ..runtime.from_bundle import bundle_pipeline
 from ..runtime.pipeline import Pipeline
 from . import report
+from .bench import TimedExecutor
 from .photos import photo
-
-
-class TimedExecutor:
-    """Wraps an executor and adds up wall time per call kind (the executors are synchronous on the CPU)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.seconds: dict[str, float] = defaultdict(float)
-
-    def _timed(self, kind: str, fn: Any, *args: Any) -> Any:
-        t0 = time.perf_counter()
-        out = fn(*args)
-        self.seconds[kind] += time.perf_counter() - t0
-        return out
-
-    def upload(self, a: Any) -> Any:
-        return self._timed("transfers", self.inner.upload, a)
-
-    def download(self, h: Any) -> Any:
-        return self._timed("transfers", self.inner.download, h)
-
-    def restore_step(self, *a: Any) -> Any:
-        return self._timed("restoration steps", self.inner.restore_step, *a)
-
-    def vcg(self, *a: Any) -> Any:
-        return self._timed("VCG", self.inner.vcg, *a)
-
-    def vda(self, *a: Any) -> Any:
-        return self._timed("VDA", self.inner.vda, *a)
 
 
 def _set_threads(threads: int) -> None:
