@@ -509,5 +509,15 @@ def convert(
     out.print(f"wrote {out_path}")
 
 
+def _register_training() -> None:
+    """`diffv2iqa-trt train ...` (restorer, iqa, evaluate, curves); imported here so the CLI core stays small."""
+    from .training.cli import train_app
+
+    app.add_typer(train_app, name="train", help="Train the tiny demo model on synthetic distortions of real photos.")
+
+
+_register_training()
+
+
 if __name__ == "__main__":
     app()

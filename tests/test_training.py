@@ -1,0 +1,113 @@
+"""Demo-weight training: SSIM, distortions, the split, one restorer step, and the committed checkpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("skimage")
+
+from diffv2iqa_trt.benchmarks.photos import PHOTO_NAMES, photos  # noqa: E402
+from diffv2iqa_trt.config import ScoringConfig, tiny_config  # noqa: E402
+from diffv2iqa_trt.model.checkpoint import load_checkpoint  # noqa: E402
+from diffv2iqa_trt.model.diffv2iqa import build_model  # noqa: E402
+from diffv2iqa_trt.reference import reference_pipeline  # noqa: E402
+from diffv2iqa_trt.training.data import DISTORTIONS, LEVELS, MAX_SIDE, SPLITS, distort, make_samples  # noqa: E402
+from diffv2iqa_trt.training.restorer import sample_gammas, train_restorer, training_gammas  # noqa: E402
+from diffv2iqa_trt.training.ssim import luminance, ssim, ssim_rgb  # noqa: E402
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "diffv2iqa_trt" / "weights" / "tiny-demo.safetensors"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """One torch thread: on a shared 2-core machine, two threads contend and run many times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def library() -> dict[str, np.ndarray]:
+    return photos(MAX_SIDE)
+
+
+def test_ssim_matches_skimage(library: dict[str, np.ndarray]) -> None:
+    from skimage.metrics import structural_similarity
+
+    ref = library["chelsea"]
+    rng = np.random.default_rng(0)
+    pairs = [(distort(ref, kind, 3), ref) for kind in ("gaussian_blur", "white_noise", "jpeg", "contrast")]
+    pairs.append((rng.integers(0, 256, (70, 90, 3), dtype=np.uint8), rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)))
+    for a, b in pairs:
+        ya, yb = luminance(a), luminance(b)
+        expected = structural_similarity(ya, yb, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                         data_range=255.0, K1=0.01, K2=0.03)
+        assert ssim(ya, yb) == pytest.approx(expected, abs=1e-10)
+    assert ssim_rgb(ref, ref) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("name", ["chelsea", "camera"])
+def test_every_distortion_grows_with_level(library: dict[str, np.ndarray], name: str) -> None:
+    ref = library[name]
+    colour = not np.array_equal(ref[..., 0], ref[..., 1])
+    assert len(DISTORTIONS) >= 10 and LEVELS == 5
+    for kind in DISTORTIONS:
+        imgs = [distort(ref, kind, level, seed=7) for level in range(1, LEVELS + 1)]
+        if kind == "saturation" and not colour:
+            # Saturation cannot change a grayscale photograph (documented in the model card).
+            assert all(np.array_equal(i, ref) for i in imgs)
+            continue
+        change = [np.abs(i.astype(float) - ref).mean() for i in imgs]
+        quality = [ssim_rgb(i, ref) for i in imgs]
+        assert np.all(np.diff(change) > 0), (kind, change)
+        assert np.all(np.diff(quality) < 0), (kind, quality)
+        assert quality[0] < 1.0
+
+
+def test_split_is_by_photograph() -> None:
+    groups = [set(v) for v in SPLITS.values()]
+    assert [len(g) for g in groups] == [12, 3, 3]
+    assert set().union(*groups) == set(PHOTO_NAMES)
+    assert sum(len(g) for g in groups) == len(PHOTO_NAMES)  # no photograph in two splits
+    samples = make_samples(SPLITS["test"][:1])
+    assert {s.photo for s in samples} == {SPLITS["test"][0]}
+    assert len(samples) == 1 + len(DISTORTIONS) * LEVELS
+    pristine = [s for s in samples if s.kind == "pristine"][0]
+    assert pristine.pseudo_mos == pytest.approx(1.0)
+    assert all(s.pseudo_mos < 1.0 for s in samples if s.kind not in ("pristine", "saturation"))
+
+
+def test_training_gammas() -> None:
+    table = training_gammas(tiny_config().schedule)
+    assert table.shape == (2001,) and table[0] == 1.0 and np.all(np.diff(table) < 0)
+    g = sample_gammas(table, 1000, np.random.default_rng(0))
+    assert np.all((g >= table[-1]) & (g <= 1.0))
+
+
+def test_one_restorer_step_runs() -> None:
+    model = build_model(tiny_config(), seed=0)
+    samples = make_samples(["camera"], max_side=96)[:4]
+    before = {k: v.clone() for k, v in model.unet.state_dict().items()}
+    history = train_restorer(model, samples, steps=2, batch_size=2, lr=1e-3, seed=0)
+    assert len(history) == 2 and all(np.isfinite(e["loss"]) and 0 < e["loss"] < 5 for e in history)
+    assert any(not np.array_equal(before[k], v) for k, v in model.unet.state_dict().items())
+    assert not model.unet.training
+
+
+def test_committed_checkpoint_orders_quality(library: dict[str, np.ndarray]) -> None:
+    assert WEIGHTS.is_file() and WEIGHTS.stat().st_size <= 10 * 2**20
+    model, info = load_checkpoint(WEIGHTS)
+    assert info.trained and model.config.name == "tiny"
+    ref = library["chelsea"]  # a test-split photograph
+    blurred = distort(ref, "gaussian_blur", 5)
+    noised = distort(ref, "white_noise", 5)
+    pristine, blur, noise = (r.score for r in reference_pipeline(model, ScoringConfig()).score([ref, blurred,
+                                                                                                noised]))
+    assert pristine > blur and pristine > noise
