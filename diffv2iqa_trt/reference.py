@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,8 @@ from .runtime.pipeline import Pipeline, PipelineSpec
 
 DEFAULT_PRESET = "tiny"
 DEFAULT_SEED = 0
+# The embedded default: the tiny demo model (see weights/MODEL_CARD.md for what its scores are worth).
+DEMO_WEIGHTS = Path(__file__).parent / "weights" / "tiny-demo.safetensors"
 
 
 @dataclass(frozen=True)
@@ -27,11 +30,16 @@ class LoadedModel:
     @property
     def label(self) -> str:
         name = self.model.config.name
-        return f"{name}" if self.info.trained else f"{name} (UNTRAINED: {self.info.description})"
+        if not self.info.trained:
+            return f"{name} (UNTRAINED: {self.info.description})"
+        return f"{name} ({self.info.description})" if self.info.description else name
 
 
 def load_model(checkpoint: str | os.PathLike[str] | None = None, preset_name: str | None = None) -> LoadedModel:
-    """A native checkpoint, or a preset with seeded random weights (the embedded default is `tiny`, untrained)."""
+    """A native checkpoint; a preset with seeded random weights (untrained); or, with neither, the embedded demo
+    checkpoint (`tiny`, trained on synthetic distortions of real photographs)."""
+    if checkpoint is None and preset_name is None and DEMO_WEIGHTS.is_file():
+        checkpoint = DEMO_WEIGHTS
     if checkpoint is not None:
         model, info = load_checkpoint(checkpoint)
         if preset_name is not None and preset_name != model.config.name:

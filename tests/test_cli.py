@@ -21,7 +21,7 @@ def image_dir(tmp_path, photos):
 
 
 def test_score_reports_bad_files_and_scores_the_rest(image_dir):
-    result = runner.invoke(app, ["score", str(image_dir), "--format", "json"])
+    result = runner.invoke(app, ["score", str(image_dir), "--preset", "tiny", "--format", "json"])
     assert result.exit_code == 1
     doc = json.loads(result.stdout)
     assert doc["model"]["trained"] is False and "UNTRAINED" in doc["model"]["label"]
@@ -33,13 +33,13 @@ def test_score_reports_bad_files_and_scores_the_rest(image_dir):
 
 def test_score_formats_agree(image_dir):
     good = [str(image_dir / "astronaut.png"), str(image_dir / "chelsea.png")]
-    js = json.loads(runner.invoke(app, ["score", *good, "--format", "json"]).stdout)
-    res = runner.invoke(app, ["score", *good, "--format", "csv"])
+    js = json.loads(runner.invoke(app, ["score", *good, "--preset", "tiny", "--format", "json"]).stdout)
+    res = runner.invoke(app, ["score", *good, "--preset", "tiny", "--format", "csv"])
     assert res.exit_code == 0
     rows = list(csv.DictReader(io.StringIO(res.stdout)))
     assert [float(r["score"]) for r in rows] == pytest.approx([r["score"] for r in js["results"]], abs=1e-9)
     assert all("UNTRAINED" in r["model"] for r in rows)
-    table = runner.invoke(app, ["score", *good])
+    table = runner.invoke(app, ["score", *good, "--preset", "tiny"])
     assert table.exit_code == 0 and "UNTRAINED" in table.stdout and "astronaut.png" in table.stdout
 
 
@@ -53,6 +53,14 @@ def test_score_bad_options(image_dir, args, message):
     result = runner.invoke(app, ["score", str(image_dir / "astronaut.png"), *args])
     assert result.exit_code == 2
     assert message in result.stderr
+
+
+def test_default_model_is_the_trained_demo(image_dir):
+    result = runner.invoke(app, ["score", str(image_dir / "astronaut.png"), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["model"]["trained"] is True and "UNTRAINED" not in doc["model"]["label"]
+    assert 0.0 <= doc["results"][0]["score"] <= 1.5
 
 
 def test_score_nothing_found(tmp_path):
