@@ -55,8 +55,11 @@ def test_score_bad_options(image_dir, args, message):
     assert message in result.stderr
 
 
-def test_default_model_is_the_trained_demo(image_dir):
-    result = runner.invoke(app, ["score", str(image_dir / "astronaut.png"), "--format", "json"])
+def test_demo_checkpoint_scores_as_trained(image_dir):
+    from diffv2iqa_trt.reference import DEMO_WEIGHTS
+
+    result = runner.invoke(app, ["score", str(image_dir / "astronaut.png"), "--checkpoint", str(DEMO_WEIGHTS),
+                                 "--format", "json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["model"]["trained"] is True and "UNTRAINED" not in doc["model"]["label"]
