@@ -7,7 +7,6 @@ atomically: an interrupted or failed build never leaves a directory that looks c
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .benchmarks.parity import DEFAULT_GATES
-from .bundle import BundleError, write_bundle
+from .bundle import BundleError, sha256_file, write_bundle
 from .config import ScoringConfig
 from .export.graphs import GRAPHS, example_inputs, graph_spec
 from .export.onnx_export import export_graph
@@ -75,14 +74,6 @@ def _profiles(graph: str, crop: int, o: BuildOptions) -> dict[str, dict[str, lis
         return {name: [batch, 3, crop, crop] for name in ("x", "y0", "y_t1", "y_t2")}
 
     return {"min": shapes(1, crop), "opt": shapes(o.opt_batch, crop), "max": shapes(o.max_batch, o.max_size)}
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def build_onnx_bundle(model: DiffV2IQA, info: CheckpointInfo, out_dir: str | os.PathLike[str], options: BuildOptions,
@@ -142,7 +133,7 @@ def build_onnx_bundle(model: DiffV2IQA, info: CheckpointInfo, out_dir: str | os.
             "model": {
                 "name": config.name, "config": config.to_dict(), "trained": info.trained,
                 "description": info.description,
-                "checkpoint_sha256": _file_sha256(Path(checkpoint_path)) if checkpoint_path else None,
+                "checkpoint_sha256": sha256_file(checkpoint_path) if checkpoint_path else None,
                 "checkpoint": checkpoint_file, "init_seed": init_seed,
             },
             "pipeline": {

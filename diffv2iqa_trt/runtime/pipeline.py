@@ -57,6 +57,7 @@ class Pipeline:
     spec: PipelineSpec
     batch_size: int = 8
     _banks: dict[tuple[int, int], tuple[np.ndarray, list[Handle]]] = field(default_factory=dict, repr=False)
+    _step_inputs: dict[int, list[tuple[Handle, Handle]]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -71,6 +72,17 @@ class Pipeline:
             self._banks[key] = (bank[self.spec.steps], [self.executor.upload(row[None]) for row in bank[:-1]])
         return self._banks[key]
 
+    def step_inputs(self, batch: int) -> list[tuple[Handle, Handle]]:
+        """Per step i, the (gamma (B,), coef (B,5)) inputs for a batch of `batch`, uploaded once, not every step."""
+        if batch not in self._step_inputs:
+            s, ex = self.spec, self.executor
+            self._step_inputs[batch] = [
+                (ex.upload(np.full((batch,), s.gamma[i], dtype=np.float32)),
+                 ex.upload(np.ascontiguousarray(np.broadcast_to(s.coef[i].astype(np.float32),
+                                                                (batch, s.coef.shape[1])))))
+                for i in range(s.steps)]
+        return self._step_inputs[batch]
+
     def restore(self, x: np.ndarray) -> Snapshots:
         """Run all steps on a batch x (B,3,H,W) and keep y0, y_t1 and y_t2 (host arrays)."""
         ex, s = self.executor, self.spec
@@ -79,10 +91,9 @@ class Pipeline:
         x_dev = ex.upload(x)
         y = ex.upload(np.ascontiguousarray(np.broadcast_to(start, x.shape)))
         captured: dict[int, np.ndarray] = {}
+        steps = self.step_inputs(b)
         for i in reversed(range(s.steps)):
-            gamma = ex.upload(np.full((b,), s.gamma[i], dtype=np.float32))
-            coef = ex.upload(np.ascontiguousarray(np.broadcast_to(s.coef[i].astype(np.float32),
-                                                                  (b, s.coef.shape[1]))))
+            gamma, coef = steps[i]
             y = ex.restore_step(x_dev, y, gamma, coef, bank[i])
             if i in (s.capture_t1, s.capture_t2):
                 captured[i] = ex.download(y)
