@@ -16,6 +16,8 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
+from ..atomic import atomic_path
+
 train_app = typer.Typer(help="Train and evaluate demo weights on synthetic distortions of real photographs.",
                         no_args_is_help=True, pretty_exceptions_enable=False)
 
@@ -39,8 +41,8 @@ def _threads(n: int) -> None:
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1) + "\n")
+    with atomic_path(path) as tmp:  # a log or metrics file is never left half-written
+        tmp.write_text(json.dumps(doc, indent=1) + "\n")
 
 
 @train_app.command()
