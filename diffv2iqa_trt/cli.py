@@ -77,8 +77,10 @@ def score(
     precision: Annotated[str, typer.Option(help="Bundle graph variant for onnxruntime (fp32, fp16, int8).")]
     = "fp32",
     checkpoint: Annotated[Path | None, typer.Option(help="Native checkpoint (.safetensors). Default: the embedded "
-                                                         "model (tiny, untrained random weights).")] = None,
-    preset: Annotated[PresetName | None, typer.Option(help="Model preset when no checkpoint is given.")] = None,
+                                                         "demo model (tiny, trained on synthetic distortions; see "
+                                                         "weights/MODEL_CARD.md).")] = None,
+    preset: Annotated[PresetName | None, typer.Option(help="Model preset with seeded random (untrained) weights, "
+                                                           "instead of a checkpoint.")] = None,
     crops: Annotated[str | None, typer.Option(help="Crop policy: center, five, grid:N or resize224 "
                                                    "(default: the bundle's, else center).")] = None,
     mode: Annotated[str | None, typer.Option(help="crops: restore only the crops; faithful: restore the whole image "
@@ -214,8 +216,10 @@ def build(
     target: Annotated[BuildTarget, typer.Option(help="What to build: onnx (FP32 ONNX graphs). TensorRT engines "
                                                      "come in a later release.")] = BuildTarget.onnx,
     checkpoint: Annotated[Path | None, typer.Option(help="Native checkpoint (.safetensors). Default: the embedded "
-                                                         "model (tiny, untrained random weights).")] = None,
-    preset: Annotated[PresetName | None, typer.Option(help="Model preset when no checkpoint is given.")] = None,
+                                                         "demo model (tiny, trained on synthetic distortions; see "
+                                                         "weights/MODEL_CARD.md).")] = None,
+    preset: Annotated[PresetName | None, typer.Option(help="Model preset with seeded random (untrained) weights, "
+                                                           "instead of a checkpoint.")] = None,
     crops: Annotated[str, typer.Option(help="Default crop policy recorded in the bundle.")] = "center",
     mode: Annotated[str, typer.Option(help="Default restoration mode recorded in the bundle.")] = "crops",
     seed: Annotated[int, typer.Option(help="Noise-bank seed recorded in the bundle.")] = 0,

@@ -55,15 +55,19 @@ def test_score_bad_options(image_dir, args, message):
     assert message in result.stderr
 
 
-def test_demo_checkpoint_scores_as_trained(image_dir):
+def test_default_model_is_the_trained_demo(image_dir):
     from diffv2iqa_trt.reference import DEMO_WEIGHTS
 
-    result = runner.invoke(app, ["score", str(image_dir / "astronaut.png"), "--checkpoint", str(DEMO_WEIGHTS),
-                                 "--format", "json"])
+    image = str(image_dir / "astronaut.png")
+    result = runner.invoke(app, ["score", image, "--format", "json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["model"]["trained"] is True and "UNTRAINED" not in doc["model"]["label"]
+    assert "UNTRAINED" not in result.stderr
     assert 0.0 <= doc["results"][0]["score"] <= 1.5
+    explicit = json.loads(runner.invoke(app, ["score", image, "--checkpoint", str(DEMO_WEIGHTS),
+                                              "--format", "json"]).stdout)
+    assert explicit["results"][0]["score"] == doc["results"][0]["score"]
 
 
 def test_score_nothing_found(tmp_path):

@@ -11,10 +11,9 @@ import pytest
 pytest.importorskip("skimage")
 
 from diffv2iqa_trt.benchmarks.photos import PHOTO_NAMES, photos  # noqa: E402
-from diffv2iqa_trt.config import ScoringConfig, tiny_config  # noqa: E402
+from diffv2iqa_trt.config import tiny_config  # noqa: E402
 from diffv2iqa_trt.model.checkpoint import load_checkpoint  # noqa: E402
 from diffv2iqa_trt.model.diffv2iqa import build_model  # noqa: E402
-from diffv2iqa_trt.reference import reference_pipeline  # noqa: E402
 from diffv2iqa_trt.training.data import DISTORTIONS, LEVELS, MAX_SIDE, SPLITS, distort, make_samples  # noqa: E402
 from diffv2iqa_trt.training.restorer import sample_gammas, train_restorer, training_gammas  # noqa: E402
 from diffv2iqa_trt.training.ssim import luminance, ssim, ssim_rgb  # noqa: E402
@@ -101,13 +100,81 @@ def test_one_restorer_step_runs() -> None:
     assert not model.unet.training
 
 
-def test_committed_checkpoint_orders_quality(library: dict[str, np.ndarray]) -> None:
+def test_committed_checkpoint_is_small_and_trained() -> None:
     assert WEIGHTS.is_file() and WEIGHTS.stat().st_size <= 10 * 2**20
     model, info = load_checkpoint(WEIGHTS)
     assert info.trained and model.config.name == "tiny"
-    ref = library["chelsea"]  # a test-split photograph
-    blurred = distort(ref, "gaussian_blur", 5)
-    noised = distort(ref, "white_noise", 5)
-    pristine, blur, noise = (r.score for r in reference_pipeline(model, ScoringConfig()).score([ref, blurred,
-                                                                                                noised]))
-    assert pristine > blur and pristine > noise
+
+
+def test_score_orders_pristine_above_heavy_blur_and_noise(library: dict[str, np.ndarray], tmp_path: Path) -> None:
+    """`diffv2iqa-trt score` with the embedded default model, on a test-split photograph (never trained on)."""
+    import json
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from diffv2iqa_trt.cli import app
+
+    ref = library["chelsea"]
+    files = {"pristine": ref, "blur": distort(ref, "gaussian_blur", 5), "noise": distort(ref, "white_noise", 5)}
+    for name, rgb in files.items():
+        Image.fromarray(rgb).save(tmp_path / f"{name}.png")
+    result = CliRunner().invoke(app, ["score", *(str(tmp_path / f"{n}.png") for n in files), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["model"]["trained"] is True
+    score = {r["path"].rsplit("/", 1)[1][:-4]: r["score"] for r in doc["results"]}
+    assert score["pristine"] > score["blur"] and score["pristine"] > score["noise"], score
+
+
+def test_dihedral_augmentation_moves_crop_and_snapshots_together() -> None:
+    import torch
+
+    from diffv2iqa_trt.training.iqa import augment_batch
+
+    base = torch.arange(6 * 3 * 4 * 4, dtype=torch.float32).reshape(6, 3, 4, 4)
+    tensors = [base, base + 1000, base + 2000, base + 3000]  # x, y0, y_t1, y_t2 with a known offset each
+    out = augment_batch(tensors, "dihedral", np.random.default_rng(3))
+    ops = []
+    for i in range(6):
+        candidates = [torch.rot90(base[i], k, dims=(-2, -1)) for k in range(4)]
+        candidates += [c.transpose(-2, -1) for c in candidates]
+        matches = [j for j, c in enumerate(candidates) if torch.equal(out[0][i], c)]
+        assert len(matches) == 1  # one of the 8 symmetries of the square, and an unambiguous one
+        ops.append(matches[0])
+        for k, t in enumerate(out[1:], start=1):
+            assert torch.equal(t[i], out[0][i] + 1000 * k)  # every snapshot got the same transform
+    assert len(set(ops)) > 1  # transforms are drawn per sample
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        augment_batch(tensors, "rotate", np.random.default_rng(0))
+
+
+def test_train_iqa_with_aux_heads_ema_and_fusion_fit() -> None:
+    """One short run through every training option: the auxiliary heads' hooks must not alter the forward pass
+    and must be gone afterwards; EMA weights are what is kept; the fitted fusion is a convex combination."""
+    import torch
+
+    from diffv2iqa_trt.training.iqa import AuxTargets, CropSet, train_iqa
+
+    model = build_model(tiny_config(), seed=0)
+    rng = np.random.default_rng(0)
+    n, s = 8, model.config.crop_size
+    images = [rng.uniform(-1, 1, (n, 3, s, s)).astype(np.float32) for _ in range(4)]
+    train = CropSet(*images, target=rng.uniform(0.2, 1.0, n).astype(np.float32), owner=np.arange(n))
+    val = CropSet(*images, target=train.target, owner=np.arange(n))
+    aux = AuxTargets(kind=rng.integers(0, 11, n), level=rng.uniform(0, 1, n).astype(np.float32), n_kinds=11)
+    t = val.tensors(np.arange(n))
+    with torch.no_grad():
+        before = model.vcg(*t).clone()
+    history, best = train_iqa(model, train, val, train.target, epochs=2, batch_size=4, lr=1e-3, weight_decay=0.0,
+                              seed=0, augment="dihedral", warmup_epochs=0.5, ema_decay=0.9, fit_fusion=True,
+                              aux=aux, aux_weight=0.3)
+    assert len(history) == 2 and best in (1, 2)
+    assert all(np.isfinite(e["train_loss"]) and e["train_loss"] > 0 for e in history)
+    assert not model.iqa.res._forward_hooks and not any(b._forward_hooks for b in model.iqa.vit.blocks)
+    f = model.config.fusion
+    assert f.vcg_weight == history[best - 1]["fusion_vcg_weight"] and f.vcg_weight + f.vda_weight == 1.0
+    with torch.no_grad():
+        after = model.vcg(*t)
+    assert not torch.allclose(before, after)  # the kept weights were trained
+    assert not model.training

@@ -26,8 +26,13 @@ from ..runtime.pipeline import Pipeline
 from . import stats
 
 # Score units: the demo model scores on the [0, 1] pseudo-MOS scale.
+# fp32 end to end cannot be held much below 1e-4: the snapshots pass through the uint8 round trip (the authors' PNG
+# save and load), so a 1e-6 difference in the restored image flips some pixels by a whole quantisation step, and
+# the trained demo model's score then moves by up to 1.3e-4 (tests/test_parity_gates.py measures this on the torch
+# reference alone). The fp32 score gate leaves room for that; `max_graph_abs` holds each graph, fed identical
+# inputs, to 1e-4.
 DEFAULT_GATES: dict[str, dict[str, float]] = {
-    "fp32": {"max_abs": 1e-4, "min_srcc": 0.999, "max_rank_flip_fraction": 0.0},
+    "fp32": {"max_abs": 1e-3, "min_srcc": 0.999, "max_rank_flip_fraction": 0.002, "max_graph_abs": 1e-4},
     "fp16": {"max_abs": 1e-2, "min_srcc": 0.99, "max_rank_flip_fraction": 0.01},
     "int8": {"max_abs": 3e-2, "min_srcc": 0.98, "max_rank_flip_fraction": 0.03},
 }
@@ -74,7 +79,8 @@ def variants(bundle: Bundle) -> list[tuple[str, str]]:
 
 def tensor_errors(reference: Executor, other: Executor, x: np.ndarray, spec_gamma: np.ndarray,
                   spec_coef: np.ndarray, seed: int) -> dict[str, float]:
-    """Max |Δ| of each graph on one real crop: restore_step at the middle step, then vcg and vda on its output."""
+    """Max |Δ| of each graph on one real crop: restore_step at the middle step, then vcg and vda on the reference's
+    restore_step output (both executors get the same branch inputs, so each error belongs to one graph)."""
     steps = len(spec_gamma)
     i = steps // 2
     bank = noise_bank(seed, steps, x.shape[2], x.shape[3])
@@ -82,20 +88,23 @@ def tensor_errors(reference: Executor, other: Executor, x: np.ndarray, spec_gamm
     args = [x, np.ascontiguousarray(np.broadcast_to(bank[steps], x.shape)), np.full((b,), spec_gamma[i], np.float32),
             np.ascontiguousarray(np.broadcast_to(spec_coef[i], (b, spec_coef.shape[1])).astype(np.float32)),
             bank[i][None]]
-    out: dict[str, float] = {}
-    results = {}
-    for ex_name, ex in (("ref", reference), ("other", other)):
-        h = [ex.upload(a) for a in args]
-        y = ex.download(ex.restore_step(*h))
-        branch_in = [ex.upload(a) for a in (x, y, args[1], args[1])]
-        results[ex_name] = (y, ex.download(ex.vcg(*branch_in)), ex.download(ex.vda(*branch_in)))
-    for k, name in enumerate(("restore_step", "vcg", "vda")):
-        out[name] = float(np.max(np.abs(results["ref"][k].astype(np.float64) - results["other"][k])))
+    ys = [ex.download(ex.restore_step(*[ex.upload(a) for a in args])) for ex in (reference, other)]
+    out = {"restore_step": float(np.max(np.abs(ys[0].astype(np.float64) - ys[1])))}
+    for name in ("vcg", "vda"):
+        got = []
+        for ex in (reference, other):
+            branch_in = [ex.upload(a) for a in (x, ys[0], args[1], args[1])]
+            got.append(ex.download(getattr(ex, name)(*branch_in)))
+        out[name] = float(np.max(np.abs(got[0].astype(np.float64) - got[1])))
     return out
 
 
-def _check(metrics: dict[str, Any], gates: dict[str, float], n: int) -> list[str]:
+def _check(metrics: dict[str, Any], gates: dict[str, float], n: int,
+           graph_errors: dict[str, float] | None = None) -> list[str]:
     failures = []
+    if graph_errors is not None and "max_graph_abs" in gates:
+        failures += [f"{g} graph max |Δ| {e:.3g} > gate {gates['max_graph_abs']:g}"
+                     for g, e in graph_errors.items() if not e <= gates["max_graph_abs"]]
     if metrics["abs_error"]["max"] > gates["max_abs"]:
         failures.append(f"max |Δ| {metrics['abs_error']['max']:.3g} > gate {gates['max_abs']:g}")
     if not metrics["srcc"] >= gates["min_srcc"]:  # NaN fails too
@@ -140,7 +149,7 @@ def run_parity(bundle: Bundle, image_paths: Sequence[Path], labels: dict[str, fl
         errs = tensor_errors(ref_pipe.executor, pipe.executor, first_x, pipe.spec.gamma, pipe.spec.coef,
                              pipe.spec.noise_seed)
         results.append(VariantResult(backend, precision, scores, metrics, errs, gates,
-                                     _check(metrics, gates, len(images))))
+                                     _check(metrics, gates, len(images), errs)))
     label_metrics = None
     if labels:
         known = [i for i, n in enumerate(names) if n in labels]

@@ -5,6 +5,7 @@ A typer sub-app (`train_app`); also runnable alone: `python -m diffv2iqa_trt.tra
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shlex
@@ -99,13 +100,32 @@ def iqa(
                                                          "several seeds add crop sets (default: --seed).")] = None,
     cache: Annotated[Path | None, typer.Option(help="Folder to keep the restored crops in (reused when the "
                                                      "restorer checkpoint and crop count match).")] = None,
+    augment: Annotated[str, typer.Option(help="Geometric augmentation of the training crops and their snapshots: "
+                                              "hflip or dihedral (the 8 rotations/reflections).")] = "hflip",
+    warmup: Annotated[float, typer.Option(help="Epochs of linear learning-rate warm-up before the cosine "
+                                               "decay.")] = 0.0,
+    ema: Annotated[float, typer.Option(help="Decay of the exponential moving average of the weights that is "
+                                            "validated and kept (0: off).")] = 0.0,
+    aux_weight: Annotated[float, typer.Option(help="Weight of the auxiliary distortion type/level loss on the "
+                                                   "ResNet features (training-only head; 0: off).")] = 0.0,
+    fit_fusion: Annotated[bool, typer.Option(help="Pick the VCG/VDA fusion weights (0.1 grid) on the validation "
+                                                  "split and store them in the checkpoint's config.")] = False,
 ) -> None:
     """Train the IQA net on the frozen restorer's snapshots toward the SSIM pseudo-MOS; keep the best epoch."""
     from ..model.checkpoint import load_checkpoint, save_checkpoint
     from ..model.diffv2iqa import build_model
     from .data import split_samples
-    from .iqa import CropSet, build_crops, train_iqa
+    from .iqa import AUGMENTATIONS, AuxTargets, CropSet, build_crops, train_iqa
 
+    if augment not in AUGMENTATIONS:
+        raise typer.BadParameter(f"unknown augmentation {augment!r}; use one of {', '.join(AUGMENTATIONS)}",
+                                 param_hint="--augment")
+    if warmup < 0 or warmup >= epochs:
+        raise typer.BadParameter(f"--warmup must be in [0, epochs), got {warmup}", param_hint="--warmup")
+    if not 0.0 <= ema < 1.0:
+        raise typer.BadParameter(f"--ema must be in [0, 1), got {ema}", param_hint="--ema")
+    if aux_weight < 0:
+        raise typer.BadParameter(f"--aux-weight must be >= 0, got {aux_weight}", param_hint="--aux-weight")
     _threads(threads)
     start = time.perf_counter()
     pre, _ = load_checkpoint(restorer)
@@ -137,10 +157,14 @@ def iqa(
 
     def report(e: dict[str, Any]) -> None:
         say(f"epoch {e['epoch']:3d}  train {e['train_loss']:.4f}  val {e['val_loss']:.4f}  "
-            f"val SRCC {e['val_srcc']:.4f}  PLCC {e['val_plcc']:.4f}  {e['seconds']:.0f} s")
+            f"val SRCC {e['val_srcc']:.4f} (VCG {e['val_srcc_vcg']:.3f}, VDA {e['val_srcc_vda']:.3f}; best fusion "
+            f"w_vcg {e['fusion_vcg_weight']:.1f}: {e['val_srcc_best_fusion']:.4f})  PLCC {e['val_plcc']:.4f}  "
+            f"{e['seconds']:.0f} s")
 
     history, best = train_iqa(model, train_crops, val_crops, val_mos, epochs=epochs, batch_size=batch_size,
-                              lr=lr, weight_decay=weight_decay, seed=seed,
+                              lr=lr, weight_decay=weight_decay, seed=seed, augment=augment,
+                              warmup_epochs=warmup, ema_decay=ema, fit_fusion=fit_fusion,
+                              aux=AuxTargets.of(train_crops, train_samples), aux_weight=aux_weight,
                               time_limit_s=60 * time_limit, log=report)
     seconds = time.perf_counter() - start
     save_checkpoint(model, out, trained=True, description=(
@@ -151,9 +175,13 @@ def iqa(
                       "val_crops": len(val_crops),
                       "crop_seeds": crop_seed or [seed], "epochs": epochs, "best_epoch": best, "batch_size": batch_size,
                       "lr": lr, "weight_decay": weight_decay, "seed": seed, "threads": threads,
+                      "augment": augment, "warmup_epochs": warmup, "ema": ema, "aux_weight": aux_weight,
+                      "fit_fusion": fit_fusion, "fusion": dataclasses.asdict(model.config.fusion),
                       "history": history})
-    typer.echo(f"wrote {out} (best epoch {best}, val SRCC {history[best - 1]['val_srcc']:.4f}) and {log} "
-               f"({seconds:.0f} s)")
+    kept = history[best - 1]["val_srcc_best_fusion" if fit_fusion else "val_srcc"]
+    f = model.config.fusion
+    typer.echo(f"wrote {out} (best epoch {best}, val SRCC {kept:.4f}, fusion {f.vcg_weight:g} * VCG + "
+               f"{f.vda_weight:g} * VDA) and {log} ({seconds:.0f} s)")
 
 
 @train_app.command()

@@ -14,20 +14,22 @@ validation SRCC (image level, the default `center` crop policy) is kept.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..config import ScoringConfig
+from ..config import FusionConfig, ScoringConfig
 from ..model.diffv2iqa import DiffV2IQA
 from ..reference import reference_pipeline
 from ..runtime.crops import crop_boxes, prepare
-from .data import Sample
+from .data import DISTORTIONS, LEVELS, Sample
 
 
 @dataclass
@@ -144,8 +146,60 @@ def _per_image(v: np.ndarray, owner: np.ndarray, count: int) -> np.ndarray:
     return np.array([v[owner == i].mean() for i in range(count)])
 
 
+FUSION_GRID = tuple(round(w, 2) for w in np.linspace(0.0, 1.0, 11))
+
+
+def best_fusion(vcg: np.ndarray, vda: np.ndarray, mos: np.ndarray) -> tuple[float, float]:
+    """(vcg weight w, image-level SRCC) of the fusion w * vcg + (1 - w) * vda that ranks `mos` best, w on a 0.1 grid;
+    ties go to the weight nearest 0.5 (the equal fusion of the authors' tiny-scale default)."""
+    results = [(srcc(w * vcg + (1.0 - w) * vda, mos), -abs(w - 0.5), w) for w in FUSION_GRID]
+    rho, _, w = max(results)
+    return w, rho
+
+
+@dataclass(frozen=True)
+class AuxTargets:
+    """Per training crop: the distortion type's index (0 = pristine) and the level / 5, for the auxiliary loss."""
+
+    kind: np.ndarray  # (N,) int64
+    level: np.ndarray  # (N,) float32
+    n_kinds: int
+
+    @classmethod
+    def of(cls, crops: CropSet, samples: Sequence[Sample]) -> AuxTargets:
+        kinds = ("pristine", *DISTORTIONS)
+        return cls(np.array([kinds.index(samples[o].kind) for o in crops.owner], np.int64),
+                   np.array([samples[o].level / LEVELS for o in crops.owner], np.float32), len(kinds))
+
+
+AUGMENTATIONS = ("hflip", "dihedral")
+
+
+def augment_batch(tensors: list[torch.Tensor], kind: str, rng: np.random.Generator) -> list[torch.Tensor]:
+    """The same random geometric transform applied to a crop and its snapshots (one draw per sample).
+
+    hflip: horizontal flip or not. dihedral: one of the 8 rotations/reflections of the square; the distortions
+    are isotropic or come in both orientations (motion blur), so every transform keeps the quality target.
+    """
+    n = tensors[0].shape[0]
+    if kind == "hflip":
+        flip = torch.from_numpy(rng.random(n) < 0.5)[:, None, None, None]
+        return [torch.where(flip, v.flip(-1), v) for v in tensors]
+    if kind == "dihedral":
+        ops = rng.integers(0, 8, n)
+        out = [v.clone() for v in tensors]
+        for i, op in enumerate(ops):
+            for v, o in zip(tensors, out, strict=True):
+                t = torch.rot90(v[i], int(op) % 4, dims=(-2, -1))
+                o[i] = t.transpose(-2, -1) if op >= 4 else t
+        return out
+    raise ValueError(f"unknown augmentation {kind!r}; use one of {', '.join(AUGMENTATIONS)}")
+
+
 def train_iqa(model: DiffV2IQA, train: CropSet, val: CropSet, val_mos: np.ndarray, *, epochs: int,
               batch_size: int, lr: float, weight_decay: float, seed: int, joint_batchnorm: bool = True,
+              augment: str = "hflip", warmup_epochs: float = 0.0, ema_decay: float = 0.0,
+              fit_fusion: bool = False, aux: AuxTargets | None = None, aux_weight: float = 0.0,
               time_limit_s: float = 0.0,
               log: Callable[[dict[str, Any]], None] | None = None) -> tuple[list[dict[str, Any]], int]:
     """Train model.iqa in place (the U-Net stays frozen); at the end the best-validation weights are loaded.
@@ -156,6 +210,19 @@ def train_iqa(model: DiffV2IQA, train: CropSet, val: CropSet, val_mos: np.ndarra
     scored the validation split worse than a constant (train/inference mismatch). The switch only clears
     `IQANet.training` (read by `_backbone_features` alone); BatchNorm and dropout stay in training mode.
 
+    With `ema_decay` > 0, an exponential moving average of the weights (BatchNorm statistics copied from the live
+    net) is what gets validated, selected and kept: it smooths the epoch-to-epoch swings of a small net trained on
+    few photographs.
+
+    With `fit_fusion`, epochs are compared by the validation SRCC of the best fusion weights (`best_fusion`), and
+    the kept epoch's weights become the model's fusion config; otherwise by the configured fusion.
+
+    With `aux` and `aux_weight` > 0, training-only linear heads on the ResNet logits and on the mean ViT token
+    (last tapped block) of the distorted crop learn which distortion it shows and how strong (cross-entropy on the
+    type + MSE on level / 5), weighted by `aux_weight`: a richer signal for the backbones than one scalar per crop
+    (the pseudo-MOS is mostly a function of type and level). The heads are discarded; the checkpoint keeps the
+    authors' architecture.
+
     Returns the per-epoch history and the best epoch.
     """
     rng = np.random.default_rng(seed)
@@ -163,30 +230,65 @@ def train_iqa(model: DiffV2IQA, train: CropSet, val: CropSet, val_mos: np.ndarra
     for p in model.unet.parameters():
         p.requires_grad_(False)
     params = [p for p in model.iqa.parameters() if p.requires_grad]
+    # Backbone outputs captured during a step, for the auxiliary heads: ResNet logits (4B, C) and the ViT's last
+    # tapped block (4B, 1 + T, E); both on the joint batch x, y0, y_t1, y_t2, so rows [:B] belong to x.
+    features: dict[str, torch.Tensor] = {}
+    aux_heads: dict[str, torch.nn.Module] = {}
+    hooks = []
+    if aux is not None and aux_weight > 0:
+        vit = model.iqa.vit
+        for name, module, width in (("res", model.iqa.res, model.config.iqa.resnet.num_classes),
+                                    ("vit", vit.blocks[max(vit.config.taps)], vit.config.embed_dim)):
+            aux_heads[name] = torch.nn.Linear(width, aux.n_kinds + 1)
+            params += list(aux_heads[name].parameters())
+            hooks.append(module.register_forward_hook(partial(_keep_first, features, name)))
     opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     steps_per_epoch = (len(train) + batch_size - 1) // batch_size
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+    total, warm = epochs * steps_per_epoch, round(warmup_epochs * steps_per_epoch)
+
+    def lr_factor(step: int) -> float:  # linear warm-up, then cosine decay to 0
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1.0 + float(np.cos(np.pi * (step - warm) / max(1, total - warm))))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     history: list[dict[str, Any]] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+    ema = {k: v.detach().clone() for k, v in model.iqa.state_dict().items()} if ema_decay else None
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         model.iqa.train()
         if joint_batchnorm:
             model.iqa.training = False  # children keep training mode; see the docstring
-        losses: list[float] = []
+        losses: list[float] = []  # the score part, comparable with the validation loss
+        aux_losses: list[float] = []
         perm = rng.permutation(len(train))
         for b in range(0, len(train), batch_size):
             idx = perm[b:b + batch_size]
-            t = train.tensors(idx)
-            flip = torch.from_numpy(rng.random(len(idx)) < 0.5)[:, None, None, None]
-            t = [torch.where(flip, v.flip(-1), v) for v in t]
+            t = augment_batch(train.tensors(idx), augment, rng)
             target = torch.from_numpy(train.target[idx])
-            loss = ((model.vcg(*t) - target) ** 2).mean() + ((model.vda(*t) - target) ** 2).mean()
+            features.clear()
+            score_loss = ((model.vcg(*t) - target) ** 2).mean() + ((model.vda(*t) - target) ** 2).mean()
+            loss = score_loss
+            if aux is not None:
+                for name, head in aux_heads.items():
+                    feat = features[name][:len(idx)]
+                    logits = head(feat[:, 1:].mean(dim=1) if feat.ndim == 3 else feat)  # ViT: mean of the patch tokens
+                    loss = loss + aux_weight * (
+                        torch.nn.functional.cross_entropy(logits[:, :-1], torch.from_numpy(aux.kind[idx]))
+                        + ((logits[:, -1] - torch.from_numpy(aux.level[idx])) ** 2).mean())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss.detach()))
+            losses.append(float(score_loss.detach()))
+            aux_losses.append(float(loss.detach() - score_loss.detach()))
+            if ema is not None:
+                _update_ema(ema, model.iqa.state_dict(), ema_decay)
+        live = None
+        if ema is not None:  # validate the averaged weights; the live ones resume training afterwards
+            live = copy.deepcopy(model.iqa.state_dict())
+            model.iqa.load_state_dict(ema)
         vcg, vda = branch_scores(model, val)
         f = model.config.fusion
         fused_crop = f.vcg_weight * vcg + f.vda_weight * vda
@@ -195,26 +297,55 @@ def train_iqa(model: DiffV2IQA, train: CropSet, val: CropSet, val_mos: np.ndarra
             "epoch": epoch,
             "train_loss": float(np.mean(losses)),
             "train_step_losses": losses,
+            "train_aux_loss": float(np.mean(aux_losses)),
             "val_loss": float(np.mean((vcg - val.target) ** 2) + np.mean((vda - val.target) ** 2)),
             "val_fused_mse": float(np.mean((fused_crop - val.target) ** 2)),
             "val_srcc": srcc(scores, val_mos),
             "val_srcc_vcg": srcc(_per_image(vcg, val.owner, len(val_mos)), val_mos),
             "val_srcc_vda": srcc(_per_image(vda, val.owner, len(val_mos)), val_mos),
             "val_plcc": plcc(scores, val_mos),
+            **dict(zip(("fusion_vcg_weight", "val_srcc_best_fusion"),
+                       best_fusion(_per_image(vcg, val.owner, len(val_mos)), _per_image(vda, val.owner,
+                                                                                         len(val_mos)), val_mos),
+                       strict=True)),
             "lr": float(sched.get_last_lr()[0]),
             "seconds": round(time.perf_counter() - start, 1),
         }
         history.append(entry)
-        if best is None or entry["val_srcc"] > best[0]:
-            best = (entry["val_srcc"], epoch, copy.deepcopy(model.iqa.state_dict()))
+        key = "val_srcc_best_fusion" if fit_fusion else "val_srcc"
+        if best is None or entry[key] > best[0]:
+            best = (entry[key], epoch, copy.deepcopy(model.iqa.state_dict()))
         if log is not None:
             log(entry)
+        if live is not None:
+            model.iqa.load_state_dict(live)
         if time_limit_s and time.perf_counter() - start > time_limit_s:
             break
+    for h in hooks:
+        h.remove()
     assert best is not None
     model.iqa.load_state_dict(best[2])
+    if fit_fusion:
+        w = history[best[1] - 1]["fusion_vcg_weight"]
+        model.config = dataclasses.replace(model.config, fusion=FusionConfig(vcg_weight=w, vda_weight=1.0 - w))
     model.eval()
     return history, best[1]
+
+
+def _keep_first(store: dict[str, torch.Tensor], name: str, _module: torch.nn.Module, _inputs: Any,
+                output: torch.Tensor) -> None:
+    """Forward hook: keep a module's first output of the step (returns None, so the output is not replaced)."""
+    if name not in store:
+        store[name] = output
+
+
+@torch.no_grad()
+def _update_ema(ema: dict[str, torch.Tensor], live: dict[str, torch.Tensor], decay: float) -> None:
+    for k, v in live.items():
+        if v.is_floating_point() and not k.endswith(("running_mean", "running_var")):
+            ema[k].lerp_(v, 1.0 - decay)
+        else:  # BatchNorm statistics are running averages already; counters are copied
+            ema[k].copy_(v)
 
 
 def level_metrics(scores: np.ndarray, samples: Sequence[Sample]) -> dict[str, Any]:

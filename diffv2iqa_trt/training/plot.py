@@ -37,15 +37,21 @@ def plot_curves(restorer_log: dict[str, Any], iqa_log: dict[str, Any], out: Path
     epochs = [e["epoch"] for e in hist]
     b.plot(epochs, [e["train_loss"] for e in hist], "o-", color="C0", label="train (epoch mean)")
     b.plot(epochs, [e["val_loss"] for e in hist], "o-", color="C1", label="validation")
-    b.set(title="IQA: MSE(vcg) + MSE(vda) vs crop pseudo-MOS", xlabel="epoch", ylabel="loss", yscale="log")
+    b.set(title="IQA: MSE(vcg) + MSE(vda) vs crop pseudo-MOS (without aux loss)", xlabel="epoch", ylabel="loss",
+          yscale="log")
     b.legend()
 
-    c.plot(epochs, [e["val_srcc"] for e in hist], "o-", color="C2", label="SRCC")
-    c.plot(epochs, [e["val_plcc"] for e in hist], "s--", color="C3", label="PLCC")
+    c.plot(epochs, [e["val_srcc"] for e in hist], "o-", color="C2", label="SRCC (configured fusion)")
+    c.plot(epochs, [e["val_plcc"] for e in hist], "s--", color="C3", label="PLCC (configured fusion)")
+    for key, style, label in (("val_srcc_vcg", ":", "SRCC, VCG alone"), ("val_srcc_vda", "-.", "SRCC, VDA alone")):
+        if key in hist[0]:
+            c.plot(epochs, [e[key] for e in hist], style, label=label)
+    if iqa_log.get("fit_fusion"):
+        c.plot(epochs, [e["val_srcc_best_fusion"] for e in hist], "o-", color="k", label="SRCC, fitted fusion")
     best = iqa_log.get("best_epoch")
     if best:
         c.axvline(best, color="0.5", ls=":", label=f"kept (epoch {best})")
-    c.set(title="Validation (image level, centre crop) vs pseudo-MOS", xlabel="epoch", ylim=(0, 1))
+    c.set(title="Validation (image level, centre crop) vs pseudo-MOS", xlabel="epoch", ylim=(-0.3, 1))
     c.legend()
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
