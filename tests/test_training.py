@@ -178,3 +178,29 @@ def test_train_iqa_with_aux_heads_ema_and_fusion_fit() -> None:
         after = model.vcg(*t)
     assert not torch.allclose(before, after)  # the kept weights were trained
     assert not model.training
+
+
+def test_write_split_images_and_labels(tmp_path: Path) -> None:
+    import csv
+
+    from typer.testing import CliRunner
+
+    from diffv2iqa_trt.training.cli import train_app
+    from diffv2iqa_trt.training.data import split_samples
+    from diffv2iqa_trt.training.ssim import luminance, ssim
+
+    out = tmp_path / "val"
+    result = CliRunner().invoke(train_app, ["write-split", "--split", "val", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    with open(out / "labels.csv", newline="") as f:
+        labels = {r["image"]: float(r["score"]) for r in csv.DictReader(f)}
+    assert len(labels) == len(split_samples("val")) == len(list(out.glob("*.png")))
+    # A label is the SSIM of the written (lossless) image against its pristine photograph.
+    from PIL import Image
+
+    img = np.asarray(Image.open(out / "gravel-white_noise3.png"))
+    ref = np.asarray(Image.open(out / "gravel-pristine.png"))
+    assert labels["gravel-white_noise3.png"] == pytest.approx(ssim(luminance(img), luminance(ref)), abs=1e-6)
+    assert labels["gravel-pristine.png"] == pytest.approx(1.0)
+    again = CliRunner().invoke(train_app, ["write-split", "--split", "val", "--out", str(out)])
+    assert again.exit_code == 2 and "not an empty folder" in again.output

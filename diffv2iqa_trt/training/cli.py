@@ -216,6 +216,36 @@ def evaluate(
         typer.echo(f"wrote {out}")
 
 
+@train_app.command("write-split")
+def write_split(
+    split: Annotated[str, typer.Option(help="Split to write: train, val or test.")],
+    out: Annotated[Path, typer.Option(help="Folder for the PNGs and labels.csv (created; must be empty).")],
+) -> None:
+    """Write a split's images as PNGs with labels.csv (image, score = pseudo-MOS), e.g. for `parity --labels`."""
+    import csv
+
+    from PIL import Image
+
+    from .data import SPLITS, split_samples
+
+    if split not in SPLITS:
+        raise typer.BadParameter(f"unknown split {split!r}; use one of {', '.join(SPLITS)}", param_hint="--split")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise typer.BadParameter(f"{out} exists and is not an empty folder; pick a new one", param_hint="--out")
+    samples = split_samples(split)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for s in samples:
+        name = f"{s.photo}-{s.kind}{s.level}.png" if s.level else f"{s.photo}-pristine.png"
+        Image.fromarray(s.image).save(out / name)
+        rows.append((name, f"{s.pseudo_mos:.6f}"))
+    with atomic_path(out / "labels.csv") as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "score"])
+        w.writerows(rows)
+    typer.echo(f"wrote {len(rows)} images and labels.csv (pseudo-MOS) to {out}")
+
+
 @train_app.command()
 def curves(
     restorer_log: Annotated[Path, typer.Option(help="JSON log of `train restorer`.")],
