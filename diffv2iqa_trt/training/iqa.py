@@ -6,9 +6,10 @@ the runtime pipeline (`Pipeline.restore`, deterministic noise bank), and the uin
 
 Objective: both branch scores regress the crop's pseudo-MOS (the mean of the SSIM map over the crop window),
 loss = MSE(vcg, target) + MSE(vda, target), so each branch is a quality predictor on its own and the fused score
-(the tiny config's 0.5 * vcg + 0.5 * vda) is their mean. Adam with weight decay, cosine learning-rate decay,
-random horizontal flips (of the crop and its snapshots together). Model selection: the epoch with the best
-validation SRCC (image level, the default `center` crop policy) is kept.
+(the tiny config's 0.5 * vcg + 0.5 * vda) is their mean; optionally plus an auxiliary distortion type/level loss
+on the backbones (training-only heads). Adam with weight decay, optional warm-up then cosine learning-rate decay,
+random flips or dihedral transforms (of the crop and its snapshots together), optional weight EMA. Model
+selection: the epoch with the best validation SRCC (image level, the default `center` crop policy) is kept.
 """
 
 from __future__ import annotations
@@ -293,6 +294,8 @@ def train_iqa(model: DiffV2IQA, train: CropSet, val: CropSet, val_mos: np.ndarra
         f = model.config.fusion
         fused_crop = f.vcg_weight * vcg + f.vda_weight * vda
         scores = image_scores(model, val, len(val_mos))
+        vcg_image, vda_image = _per_image(vcg, val.owner, len(val_mos)), _per_image(vda, val.owner, len(val_mos))
+        fusion_w, fusion_srcc = best_fusion(vcg_image, vda_image, val_mos)
         entry: dict[str, Any] = {
             "epoch": epoch,
             "train_loss": float(np.mean(losses)),
@@ -301,13 +304,11 @@ def train_iqa(model: DiffV2IQA, train: CropSet, val: CropSet, val_mos: np.ndarra
             "val_loss": float(np.mean((vcg - val.target) ** 2) + np.mean((vda - val.target) ** 2)),
             "val_fused_mse": float(np.mean((fused_crop - val.target) ** 2)),
             "val_srcc": srcc(scores, val_mos),
-            "val_srcc_vcg": srcc(_per_image(vcg, val.owner, len(val_mos)), val_mos),
-            "val_srcc_vda": srcc(_per_image(vda, val.owner, len(val_mos)), val_mos),
+            "val_srcc_vcg": srcc(vcg_image, val_mos),
+            "val_srcc_vda": srcc(vda_image, val_mos),
             "val_plcc": plcc(scores, val_mos),
-            **dict(zip(("fusion_vcg_weight", "val_srcc_best_fusion"),
-                       best_fusion(_per_image(vcg, val.owner, len(val_mos)), _per_image(vda, val.owner,
-                                                                                         len(val_mos)), val_mos),
-                       strict=True)),
+            "fusion_vcg_weight": fusion_w,
+            "val_srcc_best_fusion": fusion_srcc,
             "lr": float(sched.get_last_lr()[0]),
             "seconds": round(time.perf_counter() - start, 1),
         }
