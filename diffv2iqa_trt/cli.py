@@ -255,7 +255,7 @@ def build(
     with err.status("building") as status:
         try:
             result = build_onnx_bundle(loaded.model, loaded.info, out_dir, options, init_seed=loaded.init_seed,
-                                       checkpoint_path=checkpoint, progress=lambda m: status.update(m))
+                                       checkpoint_path=loaded.path, progress=lambda m: status.update(m))
         except BuildError as exc:
             raise _fail(str(exc), code=1) from None
         except ValueError as exc:  # BundleError: e.g. --out exists

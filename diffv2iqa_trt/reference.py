@@ -26,6 +26,7 @@ class LoadedModel:
     model: DiffV2IQA
     info: CheckpointInfo
     init_seed: int | None = None  # set when the weights are a seeded initialisation, not a checkpoint
+    path: Path | None = None  # the checkpoint file the weights came from (the embedded default included)
 
     @property
     def label(self) -> str:
@@ -45,7 +46,7 @@ def load_model(checkpoint: str | os.PathLike[str] | None = None, preset_name: st
         if preset_name is not None and preset_name != model.config.name:
             raise CheckpointError(f"{checkpoint} holds a {model.config.name!r} model but --preset {preset_name} "
                                   "was given; drop --preset or pick the matching checkpoint")
-        return LoadedModel(model, info)
+        return LoadedModel(model, info, path=Path(checkpoint))
     name = preset_name or DEFAULT_PRESET
     model = build_model(preset(name), seed=DEFAULT_SEED)
     info = CheckpointInfo(trained=False, description=f"random weights from seed {DEFAULT_SEED}")

@@ -461,3 +461,14 @@ def test_bundle_package_is_torch_free() -> None:
     code = "import sys, diffv2iqa_trt.bundle; assert 'torch' not in sys.modules, 'torch imported'"
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_atomic_writes_get_the_mode_of_a_plain_open(tmp_path: Path) -> None:
+    from diffv2iqa_trt.atomic import atomic_path
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    with atomic_path(tmp_path / "atomic.txt") as tmp:
+        tmp.write_text("x")
+    assert os.stat(tmp_path / "atomic.txt").st_mode & 0o777 == os.stat(plain).st_mode & 0o777
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

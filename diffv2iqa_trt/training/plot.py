@@ -20,7 +20,7 @@ def plot_curves(restorer_log: dict[str, Any], iqa_log: dict[str, Any], out: Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(16, 4.4))
     steps = np.array([e["step"] for e in restorer_log["history"]])
     loss = np.array([e["loss"] for e in restorer_log["history"]])
     a.plot(steps, loss, color="0.8", lw=0.8, label="per step")
@@ -37,7 +37,7 @@ def plot_curves(restorer_log: dict[str, Any], iqa_log: dict[str, Any], out: Path
     epochs = [e["epoch"] for e in hist]
     b.plot(epochs, [e["train_loss"] for e in hist], "o-", color="C0", label="train (epoch mean)")
     b.plot(epochs, [e["val_loss"] for e in hist], "o-", color="C1", label="validation")
-    b.set(title="IQA: MSE(vcg) + MSE(vda) vs crop pseudo-MOS (without aux loss)", xlabel="epoch", ylabel="loss",
+    b.set(title="IQA: MSE(vcg) + MSE(vda) (aux loss excluded)", xlabel="epoch", ylabel="loss",
           yscale="log")
     b.legend()
 
@@ -51,7 +51,7 @@ def plot_curves(restorer_log: dict[str, Any], iqa_log: dict[str, Any], out: Path
     best = iqa_log.get("best_epoch")
     if best:
         c.axvline(best, color="0.5", ls=":", label=f"kept (epoch {best})")
-    c.set(title="Validation (image level, centre crop) vs pseudo-MOS", xlabel="epoch", ylim=(-0.3, 1))
+    c.set(title="Validation vs pseudo-MOS (image level, centre crop)", xlabel="epoch", ylim=(-0.3, 1))
     c.legend()
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
