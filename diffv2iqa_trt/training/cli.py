@@ -107,7 +107,7 @@ def iqa(
     ema: Annotated[float, typer.Option(help="Decay of the exponential moving average of the weights that is "
                                             "validated and kept (0: off).")] = 0.0,
     aux_weight: Annotated[float, typer.Option(help="Weight of the auxiliary distortion type/level loss on the "
-                                                   "ResNet features (training-only head; 0: off).")] = 0.0,
+                                                   "ResNet and ViT features (training-only heads; 0: off).")] = 0.0,
     fit_fusion: Annotated[bool, typer.Option(help="Pick the VCG/VDA fusion weights (0.1 grid) on the validation "
                                                   "split and store them in the checkpoint's config.")] = False,
 ) -> None:
