@@ -150,8 +150,9 @@ def test_dihedral_augmentation_moves_crop_and_snapshots_together() -> None:
 
 
 def test_train_iqa_with_aux_heads_ema_and_fusion_fit() -> None:
-    """One short run through every training option: the auxiliary heads' hooks must not alter the forward pass
-    and must be gone afterwards; EMA weights are what is kept; the fitted fusion is a convex combination."""
+    """One short run through every training option. The auxiliary heads' hooks stay active during validation (a
+    hook that replaced the backbone output broke exactly there, on a batch of another size) and are gone
+    afterwards; the fitted fusion is the kept epoch's convex combination."""
     import torch
 
     from diffv2iqa_trt.training.iqa import AuxTargets, CropSet, train_iqa
