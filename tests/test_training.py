@@ -205,3 +205,6 @@ def test_write_split_images_and_labels(tmp_path: Path) -> None:
     assert labels["gravel-pristine.png"] == pytest.approx(1.0)
     again = CliRunner().invoke(train_app, ["write-split", "--split", "val", "--out", str(out)])
     assert again.exit_code == 2 and "not an empty folder" in again.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["val"]  # no temp folder left behind
+    bad = CliRunner().invoke(train_app, ["write-split", "--split", "holdout", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "unknown split" in bad.output and not (tmp_path / "x").exists()

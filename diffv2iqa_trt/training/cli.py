@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, current_umask
 
 train_app = typer.Typer(help="Train and evaluate demo weights on synthetic distortions of real photographs.",
                         no_args_is_help=True, pretty_exceptions_enable=False)
@@ -39,6 +39,13 @@ def _threads(n: int) -> None:
     import torch
 
     torch.set_num_threads(n)
+
+
+def _check_split(name: str) -> None:
+    from .data import SPLITS
+
+    if name not in SPLITS:
+        raise typer.BadParameter(f"unknown split {name!r}; use one of {', '.join(SPLITS)}", param_hint="--split")
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
@@ -201,8 +208,7 @@ def evaluate(
     model, info = load_checkpoint(checkpoint)
     results: dict[str, Any] = {}
     for name in split or ["val", "test"]:
-        if name not in SPLITS:
-            raise typer.BadParameter(f"unknown split {name!r}; use one of {', '.join(SPLITS)}")
+        _check_split(name)
         r = run_evaluation(model, split_samples(name), crops=crops)
         results[name] = r
         typer.echo(f"{name}: SRCC {r['srcc_vs_pseudo_mos']:.4f}  PLCC {r['plcc_vs_pseudo_mos']:.4f}  "
@@ -223,26 +229,36 @@ def write_split(
 ) -> None:
     """Write a split's images as PNGs with labels.csv (image, score = pseudo-MOS), e.g. for `parity --labels`."""
     import csv
+    import shutil
+    import tempfile
 
     from PIL import Image
 
-    from .data import SPLITS, split_samples
+    from .data import split_samples
 
-    if split not in SPLITS:
-        raise typer.BadParameter(f"unknown split {split!r}; use one of {', '.join(SPLITS)}", param_hint="--split")
+    _check_split(split)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise typer.BadParameter(f"{out} exists and is not an empty folder; pick a new one", param_hint="--out")
     samples = split_samples(split)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for s in samples:
-        name = f"{s.photo}-{s.kind}{s.level}.png" if s.level else f"{s.photo}-pristine.png"
-        Image.fromarray(s.image).save(out / name)
-        rows.append((name, f"{s.pseudo_mos:.6f}"))
-    with atomic_path(out / "labels.csv") as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["image", "score"])
-        w.writerows(rows)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Everything goes to a sibling temp folder that is renamed at the end: never a half-written split.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        rows = []
+        for s in samples:
+            name = f"{s.photo}-{s.kind}{s.level}.png" if s.level else f"{s.photo}-pristine.png"
+            Image.fromarray(s.image).save(tmp / name)
+            rows.append((name, f"{s.pseudo_mos:.6f}"))
+        with open(tmp / "labels.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["image", "score"])
+            w.writerows(rows)
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it private
+        if out.exists():
+            out.rmdir()  # checked empty above
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     typer.echo(f"wrote {len(rows)} images and labels.csv (pseudo-MOS) to {out}")
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..benchmarks.stats import plcc, srcc
 from ..config import FusionConfig, ScoringConfig
 from ..model.diffv2iqa import DiffV2IQA
 from ..reference import reference_pipeline
@@ -118,29 +119,6 @@ def branch_scores(model: DiffV2IQA, crops: CropSet, batch_size: int = 64) -> tup
         vcg.append(model.vcg(*t).numpy())
         vda.append(model.vda(*t).numpy())
     return np.concatenate(vcg), np.concatenate(vda)
-
-
-def srcc(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(a, b).statistic)
-
-
-def plcc(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
-    from scipy.stats import pearsonr
-
-    return float(pearsonr(a, b).statistic)
-
-
-def image_scores(model: DiffV2IQA, crops: CropSet, count: int) -> np.ndarray:
-    """Fused image scores: the mean over an image's crops of each branch, then the configured fusion."""
-    vcg, vda = branch_scores(model, crops)
-    f = model.config.fusion
-    out = np.empty(count)
-    for i in range(count):
-        mask = crops.owner == i
-        out[i] = f.vcg_weight * vcg[mask].mean() + f.vda_weight * vda[mask].mean()
-    return out
 
 
 def _per_image(v: np.ndarray, owner: np.ndarray, count: int) -> np.ndarray:
@@ -293,8 +271,9 @@ def train_iqa(model: DiffV2IQA, train: CropSet, val: CropSet, val_mos: np.ndarra
         vcg, vda = branch_scores(model, val)
         f = model.config.fusion
         fused_crop = f.vcg_weight * vcg + f.vda_weight * vda
-        scores = image_scores(model, val, len(val_mos))
+        # Image score: the mean over an image's crops of each branch, then the configured fusion.
         vcg_image, vda_image = _per_image(vcg, val.owner, len(val_mos)), _per_image(vda, val.owner, len(val_mos))
+        scores = f.vcg_weight * vcg_image + f.vda_weight * vda_image
         fusion_w, fusion_srcc = best_fusion(vcg_image, vda_image, val_mos)
         entry: dict[str, Any] = {
             "epoch": epoch,
