@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import shlex
@@ -18,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import __version__
+from .errors import EXIT_FAILED, EXIT_USAGE, ConfigError, DiffV2IQAError
 
 app = typer.Typer(
     help="Deploy and run the DiffV2IQA no-reference image-quality model (PyTorch reference, ONNX, TensorRT).",
@@ -39,9 +38,14 @@ class PresetName(str, Enum):
     paper = "paper"
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
+def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     err.print(f"[bold red]error:[/] {escape(message)}")
     return typer.Exit(code)
+
+
+def _failed(exc: DiffV2IQAError) -> typer.Exit:
+    """An expected failure of the library: its message, and the exit code its kind carries."""
+    return _fail(str(exc), exc.exit_code)
 
 
 def _version(value: bool) -> None:
@@ -97,113 +101,63 @@ def score(
     fmt: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = OutputFormat.table,
 ) -> None:
     """Score images. Bad files are reported and skipped; the exit code is 1 if any file could not be scored."""
-    from .runtime.images import ImageDecodeError, expand_paths, load_image
+    from .runtime.images import expand_paths
+    from .runtime.scoring import results_csv, results_json, score_files
+    from .scorers import ScoreOptions, open_scorer
 
+    options = ScoreOptions(bundle=bundle, backend=backend.value if backend else None, precision=precision,
+                           checkpoint=checkpoint, preset=preset.value if preset else None, crops=crops, mode=mode,
+                           steps=steps, seed=seed, batch_size=batch_size, device=device, threads=threads)
     try:
-        pipeline, label, trained = _scoring_pipeline(bundle, backend, precision, checkpoint, preset, crops, mode,
-                                                     steps, seed, batch_size, device, threads)
-    except (ValueError, RuntimeError) as exc:  # CheckpointError and BundleError are ValueErrors
-        raise _fail(str(exc)) from None
+        scorer = open_scorer(options)
+    except DiffV2IQAError as exc:
+        raise _failed(exc) from None
     files = expand_paths(list(paths))
     if not files:
         raise _fail("no images found in the given paths")
-    if not trained:
-        err.print(f"[yellow]warning:[/] model {label}: scores are not meaningful quality ratings")
+    if not scorer.trained:
+        err.print(f"[yellow]warning:[/] model {escape(scorer.label)}: scores are not meaningful quality ratings")
 
-    results: dict[int, Any] = {}
-    errors: dict[int, str] = {}
     progress = Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         console=err, disable=len(files) < 2, transient=True)
     with progress:
         task = progress.add_task("score", total=len(files))
-        chunk = max(1, batch_size)
-        for start in range(0, len(files), chunk):
-            batch: list[tuple[int, Any]] = []
-            for index in range(start, min(start + chunk, len(files))):
-                try:
-                    batch.append((index, load_image(files[index])))
-                except ImageDecodeError as exc:
-                    errors[index] = exc.reason
-            if batch:
-                for (index, _), result in zip(batch, pipeline.score([img for _, img in batch]), strict=True):
-                    results[index] = result
-            progress.advance(task, min(chunk, len(files) - start))
+        try:
+            results = score_files(scorer.pipeline, files, progress=lambda n: progress.advance(task, n))
+        except DiffV2IQAError as exc:
+            raise _failed(exc) from None
 
-    backend_name = getattr(pipeline.executor, "name", "?")
-    _emit(fmt, files, results, errors, label, trained, pipeline.spec, backend_name)
-    for index, reason in sorted(errors.items()):
-        err.print(f"[bold red]error:[/] {escape(str(files[index]))}: {escape(reason)}")
-    if errors:
-        err.print(f"{len(errors)} of {len(files)} file(s) could not be scored")
-        raise typer.Exit(1)
-
-
-def _scoring_pipeline(bundle: Path | None, backend: BackendName | None, precision: str, checkpoint: Path | None,
-                      preset: PresetName | None, crops: str | None, mode: str | None, steps: int | None,
-                      seed: int | None, batch_size: int, device: str, threads: int | None) -> tuple[Any, str, bool]:
-    """(pipeline, model label, trained) for the score command's options."""
-    from .config import ScoringConfig
-
-    if bundle is not None:
-        if checkpoint is not None or preset is not None or steps is not None:
-            raise ValueError("--checkpoint, --preset and --steps do not apply with --bundle: the bundle fixes the "
-                             "model and its schedule")
-        from .bundle import load_bundle
-        from .runtime.from_bundle import bundle_pipeline
-
-        b = load_bundle(bundle)
-        p = b.pipeline
-        scoring = ScoringConfig(crops=crops or p["crops"], mode=mode or p["mode"],
-                                noise_seed=p["noise"]["seed"] if seed is None else seed)
-        chosen = (backend or BackendName.onnxruntime).value
-        pipe = bundle_pipeline(b, chosen, precision=precision, device=device, scoring=scoring,
-                               batch_size=batch_size, threads=threads)
-        model = b.manifest["model"]
-        label = model["name"] if model["trained"] else f"{model['name']} (UNTRAINED: {model['description']})"
-        return pipe, label, bool(model["trained"])
-    if backend is BackendName.onnxruntime:
-        raise ValueError("--backend onnxruntime needs --bundle (build one with `diffv2iqa-trt build`)")
-    from .reference import load_model, reference_pipeline
-
-    scoring = ScoringConfig(crops=crops or "center", mode=mode or "crops", noise_seed=0 if seed is None else seed)
-    loaded = load_model(checkpoint, preset.value if preset else None)
-    return (reference_pipeline(loaded.model, scoring, steps, batch_size, device), loaded.label,
-            loaded.info.trained)
-
-
-def _emit(fmt: OutputFormat, files: list[Path], results: dict[int, Any], errors: dict[int, str], label: str,
-          trained: bool, spec: Any, backend: str) -> None:
-    rows: list[dict[str, Any]] = []
-    for i, path in enumerate(files):
-        r = results.get(i)
-        rows.append({"path": str(path), "score": r.score if r else None, "vcg": r.vcg if r else None,
-                     "vda": r.vda if r else None, "crops": r.crops if r else 0, "error": errors.get(i)})
+    spec = scorer.pipeline.spec
     if fmt is OutputFormat.json:
-        doc = {"model": {"label": label, "trained": trained}, "backend": backend, "crops": spec.crops,
-               "mode": spec.mode, "steps": spec.steps, "noise_seed": spec.noise_seed, "results": rows}
-        out.print(json.dumps(doc, indent=2), markup=False)
+        header = {"model": {"label": scorer.label, "trained": scorer.trained}, "backend": scorer.backend,
+                  "crops": spec.crops, "mode": spec.mode, "steps": spec.steps, "noise_seed": spec.noise_seed}
+        out.print(json.dumps(results_json(results, header), indent=2), markup=False)
     elif fmt is OutputFormat.csv:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=["path", "score", "vcg", "vda", "crops", "model", "error"],
-                                lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "model": label, "error": row["error"] or ""})
-        out.print(buf.getvalue(), end="", markup=False)
+        out.print(results_csv(results, scorer.label), end="", markup=False)
     else:
-        table = Table(title=f"DiffV2IQA scores, model {label}", caption=f"backend={backend} crops={spec.crops} "
-                      f"mode={spec.mode} steps={spec.steps} seed={spec.noise_seed}")
-        for col in ("image", "score", "VCG", "VDA", "crops"):
-            if col == "image":
-                table.add_column(col, overflow="fold")
-            else:
-                table.add_column(col, justify="right")
-        for row in rows:
-            if row["error"] is None:
-                table.add_row(row["path"], _fmt(row["score"]), _fmt(row["vcg"]), _fmt(row["vda"]), str(row["crops"]))
-            else:
-                table.add_row(row["path"], "[red]error[/]", "", "", "")
-        out.print(table)
+        _print_scores(results, scorer.label, scorer.backend, spec)
+    failed = [r for r in results if r.error is not None]
+    for r in failed:
+        err.print(f"[bold red]error:[/] {escape(str(r.path))}: {escape(r.error or '')}")
+    if failed:
+        err.print(f"{len(failed)} of {len(files)} file(s) could not be scored")
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _print_scores(results: list[Any], label: str, backend: str, spec: Any) -> None:
+    table = Table(title=f"DiffV2IQA scores, model {escape(label)}", caption=f"backend={backend} crops={spec.crops} "
+                  f"mode={spec.mode} steps={spec.steps} seed={spec.noise_seed}")
+    table.add_column("image", overflow="fold")
+    for col in ("score", "VCG", "VDA", "crops"):
+        table.add_column(col, justify="right")
+    for r in results:
+        row = r.row()
+        if r.error is None:
+            table.add_row(escape(row["path"]), _fmt(row["score"]), _fmt(row["vcg"]), _fmt(row["vda"]),
+                          str(row["crops"]))
+        else:
+            table.add_row(escape(row["path"]), "[red]error[/]", "", "", "")
+    out.print(table)
 
 
 class BuildTarget(str, Enum):
@@ -237,9 +191,9 @@ def build(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle at --out.")] = False,
 ) -> None:
     """Export the three graphs, lint them for TensorRT, check them against torch and write a bundle."""
-    from .build import BuildError, BuildOptions, build_onnx_bundle
+    from .assemble import BuildOptions, build_onnx_bundle
     from .config import ScoringConfig
-    from .reference import load_model
+    from .reference.loading import load_model
 
     try:
         options = BuildOptions(scoring=ScoringConfig(crops=crops, mode=mode, noise_seed=seed), opset=opset,
@@ -248,18 +202,16 @@ def build(
                                overwrite=overwrite)
         loaded = load_model(checkpoint, preset.value if preset else None)
         options.check(loaded.model.config.crop_size, loaded.model.config.unet.size_multiple)
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
+    except DiffV2IQAError as exc:
+        raise _failed(exc) from None
     if not loaded.info.trained:
-        err.print(f"[yellow]warning:[/] model {loaded.label}")
+        err.print(f"[yellow]warning:[/] model {escape(loaded.label)}")
     with err.status("building") as status:
         try:
             result = build_onnx_bundle(loaded.model, loaded.info, out_dir, options, init_seed=loaded.init_seed,
                                        checkpoint_path=loaded.path, progress=lambda m: status.update(m))
-        except BuildError as exc:
-            raise _fail(str(exc), code=1) from None
-        except ValueError as exc:  # BundleError: e.g. --out exists
-            raise _fail(str(exc)) from None
+        except DiffV2IQAError as exc:
+            raise _failed(exc) from None
     _print_lint(result.lint)
     table = Table(title="ONNX Runtime (CPU) vs torch, example inputs at batch 2")
     for col in ("graph", "output", "max |Δ|", "max rel"):
@@ -292,12 +244,13 @@ def inspect(
 ) -> None:
     """Summarise a bundle: model, pipeline, graphs, files, lint and parity. Verifies every file's sha256."""
     from .bundle import load_bundle
+    from .bundle.summary import bundle_summary
 
     try:
         b = load_bundle(bundle, verify_hashes=not no_verify)
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
-    summary = b.summary()
+    except DiffV2IQAError as exc:
+        raise _failed(exc) from None
+    summary = bundle_summary(b)
     if as_json:
         out.print(json.dumps(summary, indent=2), markup=False)
         return
@@ -307,7 +260,7 @@ def inspect(
 def _print_summary(summary: dict[str, Any], prefix: str = "") -> None:
     for key, value in summary.items():
         if isinstance(value, dict):
-            out.print(f"{prefix}[bold]{key}[/]")
+            out.print(f"{prefix}[bold]{escape(str(key))}[/]")
             _print_summary(value, prefix + "  ")
         else:
             out.print(f"{prefix}{key}: {value}", markup=False)
@@ -354,9 +307,9 @@ def parity(
         with err.status("parity") as status:
             report = run_parity(b, files, label_map, batch_size=batch_size, threads=threads,
                                 progress=lambda m: status.update(f"parity: {m}"))
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise _fail(str(exc)) from None
-    paths = write_report(report, out_dir, invocation=_invocation(ctx))
+        paths = write_report(report, out_dir, invocation=_invocation(ctx))
+    except DiffV2IQAError as exc:
+        raise _failed(exc) from None
     table = Table(title=f"Parity against torch fp32, {report['images']} images")
     for col in ("variant", "max |Δ|", "SRCC", "rank flips", "result"):
         table.add_column(col)
@@ -398,7 +351,7 @@ def bench(
     try:
         b = load_bundle(bundle)
         settings = BenchSettings(backends=tuple(backends.split(",")),
-                                 batch_sizes=tuple(int(v) for v in batch_sizes.split(",")), warmup=warmup,
+                                 batch_sizes=_int_list(batch_sizes, "--batch-sizes"), warmup=warmup,
                                  min_iters=min_iters, min_seconds=min_seconds, threads=threads,
                                  offline_images=offline_images)
         if threads:
@@ -408,9 +361,9 @@ def bench(
         files = expand_paths(list(images)) if images else [_synthetic_image(out_dir)]
         with err.status("bench") as status:
             report = run_bench(b, files, settings, progress=lambda m: status.update(f"bench: {m}"))
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise _fail(str(exc)) from None
-    paths = write_report(report, out_dir, name or f"bench_{report['model']}", invocation=_invocation(ctx))
+        paths = write_report(report, out_dir, name or f"bench_{report['model']}", invocation=_invocation(ctx))
+    except DiffV2IQAError as exc:
+        raise _failed(exc) from None
     table = Table(title=f"Single-stream latency, model {report['model']}")
     for col in ("backend", "median s", "p99 s", "speed-up", "best images/s (offline)"):
         table.add_column(col)
@@ -422,6 +375,16 @@ def bench(
                       f"{best:.3f}")
     out.print(table)
     out.print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{option} {text!r} is not a comma-separated list of integers, e.g. 1,2,4,8") from None
+    if any(v < 1 for v in values):
+        raise ConfigError(f"{option} {text!r}: every value must be at least 1")
+    return values
 
 
 def _synthetic_image(folder: Path) -> Path:
@@ -454,8 +417,8 @@ def info(
     try:
         restore_hw = _parse_hw(image_size) if image_size else None
         summary = summarize(config, crop_size=crop_size, restore_hw=restore_hw, steps=steps)
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
+    except DiffV2IQAError as exc:
+        raise _failed(exc) from None
     if as_json:
         out.print(json.dumps(summary.to_dict(), indent=2), markup=False)
         return
@@ -479,7 +442,7 @@ def _parse_hw(text: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise ValueError(f"image size {text!r} is not HxW, e.g. 384x512") from None
+        raise ConfigError(f"image size {text!r} is not HxW, e.g. 384x512") from None
     return h, w
 
 
@@ -495,22 +458,16 @@ def convert(
     vda_weight: Annotated[float | None, typer.Option(help="Fusion weight of VDA (default: the preset's).")] = None,
 ) -> None:
     """Convert the authors' checkpoints into one native checkpoint."""
-    import dataclasses
-
     from .config import preset as make_preset
-    from .model.checkpoint import CheckpointError, load_authors, save_checkpoint
+    from .model.checkpoint import convert_authors
 
-    config = make_preset(preset.value)
-    head = dataclasses.replace(config.iqa.head, feed_t1_as_t2=feed_t1_as_t2)
-    fusion = dataclasses.replace(config.fusion, **{k: v for k, v in (("vcg_weight", vcg_weight),
-                                                                       ("vda_weight", vda_weight)) if v is not None})
-    config = config.replace(iqa=dataclasses.replace(config.iqa, head=head), fusion=fusion)
+    config = make_preset(preset.value).with_scoring_head(feed_t1_as_t2=feed_t1_as_t2, vcg_weight=vcg_weight,
+                                                         vda_weight=vda_weight)
     try:
-        model = load_authors(config, sr3, div2iqa)
-    except CheckpointError as exc:
-        raise _fail(str(exc)) from None
-    save_checkpoint(model, out_path, trained=True, description=f"converted from {sr3.name} and {div2iqa.name}")
-    out.print(f"wrote {out_path}")
+        convert_authors(config, sr3, div2iqa, out_path)
+    except DiffV2IQAError as exc:
+        raise _failed(exc) from None
+    out.print(f"wrote {escape(str(out_path))}")
 
 
 def _register_training() -> None:

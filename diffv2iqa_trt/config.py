@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from .errors import ConfigError
+
 T = TypeVar("T")
 
 
@@ -143,15 +145,24 @@ class ModelConfig:
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
+    def with_scoring_head(self, *, feed_t1_as_t2: bool | None = None, vcg_weight: float | None = None,
+                          vda_weight: float | None = None) -> ModelConfig:
+        """This config with the head's y_t1/y_t2 feeding and the fusion weights changed where given."""
+        head = self.iqa.head if feed_t1_as_t2 is None else dataclasses.replace(self.iqa.head,
+                                                                                feed_t1_as_t2=feed_t1_as_t2)
+        weights = {k: v for k, v in (("vcg_weight", vcg_weight), ("vda_weight", vda_weight)) if v is not None}
+        return self.replace(iqa=dataclasses.replace(self.iqa, head=head),
+                            fusion=dataclasses.replace(self.fusion, **weights))
+
 
 def _from_dict(cls: type[T], data: Any) -> T:
     """Rebuild a (nested) frozen dataclass from plain JSON data, turning lists back into tuples."""
     if not isinstance(data, dict):
-        raise ValueError(f"expected an object for {cls.__name__}, got {type(data).__name__}")
+        raise ConfigError(f"expected an object for {cls.__name__}, got {type(data).__name__}")
     hints = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = set(data) - set(hints)
     if unknown:
-        raise ValueError(f"unknown field(s) for {cls.__name__}: {sorted(unknown)}")
+        raise ConfigError(f"unknown field(s) for {cls.__name__}: {sorted(unknown)}")
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         f = hints[name]
@@ -212,7 +223,7 @@ def preset(name: str) -> ModelConfig:
     try:
         return PRESETS[name]()
     except KeyError:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
 
 
 CROP_POLICY = re.compile(r"^(center|five|resize224|grid:[1-9][0-9]*)$")
@@ -229,6 +240,6 @@ class ScoringConfig:
 
     def __post_init__(self) -> None:
         if not CROP_POLICY.match(self.crops):
-            raise ValueError(f"unknown crop policy {self.crops!r}; use center, five, grid:N or resize224")
+            raise ConfigError(f"unknown crop policy {self.crops!r}; use center, five, grid:N or resize224")
         if self.mode not in MODES:
-            raise ValueError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
+            raise ConfigError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")

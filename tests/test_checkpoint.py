@@ -17,7 +17,7 @@ from diffv2iqa_trt.model.checkpoint import (
     sr3_unet_state,
 )
 from diffv2iqa_trt.model.diffv2iqa import DiffV2IQA, build_model
-from diffv2iqa_trt.model.schedule import step_tables
+from diffv2iqa_trt.schedule import step_tables
 
 LAYOUT = Path(ckpt.__file__).parent / "authors_layout"
 

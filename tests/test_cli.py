@@ -56,7 +56,7 @@ def test_score_bad_options(image_dir, args, message):
 
 
 def test_default_model_is_the_trained_demo(image_dir):
-    from diffv2iqa_trt.reference import DEMO_WEIGHTS
+    from diffv2iqa_trt.reference.loading import DEMO_WEIGHTS
 
     image = str(image_dir / "astronaut.png")
     result = runner.invoke(app, ["score", image, "--format", "json"])

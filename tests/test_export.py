@@ -23,7 +23,7 @@ from diffv2iqa_trt.export.validate import (
     run_onnxruntime,
 )
 from diffv2iqa_trt.model.diffv2iqa import DiffV2IQA, build_model
-from diffv2iqa_trt.model.schedule import step_tables
+from diffv2iqa_trt.schedule import step_tables
 
 TOL = 1e-4
 

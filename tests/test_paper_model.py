@@ -6,7 +6,7 @@ import torch
 
 from diffv2iqa_trt.config import paper_config
 from diffv2iqa_trt.model.diffv2iqa import build_model
-from diffv2iqa_trt.model.schedule import step_tables
+from diffv2iqa_trt.schedule import step_tables
 
 
 @pytest.mark.slow

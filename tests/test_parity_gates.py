@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from diffv2iqa_trt.benchmarks.parity import DEFAULT_GATES
-from diffv2iqa_trt.benchmarks.photos import distorted_set
 from diffv2iqa_trt.config import ScoringConfig
+from diffv2iqa_trt.data.photos import distorted_set
 from diffv2iqa_trt.model.checkpoint import load_checkpoint
-from diffv2iqa_trt.reference import DEMO_WEIGHTS, reference_pipeline
+from diffv2iqa_trt.reference.loading import DEMO_WEIGHTS, reference_pipeline
 from diffv2iqa_trt.runtime.crops import prepare
 
 

@@ -9,10 +9,10 @@ from PIL import Image
 
 from diffv2iqa_trt.config import ScoringConfig, tiny_config
 from diffv2iqa_trt.model.diffv2iqa import build_model, restore_update, uint8_roundtrip
-from diffv2iqa_trt.model.schedule import step_tables
-from diffv2iqa_trt.reference import reference_pipeline
+from diffv2iqa_trt.reference.loading import reference_pipeline
 from diffv2iqa_trt.runtime.crops import prepare
 from diffv2iqa_trt.runtime.noise import noise_bank
+from diffv2iqa_trt.schedule import step_tables
 
 
 def hand_step(eps, y, t, i, z):

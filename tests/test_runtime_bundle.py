@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from diffv2iqa_trt.benchmarks.photos import DISTORTIONS, distort, photos
-from diffv2iqa_trt.build import BuildOptions, build_onnx_bundle
+from diffv2iqa_trt.assemble import BuildOptions, build_onnx_bundle
 from diffv2iqa_trt.bundle import BundleError, load_bundle
 from diffv2iqa_trt.cli import app
 from diffv2iqa_trt.config import ScoringConfig
-from diffv2iqa_trt.reference import load_model
+from diffv2iqa_trt.data.distortions import distort
+from diffv2iqa_trt.data.photos import SET_DISTORTIONS, photos
+from diffv2iqa_trt.reference.loading import load_model
 from diffv2iqa_trt.runtime.from_bundle import bundle_pipeline
 
 runner = CliRunner()
@@ -37,7 +38,7 @@ def tiny_bundle(tmp_path_factory):
 def distorted_photos():
     """21 real photographs with synthetic distortions (7 photos x 3 kinds), small so the test stays quick."""
     base = list(photos(max_side=96).values())[:7]
-    return [distort(p, kind, 3, seed=i) for i, p in enumerate(base) for kind in DISTORTIONS]
+    return [distort(p, kind, 3, seed=i) for i, p in enumerate(base) for kind in SET_DISTORTIONS]
 
 
 def test_onnxruntime_matches_torch_on_real_photos(tiny_bundle, distorted_photos):
@@ -51,7 +52,7 @@ def test_onnxruntime_matches_torch_on_real_photos(tiny_bundle, distorted_photos)
 
 def test_bundle_pipeline_equals_reference_pipeline(tiny_bundle, distorted_photos):
     """The manifest's tables, seed and fusion reproduce the config-driven reference exactly."""
-    from diffv2iqa_trt.reference import reference_pipeline
+    from diffv2iqa_trt.reference.loading import reference_pipeline
 
     loaded = load_model(preset_name="tiny")
     scoring = ScoringConfig(crops="five", mode="faithful", noise_seed=3)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from diffv2iqa_trt.config import ScheduleConfig
-from diffv2iqa_trt.model.schedule import betas, check_capture_steps, step_tables
+from diffv2iqa_trt.schedule import betas, check_capture_steps, step_tables
 
 
 def closed_form_alphabar(t: int, n: int, s: float = 8e-3) -> float:

@@ -10,11 +10,12 @@ import pytest
 
 pytest.importorskip("skimage")
 
-from diffv2iqa_trt.benchmarks.photos import PHOTO_NAMES, photos  # noqa: E402
 from diffv2iqa_trt.config import tiny_config  # noqa: E402
+from diffv2iqa_trt.data.distortions import DISTORTIONS, LEVELS, distort
+from diffv2iqa_trt.data.photos import PHOTO_NAMES, photos  # noqa: E402
 from diffv2iqa_trt.model.checkpoint import load_checkpoint  # noqa: E402
 from diffv2iqa_trt.model.diffv2iqa import build_model  # noqa: E402
-from diffv2iqa_trt.training.data import DISTORTIONS, LEVELS, MAX_SIDE, SPLITS, distort, make_samples  # noqa: E402
+from diffv2iqa_trt.training.data import MAX_SIDE, SPLITS, make_samples  # noqa: E402
 from diffv2iqa_trt.training.restorer import sample_gammas, train_restorer, training_gammas  # noqa: E402
 from diffv2iqa_trt.training.ssim import luminance, ssim, ssim_rgb  # noqa: E402
 

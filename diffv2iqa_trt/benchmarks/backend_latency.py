@@ -18,11 +18,11 @@ import numpy as np
 from PIL import Image
 
 from ..bundle import load_bundle
+from ..data.photos import photo
 from ..runtime.from_bundle import bundle_pipeline
 from ..runtime.pipeline import Pipeline
 from . import report
 from .bench import TimedExecutor
-from .photos import photo
 
 
 def _set_threads(threads: int) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..bundle import Bundle
+from ..errors import ConfigError
 from ..runtime.from_bundle import bundle_pipeline
 from ..runtime.images import load_image
 from ..runtime.pipeline import Pipeline
@@ -91,7 +92,7 @@ def run_bench(bundle: Bundle, image_paths: Sequence[Path], settings: BenchSettin
               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     say = progress or (lambda _m: None)
     if not image_paths:
-        raise ValueError("bench needs at least one image")
+        raise ConfigError("bench needs at least one image")
     decoded = [load_image(p) for p in image_paths]
     pipes: dict[str, Pipeline] = {}
     timers: dict[str, TimedExecutor] = {}
@@ -135,7 +136,7 @@ def run_bench(bundle: Bundle, image_paths: Sequence[Path], settings: BenchSettin
                  "crops_per_s": n * crops_per_image / med})
             pipes[b].batch_size = 1
     # Roofline.
-    macs = roofline.stage_macs(bundle.manifest["model"]["config"], spec.steps)
+    macs = roofline.stage_macs(dict(bundle.manifest.model.config), spec.steps)
     roof: dict[str, Any] = {"stage_macs": macs}
     if macs is not None:
         for b in settings.backends:
@@ -150,7 +151,7 @@ def run_bench(bundle: Bundle, image_paths: Sequence[Path], settings: BenchSettin
     for b in settings.backends:
         results[b]["speedup_vs_" + base] = (results[base]["single_stream"]["no_decode"]["median"] /
                                             results[b]["single_stream"]["no_decode"]["median"])
-    return {"bundle": str(bundle.root), "model": bundle.model_name, "trained": bundle.manifest["model"]["trained"],
+    return {"bundle": str(bundle.root), "model": bundle.model_name, "trained": bundle.trained,
             "steps": spec.steps, "crops": spec.crops, "crops_per_image": crops_per_image,
             "crop_size": spec.crop_size, "images": [Path(p).name for p in image_paths],
             "settings": {k: v for k, v in settings.__dict__.items()}, "backends": results, "roofline": roof}

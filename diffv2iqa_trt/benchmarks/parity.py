@@ -2,7 +2,7 @@
 
 For each variant: |score - reference| (max, mean, p99), SRCC / PLCC / KRCC with the reference, rank flips; with
 labels, SRCC / PLCC against them for the reference and the variant; per-graph tensor errors on one real input;
-pass / fail against the gates in the manifest (`parity.gates.<precision>`), or DEFAULT_GATES.
+pass / fail against the gates in the manifest (`parity.gates.<precision>`; bundle.gates).
 """
 
 from __future__ import annotations
@@ -16,26 +16,16 @@ from typing import Any
 
 import numpy as np
 
+from .. import metrics as stats
 from ..bundle import Bundle
+from ..bundle.gates import gate_failures, gates_for
+from ..errors import ConfigError, ImageDecodeError
 from ..runtime.crops import prepare
 from ..runtime.executor import Executor
 from ..runtime.from_bundle import bundle_pipeline
-from ..runtime.images import ImageDecodeError, load_image
+from ..runtime.images import load_image
 from ..runtime.noise import noise_bank
 from ..runtime.pipeline import Pipeline
-from . import stats
-
-# Score units: the demo model scores on the [0, 1] pseudo-MOS scale.
-# fp32 end to end cannot be held much below 1e-4: the snapshots pass through the uint8 round trip (the authors' PNG
-# save and load), so a 1e-6 difference in the restored image flips some pixels by a whole quantisation step, and
-# the trained demo model's score then moves by ~1e-4 (tests/test_parity_gates.py measures this on the torch
-# reference alone). The fp32 score gate leaves room for that; `max_graph_abs` holds each graph, fed identical
-# inputs, to 1e-4.
-DEFAULT_GATES: dict[str, dict[str, float]] = {
-    "fp32": {"max_abs": 1e-3, "min_srcc": 0.999, "max_rank_flip_fraction": 0.002, "max_graph_abs": 1e-4},
-    "fp16": {"max_abs": 1e-2, "min_srcc": 0.99, "max_rank_flip_fraction": 0.01},
-    "int8": {"max_abs": 3e-2, "min_srcc": 0.98, "max_rank_flip_fraction": 0.03},
-}
 
 
 @dataclass
@@ -64,17 +54,13 @@ def read_labels(path: str | os.PathLike[str]) -> dict[str, float]:
         cols = reader.fieldnames or []
         value_col = "score" if "score" in cols else "mos" if "mos" in cols else None
         if "image" not in cols or value_col is None:
-            raise ValueError(f"{path}: labels need the columns image and score (or mos); found {cols}")
+            raise ConfigError(f"{path}: labels need the columns image and score (or mos); found {cols}")
         return {Path(row["image"]).name: float(row[value_col]) for row in reader}
 
 
 def variants(bundle: Bundle) -> list[tuple[str, str]]:
     """(backend, precision) pairs the bundle can run besides the reference (precisions present for every graph)."""
-    common = set(bundle.precisions("restore_step"))
-    for g in ("vcg", "vda"):
-        common &= set(bundle.precisions(g))
-    order = ("fp32", "fp16", "int8")
-    return [("onnxruntime", p) for p in order if p in common]
+    return [("onnxruntime", p) for p in bundle.common_precisions()]
 
 
 def tensor_errors(reference: Executor, other: Executor, x: np.ndarray, spec_gamma: np.ndarray,
@@ -99,23 +85,6 @@ def tensor_errors(reference: Executor, other: Executor, x: np.ndarray, spec_gamm
     return out
 
 
-def _check(metrics: dict[str, Any], gates: dict[str, float], n: int,
-           graph_errors: dict[str, float] | None = None) -> list[str]:
-    failures = []
-    if graph_errors is not None and "max_graph_abs" in gates:
-        failures += [f"{g} graph max |Δ| {e:.3g} > gate {gates['max_graph_abs']:g}"
-                     for g, e in graph_errors.items() if not e <= gates["max_graph_abs"]]
-    if metrics["abs_error"]["max"] > gates["max_abs"]:
-        failures.append(f"max |Δ| {metrics['abs_error']['max']:.3g} > gate {gates['max_abs']:g}")
-    if not metrics["srcc"] >= gates["min_srcc"]:  # NaN fails too
-        failures.append(f"SRCC {metrics['srcc']:.6f} < gate {gates['min_srcc']:g}")
-    pairs = n * (n - 1) / 2
-    if pairs and metrics["rank_flips"] / pairs > gates["max_rank_flip_fraction"]:
-        failures.append(f"{metrics['rank_flips']} rank flips of {int(pairs)} pairs > gate "
-                        f"{gates['max_rank_flip_fraction']:g}")
-    return failures
-
-
 def run_parity(bundle: Bundle, image_paths: Sequence[Path], labels: dict[str, float] | None = None, *,
                batch_size: int = 8, threads: int | None = None,
                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -128,11 +97,10 @@ def run_parity(bundle: Bundle, image_paths: Sequence[Path], labels: dict[str, fl
         except ImageDecodeError as exc:
             errors[str(p)] = exc.reason
     if len(images) < 2:
-        raise ValueError(f"parity needs at least 2 readable images, found {len(images)}")
+        raise ConfigError(f"parity needs at least 2 readable images, found {len(images)}")
     say("torch fp32 reference")
     ref_pipe: Pipeline = bundle_pipeline(bundle, "torch", batch_size=batch_size)
     ref = np.array([r.score for r in ref_pipe.score(images)])
-    gates_doc = (bundle.manifest.get("parity") or {}).get("gates") or {}
     first_x = prepare(images[0], ref_pipe.spec.crops, "crops", ref_pipe.spec.crop_size,
                       ref_pipe.spec.size_multiple)[0].x[None]
     results: list[VariantResult] = []
@@ -145,11 +113,11 @@ def run_parity(bundle: Bundle, image_paths: Sequence[Path], labels: dict[str, fl
             "plcc": stats.plcc(ref, scores), "krcc": stats.krcc(ref, scores),
             "rank_flips": stats.rank_flips(ref, scores),
         }
-        gates = {**DEFAULT_GATES.get(precision, DEFAULT_GATES["int8"]), **gates_doc.get(precision, {})}
+        gates = gates_for(precision, bundle.manifest.parity)
         errs = tensor_errors(ref_pipe.executor, pipe.executor, first_x, pipe.spec.gamma, pipe.spec.coef,
                              pipe.spec.noise_seed)
         results.append(VariantResult(backend, precision, scores, metrics, errs, gates,
-                                     _check(metrics, gates, len(images), errs)))
+                                     gate_failures(metrics, gates, len(images), errs)))
     label_metrics = None
     if labels:
         known = [i for i, n in enumerate(names) if n in labels]
@@ -160,7 +128,7 @@ def run_parity(bundle: Bundle, image_paths: Sequence[Path], labels: dict[str, fl
             for r in results:
                 label_metrics[r.name] = {"srcc": stats.srcc(r.scores[known], y), "plcc": stats.plcc(r.scores[known], y)}
     return {
-        "bundle": str(bundle.root), "model": bundle.model_name, "trained": bundle.manifest["model"]["trained"],
+        "bundle": str(bundle.root), "model": bundle.model_name, "trained": bundle.trained,
         "images": len(images), "unreadable": errors, "crops": ref_pipe.spec.crops, "mode": ref_pipe.spec.mode,
         "steps": ref_pipe.spec.steps, "reference": {"backend": "torch", "precision": "fp32",
                                                     "score_range": [float(ref.min()), float(ref.max())]},

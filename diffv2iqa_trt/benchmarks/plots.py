@@ -9,13 +9,14 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_path
+from ..errors import DependencyError
 
 
 def _pyplot() -> Any:
     try:
         import matplotlib
     except ImportError:
-        raise RuntimeError("plots need matplotlib: pip install matplotlib (or the 'dev' extra)") from None
+        raise DependencyError("plots need matplotlib: pip install matplotlib (or the 'dev' extra)") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

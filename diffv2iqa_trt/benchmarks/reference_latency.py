@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..config import ScoringConfig
-from ..reference import load_model, reference_pipeline
+from ..reference.loading import load_model, reference_pipeline
 from . import report
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_path
+from ..errors import ConfigError
 
 
 def machine() -> dict[str, Any]:
@@ -40,10 +41,14 @@ def write(out_dir: Path, name: str, results: dict[str, Any], markdown: str, *, i
     doc = {"command": invocation or command(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "machine": machine(), **results}
     json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
-    with atomic_path(json_path) as tmp:
-        tmp.write_text(json.dumps(doc, indent=2) + "\n")
     header = f"Command: `{doc['command']}`  \nDate: {doc['date']}  \nMachine: {doc['machine']['cpu']}, " \
              f"{doc['machine']['logical_cpus']} logical CPUs\n\n"
-    with atomic_path(md_path) as tmp:
-        tmp.write_text(markdown.replace("<!--header-->", header))
+    try:
+        with atomic_path(json_path) as tmp:
+            tmp.write_text(json.dumps(doc, indent=2) + "\n")
+        with atomic_path(md_path) as tmp:
+            tmp.write_text(markdown.replace("<!--header-->", header))
+    except OSError as exc:
+        raise ConfigError(f"cannot write the report to {out_dir} ({exc.strerror or exc}); choose a writable --out"
+                          ) from exc
     return json_path, md_path

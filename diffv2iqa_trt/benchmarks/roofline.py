@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ConfigError
+
 
 def gemm_peak_macs_per_s(backend: str, n: int = 2048, repeats: int = 5, threads: int | None = None) -> float:
     """Best-of-`repeats` multiply-accumulates per second of an n x n x n FP32 matrix product on `backend`."""
@@ -33,7 +35,7 @@ def gemm_peak_macs_per_s(backend: str, n: int = 2048, repeats: int = 5, threads:
         feeds = {"a": a, "b": a.T.copy()}
         run = lambda: session.run(None, feeds)  # noqa: E731
     else:
-        raise ValueError(f"no GEMM peak for backend {backend!r}")
+        raise ConfigError(f"no GEMM peak for backend {backend!r}")
     run()
     best = float("inf")
     for _ in range(repeats):

@@ -1,44 +1,38 @@
 """The deployable bundle: a directory with `manifest.json` (schema in `manifest.schema.json`) and the ONNX files and
-TensorRT engines it lists. Torch-free, so runtimes load bundles without the export stack."""
+TensorRT engines it lists. A torch-free format layer: it never imports export/, model/ or the runtime."""
 
-from .manifest import (
-    GRAPH_INPUTS,
-    GRAPH_NAMES,
-    GRAPH_OUTPUTS,
+from ..errors import BundleError
+from .manifest import EngineEntry, GraphEntry, Manifest, ModelSection, PipelineSection, VariantEntry
+from .schema import (
     MANIFEST_NAME,
-    PRECISIONS,
     SCHEMA_NAME,
     SCHEMA_VERSION,
-    Bundle,
-    BundleError,
-    check_header,
     environment_versions,
     manifest_schema,
     sha256_file,
     to_plain_json,
-    utc_timestamp,
     validate_manifest,
 )
-from .store import load_bundle, read_manifest, write_bundle
+from .store import Bundle, load_bundle, read_manifest, write_bundle
 
 __all__ = [
-    "GRAPH_INPUTS",
-    "GRAPH_NAMES",
-    "GRAPH_OUTPUTS",
     "MANIFEST_NAME",
-    "PRECISIONS",
     "SCHEMA_NAME",
     "SCHEMA_VERSION",
     "Bundle",
     "BundleError",
-    "check_header",
+    "EngineEntry",
+    "GraphEntry",
+    "Manifest",
+    "ModelSection",
+    "PipelineSection",
+    "VariantEntry",
     "environment_versions",
     "load_bundle",
     "manifest_schema",
     "read_manifest",
     "sha256_file",
     "to_plain_json",
-    "utc_timestamp",
     "validate_manifest",
     "write_bundle",
 ]

@@ -1,421 +1,257 @@
-"""The bundle manifest: schema, validation, hashing.
+"""The typed manifest: what `manifest.json` holds, as frozen dataclasses a type checker can see.
 
-A bundle is a directory holding `manifest.json` and the files it lists (ONNX per graph and precision, later TensorRT
-engines). Runtimes in any language read it, so the manifest is checked twice: against the JSON Schema shipped next
-to this module (`manifest.schema.json`, draft 2020-12, usable from C++ or any other language), then by the
-cross-field rules JSON Schema cannot express (`validate_manifest`). `Bundle` is the read-side view of a loaded
-bundle; writing and loading directories is in `store.py`. Torch-free: stdlib, numpy and jsonschema only.
+`Manifest.from_dict` validates a parsed document (JSON Schema, then the cross-field rules in `schema.py`) and builds
+the typed view; `to_dict` gives back plain JSON. Free-form parts stay mappings: the model config (the config module
+owns it), the build environment, lint and parity reports, and the extra fields of variant and engine entries.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import functools
-import hashlib
-import importlib.metadata
-import importlib.resources
-import json
 import os
-import platform
-import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-import jsonschema
-import numpy as np
-
-SCHEMA_NAME = "diffv2iqa-trt-bundle"
-SCHEMA_VERSION = 1
-MANIFEST_NAME = "manifest.json"
-SCHEMA_FILE = "manifest.schema.json"
-
-GRAPH_NAMES = ("restore_step", "vcg", "vda")
-PRECISIONS = ("fp32", "fp16", "int8")
-# The contract between export, engines and runtime (DESIGN.md, "The three graphs"): the runtime feeds exactly these
-# inputs and reads these outputs, so a graph with other names could not be run by it.
-GRAPH_INPUTS: dict[str, tuple[str, ...]] = {
-    "restore_step": ("x", "y", "gamma", "coef", "z"),
-    "vcg": ("x", "y0", "y_t1", "y_t2"),
-    "vda": ("x", "y0", "y_t1", "y_t2"),
-}
-GRAPH_OUTPUTS: dict[str, tuple[str, ...]] = {"restore_step": ("y_next",), "vcg": ("score",), "vda": ("score",)}
-
-REBUILD = "rebuild the bundle with `diffv2iqa-trt build`"
-_MAX_ERRORS = 8
-_CHUNK = 1 << 20
-
-
-class BundleError(ValueError):
-    """A bundle or manifest that cannot be used; the message names the file and says what to do.
-
-    `path` is the offending file (or directory) when there is one; `problems` lists every problem found, so a caller
-    can show them one per line.
-    """
-
-    def __init__(self, message: str, *, path: str | os.PathLike[str] | None = None,
-                 problems: Iterable[str] = ()) -> None:
-        super().__init__(message)
-        self.path = Path(path) if path is not None else None
-        self.problems = tuple(problems)
-
-
-@functools.lru_cache(maxsize=1)
-def _schema_text() -> str:
-    return importlib.resources.files(__package__).joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
-
-
-def manifest_schema() -> dict[str, Any]:
-    """The JSON Schema of manifest version 1 (a fresh copy: callers may modify it)."""
-    schema: dict[str, Any] = json.loads(_schema_text())
-    return schema
-
-
-@functools.lru_cache(maxsize=1)
-def _validator() -> jsonschema.Draft202012Validator:
-    schema = manifest_schema()
-    jsonschema.Draft202012Validator.check_schema(schema)
-    return jsonschema.Draft202012Validator(schema)
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Lowercase hex sha256 of a file, read in 1 MiB chunks (bundles hold files of hundreds of MB)."""
-    h = hashlib.sha256()
-    buf = bytearray(_CHUNK)
-    view = memoryview(buf)
-    with open(path, "rb") as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])
-    return h.hexdigest()
-
-
-def utc_timestamp() -> str:
-    """Now, as the manifest's `created` wants it: ISO 8601 in UTC with a 'Z', whole seconds."""
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-# Packages whose versions matter to a build; looked up by distribution metadata so nothing (torch!) is imported.
-_ENV_PACKAGES = ("numpy", "torch", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "nvidia-modelopt",
-                 "polygraphy", "tensorrt", "cuda-bindings", "diffv2iqa-trt")
-
-
-def environment_versions(extra: Mapping[str, str | None] | None = None) -> dict[str, str | None]:
-    """Python, platform and the versions of the packages a build uses (None where not installed), plus `extra`
-    (e.g. GPU name, driver, CUDA: those need the GPU stack, which the caller has)."""
-    env: dict[str, str | None] = {"python": platform.python_version(), "platform": platform.platform()}
-    for dist in _ENV_PACKAGES:
-        try:
-            env[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            env[dist] = None
-    if extra:
-        env.update(extra)
-    return env
-
-
-def to_plain_json(manifest: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep copy as plain JSON values (numpy scalars and arrays become numbers and lists, tuples become lists), so a
-    manifest is validated exactly as a reader will parse it. NaN and infinities are refused: they are not JSON."""
-
-    def convert(obj: Any) -> Any:
-        if isinstance(obj, np.ndarray | np.generic):
-            return obj.tolist()
-        if isinstance(obj, os.PathLike):
-            return os.fspath(obj)
-        raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-    try:
-        doc: dict[str, Any] = json.loads(json.dumps(manifest, default=convert, allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise BundleError(f"the manifest cannot be written as JSON: {exc}") from exc
-    return doc
-
-
-def _short(message: str, limit: int = 240) -> str:
-    # jsonschema quotes whole instances (a 50-row coef table); keep messages readable.
-    return message if len(message) <= limit else message[: limit - 1] + "…"
-
-
-def _schema_problems(doc: Any) -> list[str]:
-    errors = sorted(_validator().iter_errors(doc), key=lambda e: e.json_path)
-    return [f"at {e.json_path}: {_short(e.message)}" for e in errors]
-
-
-def _relpath_problem(name: str) -> str | None:
-    if name == MANIFEST_NAME:
-        return f"{name!r} is the manifest itself and cannot be listed in files"
-    if name.startswith("/") or "\\" in name or re.match(r"^[A-Za-z]:", name):
-        return f"{name!r} is not a relative '/'-separated path"
-    if any(part in ("", ".", "..") for part in name.split("/")):
-        return f"{name!r} has an empty, '.' or '..' segment"
-    return None
-
-
-def _semantic_problems(doc: dict[str, Any]) -> list[str]:
-    """Cross-field rules; assumes the document already passed the schema."""
-    problems: list[str] = []
-    try:
-        _dt.datetime.fromisoformat(doc["created"].replace("Z", "+00:00"))
-    except ValueError:
-        problems.append(f"at $.created: {doc['created']!r} is not a valid date and time")
-
-    p = doc["pipeline"]
-    steps = p["steps"]
-    for key in ("gamma", "coef"):
-        if len(p[key]) != steps:
-            problems.append(f"at $.pipeline.{key}: {len(p[key])} rows, but steps is {steps} (one row per step)")
-    for key in ("capture_t1", "capture_t2"):
-        if not 0 < p[key] < steps:
-            problems.append(f"at $.pipeline.{key}: step {p[key]} is outside the {steps}-step schedule "
-                            f"(must be in [1, {steps - 1}])")
-
-    files = doc["files"]
-    for name in files:
-        if (why := _relpath_problem(name)) is not None:
-            problems.append(f"at $.files: {why}")
-    checkpoint = doc["model"].get("checkpoint")
-    if checkpoint is not None and checkpoint not in files:
-        problems.append(f"at $.model.checkpoint: {checkpoint!r} is not listed in $.files")
-
-    for gname in GRAPH_NAMES:
-        g = doc["graphs"][gname]
-        where = f"$.graphs.{gname}"
-        problems += _io_problems(gname, g, where, p)
-        problems += _profile_problems(g, where)
-        for kind in ("variants", "engines"):
-            for precision, entry in g[kind].items():
-                if entry["file"] not in files:
-                    problems.append(f"at {where}.{kind}.{precision}.file: {entry['file']!r} is not listed in $.files")
-    return problems
-
-
-def _io_problems(gname: str, g: dict[str, Any], where: str, pipeline: dict[str, Any]) -> list[str]:
-    problems: list[str] = []
-    for kind, required, exact in (("inputs", GRAPH_INPUTS[gname], True), ("outputs", GRAPH_OUTPUTS[gname], False)):
-        names = [t["name"] for t in g[kind]]
-        if len(set(names)) != len(names):
-            problems.append(f"at {where}.{kind}: duplicate tensor names {names}")
-        missing = [n for n in required if n not in names]
-        extra = [n for n in names if n not in required] if exact else []
-        if missing or extra:
-            problems.append(f"at {where}.{kind}: the {gname} graph must have {kind} {list(required)}"
-                            f"{'' if exact else ' (others allowed)'}; missing {missing}, unexpected {extra}")
-    inputs = {t["name"]: t["shape"] for t in g["inputs"]}
-    # Fixed dimensions that contradict the pipeline would only fail at run time, far from the cause.
-    if gname == "restore_step" and "coef" in inputs:
-        k = inputs["coef"][-1] if inputs["coef"] else None
-        if isinstance(k, int) and k != len(pipeline["coef_names"]):
-            problems.append(f"at {where}.inputs: coef has {k} columns, pipeline.coef_names has "
-                            f"{len(pipeline['coef_names'])}")
-    if gname in ("vcg", "vda"):
-        crop = pipeline["crop_size"]
-        for name, shape in inputs.items():
-            fixed = [d for d in shape[-2:] if isinstance(d, int)]
-            if len(shape) >= 2 and any(d != crop for d in fixed):
-                problems.append(f"at {where}.inputs: {name} has spatial size {shape[-2:]}, "
-                                f"but pipeline.crop_size is {crop}")
-    return problems
-
-
-def _profile_problems(g: dict[str, Any], where: str) -> list[str]:
-    problems: list[str] = []
-    shapes = {t["name"]: t["shape"] for t in g["inputs"]}
-    prof = g["profiles"]
-    named = set(prof["min"]) | set(prof["opt"]) | set(prof["max"])
-    for name in sorted(named - set(shapes)):
-        problems.append(f"at {where}.profiles: {name!r} is not an input of the graph (inputs: {sorted(shapes)})")
-    for name in sorted(set(shapes) & named):
-        got = {level: prof[level].get(name) for level in ("min", "opt", "max")}
-        absent = [level for level, dims in got.items() if dims is None]
-        if absent:
-            problems.append(f"at {where}.profiles: input {name!r} lacks {'/'.join(absent)} shapes")
-            continue
-        shape = shapes[name]
-        if any(len(dims) != len(shape) for dims in got.values()):
-            problems.append(f"at {where}.profiles: input {name!r} has rank {len(shape)} ({shape}), "
-                            f"profile shapes {got}")
-            continue
-        for axis, dim in enumerate(shape):
-            lo, opt, hi = (got[level][axis] for level in ("min", "opt", "max"))
-            if isinstance(dim, int) and not lo == opt == hi == dim:
-                problems.append(f"at {where}.profiles: input {name!r} axis {axis} is fixed at {dim}, "
-                                f"profile says {lo}/{opt}/{hi}")
-            elif not lo <= opt <= hi:
-                problems.append(f"at {where}.profiles: input {name!r} axis {axis}: min {lo} <= opt {opt} <= max {hi} "
-                                f"does not hold")
-    # TensorRT needs a profile for every input with a dynamic dimension.
-    for name, shape in shapes.items():
-        if name not in named and any(isinstance(d, str) for d in shape):
-            problems.append(f"at {where}.profiles: input {name!r} has dynamic shape {shape} but no min/opt/max shapes")
-    return problems
-
-
-def check_header(doc: Any, *, source: str | os.PathLike[str] | None = None) -> None:
-    """Refuse a document that is not a version-1 bundle manifest, before any detailed validation, so that a manifest
-    from another toolkit release gets a message about versions rather than a list of schema errors."""
-    src = Path(source) if source is not None else None
-    where = f"{src}" if src is not None else "the manifest"
-    if not isinstance(doc, dict):
-        raise BundleError(f"{where} is not a JSON object (got {type(doc).__name__}): {REBUILD}", path=src)
-    if doc.get("schema") != SCHEMA_NAME:
-        raise BundleError(f"{where} is not a diffv2iqa-trt bundle manifest (\"schema\" is {doc.get('schema')!r}, "
-                          f"expected {SCHEMA_NAME!r}): point to a bundle directory written by "
-                          f"`diffv2iqa-trt build`, or {REBUILD}", path=src)
-    version = doc.get("schema_version")
-    if version != SCHEMA_VERSION or isinstance(version, bool):
-        raise BundleError(f"{where}: bundle schema version {version!r}, this toolkit reads version {SCHEMA_VERSION}: "
-                          f"rebuild the bundle with this toolkit's `diffv2iqa-trt build` or use the toolkit release "
-                          f"that wrote it", path=src)
-
-
-def validate_manifest(doc: Any, *, source: str | os.PathLike[str] | None = None, hint: str = REBUILD) -> None:
-    """Raise BundleError unless `doc` (parsed JSON) is a valid version-1 manifest.
-
-    Checks the schema name and version, then the JSON Schema, then the cross-field rules (gamma/coef have `steps`
-    rows, capture steps lie in the schedule, every variant, engine and checkpoint file is in files, profiles name real
-    inputs and bound every dynamic one, graph I/O names follow the runtime contract). `source` names the file in
-    messages; `hint` is the advice appended to them.
-    """
-    src = Path(source) if source is not None else None
-    where = f"{src}" if src is not None else "the manifest"
-    check_header(doc, source=source)
-    problems = _schema_problems(doc)
-    if not problems:
-        problems = _semantic_problems(doc)
-    if problems:
-        shown = problems[:_MAX_ERRORS]
-        more = f"\n  … and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
-        raise BundleError(f"{where} is not a valid bundle manifest ({hint}):\n  " + "\n  ".join(shown) + more,
-                          path=src, problems=problems)
+from ..contract import GRAPH_NAMES, PRECISIONS, TensorSpec
+from .schema import validate_manifest
 
 
 @dataclass(frozen=True)
-class Bundle:
-    """A loaded, validated bundle. `manifest` is the parsed manifest.json; treat it as read-only."""
+class FileEntry:
+    sha256: str
+    bytes: int
 
-    root: Path
-    manifest: dict[str, Any]
+    def to_dict(self) -> dict[str, Any]:
+        return {"sha256": self.sha256, "bytes": self.bytes}
 
-    @property
-    def manifest_path(self) -> Path:
-        return self.root / MANIFEST_NAME
 
-    @property
-    def pipeline(self) -> dict[str, Any]:
-        pipeline: dict[str, Any] = self.manifest["pipeline"]
-        return pipeline
-
-    @property
-    def model_name(self) -> str:
-        return str(self.manifest["model"]["name"])
-
-    @property
-    def model_config(self) -> dict[str, Any]:
-        """The model config as stored (`diffv2iqa_trt.config.ModelConfig.from_dict` rebuilds it)."""
-        config: dict[str, Any] = self.manifest["model"]["config"]
-        return config
+@dataclass(frozen=True)
+class ModelSection:
+    name: str
+    config: Mapping[str, Any]  # diffv2iqa_trt.config.ModelConfig.to_dict()
+    trained: bool
+    description: str
+    checkpoint_sha256: str | None
+    checkpoint: str | None = None  # the native checkpoint shipped in the bundle (a key of files)
+    init_seed: int | None = None  # for seeded random weights
 
     @property
-    def trained(self) -> bool:
-        return bool(self.manifest["model"]["trained"])
+    def label(self) -> str:
+        return self.name if self.trained else f"{self.name} (UNTRAINED: {self.description})"
 
-    def graph(self, name: str) -> dict[str, Any]:
-        try:
-            graph: dict[str, Any] = self.manifest["graphs"][name]
-        except KeyError:
-            raise BundleError(f"{self.manifest_path} has no graph {name!r}; graphs are {', '.join(GRAPH_NAMES)}",
-                              path=self.manifest_path) from None
-        return graph
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "config": dict(self.config), "trained": self.trained,
+                "description": self.description, "checkpoint_sha256": self.checkpoint_sha256,
+                "checkpoint": self.checkpoint, "init_seed": self.init_seed}
 
-    def file_path(self, name: str) -> Path:
-        """Absolute-or-relative (as `root`) path of a file listed in the manifest."""
-        if name not in self.manifest["files"]:
-            raise BundleError(f"{name!r} is not a file of the bundle {self.root} (see {self.manifest_path})",
-                              path=self.manifest_path)
-        return self.root / name
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelSection:
+        return cls(name=d["name"], config=d["config"], trained=d["trained"], description=d["description"],
+                   checkpoint_sha256=d["checkpoint_sha256"], checkpoint=d.get("checkpoint"),
+                   init_seed=d.get("init_seed"))
 
-    def precisions(self, graph: str) -> tuple[str, ...]:
-        """Precisions with an ONNX variant, in the order fp32, fp16, int8."""
-        variants = self.graph(graph)["variants"]
-        return tuple(p for p in PRECISIONS if p in variants)
 
-    def onnx_path(self, graph: str, precision: str = "fp32") -> Path:
-        variants = self.graph(graph)["variants"]
-        if precision not in variants:
-            raise BundleError(f"{self.manifest_path}: graph {graph!r} has no {precision} ONNX variant (it has "
-                              f"{', '.join(self.precisions(graph))}); rebuild the bundle with `diffv2iqa-trt build` "
-                              f"asking for {graph}={precision}", path=self.manifest_path)
-        return self.file_path(variants[precision]["file"])
+@dataclass(frozen=True)
+class NoiseSection:
+    generator: str
+    seed: int
 
-    def engine_precisions(self, graph: str) -> tuple[str, ...]:
-        engines = self.graph(graph)["engines"]
-        return tuple(p for p in PRECISIONS if p in engines)
 
-    def engine(self, graph: str, precision: str) -> dict[str, Any]:
-        """The engine entry (file, tensorrt, gpu, sm, ...); compatibility with this machine is the engine layer's
-        business, since only it can ask TensorRT and the GPU."""
-        engines = self.graph(graph)["engines"]
-        if precision not in engines:
-            have = ", ".join(self.engine_precisions(graph)) or "none"
-            raise BundleError(f"{self.manifest_path}: graph {graph!r} has no {precision} TensorRT engine (it has "
-                              f"{have}); build engines with `diffv2iqa-trt build` on this machine",
-                              path=self.manifest_path)
-        entry: dict[str, Any] = engines[precision]
-        return entry
+@dataclass(frozen=True)
+class FusionSection:
+    vcg_weight: float
+    vda_weight: float
 
-    def engine_path(self, graph: str, precision: str) -> Path:
-        return self.file_path(self.engine(graph, precision)["file"])
 
-    def summary(self) -> dict[str, Any]:
-        """Human-oriented digest for `inspect`: what the bundle scores with and what it holds."""
-        m = self.manifest
-        p = m["pipeline"]
-        warnings = []
-        if not m["model"]["trained"]:
-            warnings.append("UNTRAINED: random weights, scores are not quality ratings")
-        graphs: dict[str, Any] = {}
-        for name in GRAPH_NAMES:
-            g = m["graphs"][name]
-            profiles = g["profiles"]
-            graphs[name] = {
-                "inputs": [_tensor_text(t) for t in g["inputs"]],
-                "outputs": [_tensor_text(t) for t in g["outputs"]],
-                "profiles": {inp: "min {} opt {} max {}".format(*(profiles[lv][inp] for lv in ("min", "opt", "max")))
-                             for inp in profiles["min"]},
-                "onnx": {prec: g["variants"][prec]["file"] for prec in self.precisions(name)},
-                "engines": {prec: "{file} (TensorRT {tensorrt}, {gpu}, sm {sm})".format(**g["engines"][prec])
-                            for prec in self.engine_precisions(name)},
-            }
-        files = m["files"]
+@dataclass(frozen=True)
+class NormalisationSection:
+    """x = (float32(v) / divisor - mean) / std, in float32, in this order."""
+
+    formula: str
+    divisor: float
+    mean: float
+    std: float
+
+
+@dataclass(frozen=True)
+class PipelineSection:
+    steps: int
+    capture_t1: int
+    capture_t2: int
+    gamma: tuple[float, ...]  # (steps,)
+    coef: tuple[tuple[float, ...], ...]  # (steps, len(coef_names))
+    coef_names: tuple[str, ...]
+    noise: NoiseSection
+    crop_size: int
+    size_multiple: int
+    crops: str
+    mode: str
+    fusion: FusionSection
+    normalisation: NormalisationSection
+    uint8_roundtrip: bool
+
+    def to_dict(self) -> dict[str, Any]:
         return {
-            "path": str(self.root),
-            "model": m["model"]["name"],
-            "trained": m["model"]["trained"],
-            "description": m["model"]["description"],
-            "checkpoint_sha256": m["model"]["checkpoint_sha256"],
-            "created": m["created"],
-            "toolkit_version": m["toolkit_version"],
-            "warnings": warnings,
-            "pipeline": {
-                "steps": p["steps"],
-                "snapshots": f"y0 after step 0, y_t1 after step {p['capture_t1']}, y_t2 after step {p['capture_t2']}",
-                "crops": p["crops"],
-                "mode": p["mode"],
-                "crop_size": p["crop_size"],
-                "size_multiple": p["size_multiple"],
-                "fusion": f"{p['fusion']['vcg_weight']:g} * vcg + {p['fusion']['vda_weight']:g} * vda",
-                "noise": f"{p['noise']['generator']}, seed {p['noise']['seed']}",
-                "normalisation": p["normalisation"]["formula"],
-                "uint8_roundtrip": p["uint8_roundtrip"],
-            },
-            "graphs": graphs,
-            "files": {"count": len(files), "bytes": sum(f["bytes"] for f in files.values())},
-            "environment": m["environment"],
-            "lint": m["lint"],
-            "parity": m["parity"],
+            "steps": self.steps, "capture_t1": self.capture_t1, "capture_t2": self.capture_t2,
+            "gamma": list(self.gamma), "coef": [list(row) for row in self.coef], "coef_names": list(self.coef_names),
+            "noise": {"generator": self.noise.generator, "seed": self.noise.seed},
+            "crop_size": self.crop_size, "size_multiple": self.size_multiple, "crops": self.crops, "mode": self.mode,
+            "fusion": {"vcg_weight": self.fusion.vcg_weight, "vda_weight": self.fusion.vda_weight},
+            "normalisation": {"formula": self.normalisation.formula, "divisor": self.normalisation.divisor,
+                              "mean": self.normalisation.mean, "std": self.normalisation.std},
+            "uint8_roundtrip": self.uint8_roundtrip,
         }
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PipelineSection:
+        n = d["normalisation"]
+        return cls(
+            steps=d["steps"], capture_t1=d["capture_t1"], capture_t2=d["capture_t2"],
+            gamma=tuple(float(v) for v in d["gamma"]), coef=tuple(tuple(float(v) for v in row) for row in d["coef"]),
+            coef_names=tuple(d["coef_names"]), noise=NoiseSection(d["noise"]["generator"], d["noise"]["seed"]),
+            crop_size=d["crop_size"], size_multiple=d["size_multiple"], crops=d["crops"], mode=d["mode"],
+            fusion=FusionSection(float(d["fusion"]["vcg_weight"]), float(d["fusion"]["vda_weight"])),
+            normalisation=NormalisationSection(n["formula"], float(n["divisor"]), float(n["mean"]), float(n["std"])),
+            uint8_roundtrip=d["uint8_roundtrip"],
+        )
 
-def _tensor_text(t: Mapping[str, Any]) -> str:
-    return f"{t['name']}: {t['dtype']}[{', '.join(str(d) for d in t['shape'])}]"
+
+Shapes = Mapping[str, tuple[int, ...]]
+
+
+@dataclass(frozen=True)
+class Profiles:
+    """A TensorRT optimisation profile: min/opt/max shapes of every input with a dynamic dimension."""
+
+    min: Shapes
+    opt: Shapes
+    max: Shapes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {level: {k: list(v) for k, v in shapes.items()}
+                for level, shapes in (("min", self.min), ("opt", self.opt), ("max", self.max))}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Profiles:
+        def shapes(level: str) -> dict[str, tuple[int, ...]]:
+            return {k: tuple(v) for k, v in d[level].items()}
+
+        return cls(min=shapes("min"), opt=shapes("opt"), max=shapes("max"))
+
+
+@dataclass(frozen=True)
+class VariantEntry:
+    """One ONNX file of a graph at one precision; `extra` holds how it was made."""
+
+    file: str
+    opset: int
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.extra, "file": self.file, "opset": self.opset}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> VariantEntry:
+        return cls(file=d["file"], opset=d["opset"], extra={k: v for k, v in d.items() if k not in ("file", "opset")})
+
+
+@dataclass(frozen=True)
+class EngineEntry:
+    """One TensorRT engine of a graph at one precision; `extra` holds build options, CUDA and driver versions."""
+
+    file: str
+    tensorrt: str
+    gpu: str
+    sm: str
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.extra, "file": self.file, "tensorrt": self.tensorrt, "gpu": self.gpu, "sm": self.sm}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EngineEntry:
+        known = ("file", "tensorrt", "gpu", "sm")
+        return cls(file=d["file"], tensorrt=d["tensorrt"], gpu=d["gpu"], sm=d["sm"],
+                   extra={k: v for k, v in d.items() if k not in known})
+
+
+def _tensor(d: Mapping[str, Any]) -> TensorSpec:
+    return TensorSpec(d["name"], d["dtype"], tuple(d["shape"]))
+
+
+@dataclass(frozen=True)
+class GraphEntry:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    profiles: Profiles
+    variants: Mapping[str, VariantEntry]
+    engines: Mapping[str, EngineEntry] = field(default_factory=dict)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.outputs)
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """Precisions with an ONNX variant, in the order of contract.PRECISIONS."""
+        return tuple(p for p in PRECISIONS if p in self.variants)
+
+    @property
+    def engine_precisions(self) -> tuple[str, ...]:
+        return tuple(p for p in PRECISIONS if p in self.engines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs],
+                "profiles": self.profiles.to_dict(),
+                "variants": {p: v.to_dict() for p, v in self.variants.items()},
+                "engines": {p: e.to_dict() for p, e in self.engines.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> GraphEntry:
+        return cls(inputs=tuple(_tensor(t) for t in d["inputs"]), outputs=tuple(_tensor(t) for t in d["outputs"]),
+                   profiles=Profiles.from_dict(d["profiles"]),
+                   variants={p: VariantEntry.from_dict(v) for p, v in d["variants"].items()},
+                   engines={p: EngineEntry.from_dict(e) for p, e in d["engines"].items()})
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated manifest.json. Build one with `from_dict` (which validates); `to_dict` is its JSON."""
+
+    schema: str
+    schema_version: int
+    toolkit_version: str
+    created: str
+    model: ModelSection
+    pipeline: PipelineSection
+    graphs: Mapping[str, GraphEntry]
+    files: Mapping[str, FileEntry]
+    environment: Mapping[str, str | None]
+    lint: Mapping[str, Any] | None
+    parity: Mapping[str, Any] | None
+
+    @classmethod
+    def from_dict(cls, doc: Any, *, source: str | os.PathLike[str] | None = None) -> Manifest:
+        """Validate `doc` (parsed JSON) and build the typed manifest; BundleError naming `source` otherwise."""
+        validate_manifest(doc, source=source)
+        return cls(
+            schema=doc["schema"], schema_version=doc["schema_version"], toolkit_version=doc["toolkit_version"],
+            created=doc["created"], model=ModelSection.from_dict(doc["model"]),
+            pipeline=PipelineSection.from_dict(doc["pipeline"]),
+            graphs={g: GraphEntry.from_dict(doc["graphs"][g]) for g in GRAPH_NAMES},
+            files={name: FileEntry(e["sha256"], e["bytes"]) for name, e in doc["files"].items()},
+            environment=dict(doc["environment"]), lint=doc["lint"], parity=doc["parity"],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema, "schema_version": self.schema_version, "toolkit_version": self.toolkit_version,
+            "created": self.created, "model": self.model.to_dict(), "pipeline": self.pipeline.to_dict(),
+            "graphs": {g: e.to_dict() for g, e in self.graphs.items()},
+            "files": {n: f.to_dict() for n, f in self.files.items()}, "environment": dict(self.environment),
+            "lint": self.lint, "parity": self.parity,
+        }

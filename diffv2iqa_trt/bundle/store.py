@@ -1,4 +1,4 @@
-"""Writing and loading bundle directories.
+"""Bundle directories: the loaded `Bundle`, and writing and loading them.
 
 `write_bundle` assembles the bundle in a hidden sibling directory and renames it into place only once every file and
 then `manifest.json` are written, so an interrupted build never leaves a directory that looks like a bundle.
@@ -15,18 +15,20 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from .manifest import (
+from ..contract import PRECISIONS, check_graph
+from ..errors import BundleError
+from .manifest import EngineEntry, FileEntry, GraphEntry, Manifest
+from .schema import (
     _CHUNK,
     MANIFEST_NAME,
     REBUILD,
     SCHEMA_NAME,
     SCHEMA_VERSION,
-    Bundle,
-    BundleError,
     _relpath_problem,
     check_header,
     environment_versions,
@@ -37,6 +39,69 @@ from .manifest import (
 )
 
 _WRITE_HINT = "fix the manifest given to write_bundle; if `diffv2iqa-trt build` made it, this is a toolkit bug"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded, validated bundle directory and its typed manifest."""
+
+    root: Path
+    manifest: Manifest
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST_NAME
+
+    @property
+    def model_name(self) -> str:
+        return self.manifest.model.name
+
+    @property
+    def trained(self) -> bool:
+        return self.manifest.model.trained
+
+    def graph(self, name: str) -> GraphEntry:
+        return self.manifest.graphs[check_graph(name)]
+
+    def file_path(self, name: str) -> Path:
+        """Path of a file listed in the manifest (relative or absolute as `root` is)."""
+        if name not in self.manifest.files:
+            raise BundleError(f"{name!r} is not a file of the bundle {self.root} (see {self.manifest_path})",
+                              path=self.manifest_path)
+        return self.root / name
+
+    def precisions(self, graph: str) -> tuple[str, ...]:
+        """Precisions with an ONNX variant, in the order fp32, fp16, int8."""
+        return self.graph(graph).precisions
+
+    def common_precisions(self) -> tuple[str, ...]:
+        """Precisions that every graph has an ONNX variant of."""
+        return tuple(p for p in PRECISIONS if all(p in g.variants for g in self.manifest.graphs.values()))
+
+    def onnx_path(self, graph: str, precision: str = "fp32") -> Path:
+        variants = self.graph(graph).variants
+        if precision not in variants:
+            raise BundleError(f"{self.manifest_path}: graph {graph!r} has no {precision} ONNX variant (it has "
+                              f"{', '.join(self.precisions(graph))}); rebuild the bundle with `diffv2iqa-trt build` "
+                              f"asking for {graph}={precision}", path=self.manifest_path)
+        return self.file_path(variants[precision].file)
+
+    def engine_precisions(self, graph: str) -> tuple[str, ...]:
+        return self.graph(graph).engine_precisions
+
+    def engine(self, graph: str, precision: str) -> EngineEntry:
+        """The engine entry; compatibility with this machine is the engine layer's business, since only it can ask
+        TensorRT and the GPU."""
+        engines = self.graph(graph).engines
+        if precision not in engines:
+            have = ", ".join(self.engine_precisions(graph)) or "none"
+            raise BundleError(f"{self.manifest_path}: graph {graph!r} has no {precision} TensorRT engine (it has "
+                              f"{have}); build engines with `diffv2iqa-trt build` on this machine",
+                              path=self.manifest_path)
+        return engines[precision]
+
+    def engine_path(self, graph: str, precision: str) -> Path:
+        return self.file_path(self.engine(graph, precision).file)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -80,7 +145,7 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     return result
 
 
-def _file_problems(root: Path, files: Mapping[str, Mapping[str, Any]], verify_hashes: bool) -> list[tuple[Path, str]]:
+def _file_problems(root: Path, files: Mapping[str, FileEntry], verify_hashes: bool) -> list[tuple[Path, str]]:
     problems: list[tuple[Path, str]] = []
     for name, entry in files.items():
         path = root / name
@@ -91,11 +156,11 @@ def _file_problems(root: Path, files: Mapping[str, Mapping[str, Any]], verify_ha
             continue
         if not path.is_file():
             problems.append((path, f"{path} is not a regular file"))
-        elif size != entry["bytes"]:
-            problems.append((path, f"{path} is {size} bytes, the manifest says {entry['bytes']}: the file is "
+        elif size != entry.bytes:
+            problems.append((path, f"{path} is {size} bytes, the manifest says {entry.bytes}: the file is "
                                    f"truncated or was replaced"))
-        elif verify_hashes and (digest := sha256_file(path)) != entry["sha256"]:
-            problems.append((path, f"{path} has sha256 {digest[:16]}…, the manifest says {entry['sha256'][:16]}…: "
+        elif verify_hashes and (digest := sha256_file(path)) != entry.sha256:
+            problems.append((path, f"{path} has sha256 {digest[:16]}…, the manifest says {entry.sha256[:16]}…: "
                                    f"the file was altered after the build"))
     return problems
 
@@ -118,13 +183,13 @@ def load_bundle(path: str | os.PathLike[str], *, verify_hashes: bool = True) -> 
                           path=root)
     manifest_path = root / MANIFEST_NAME
     doc = read_manifest(manifest_path)
-    validate_manifest(doc, source=manifest_path)
-    problems = _file_problems(root, doc["files"], verify_hashes)
+    manifest = Manifest.from_dict(doc, source=manifest_path)
+    problems = _file_problems(root, manifest.files, verify_hashes)
     if problems:
         messages = [message for _, message in problems]
         raise BundleError(f"bundle {root} is damaged ({REBUILD}, or copy it again):\n  " + "\n  ".join(messages),
                           path=problems[0][0], problems=messages)
-    return Bundle(root=root, manifest=doc)
+    return Bundle(root=root, manifest=manifest)
 
 
 # --------------------------------------------------------------------------------------------------------------------

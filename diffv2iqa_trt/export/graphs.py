@@ -1,102 +1,26 @@
-"""The I/O contract of the three graphs (see DESIGN.md, "The three graphs"), as data, plus the modules that export them.
+"""The modules that export the three graphs of the contract (`contract.py`), and realistic example inputs for them.
 
-Everything downstream (engines, the bundle manifest, the runtime) reads names, dtypes and symbolic shapes from
-`graph_spec`, so they are written down once here. Symbolic dimensions are strings: `batch` everywhere, `height` and
-`width` for restore_step (multiples of `UNetConfig.size_multiple`); the branch graphs have the crop size S fixed.
+The contract itself (names, dtypes, symbolic shapes) lives in the torch-free `contract` module; this module binds it
+to a model config and to the PyTorch model.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig
+from ..contract import BRANCH_INPUTS, GRAPH_NAMES, RESTORE_STEP, GraphSpec, check_graph
+from ..contract import graph_spec as contract_graph_spec
+from ..errors import ConfigError
 from ..model.diffv2iqa import DiffV2IQA
-from ..model.schedule import step_tables
-
-GRAPHS = ("restore_step", "vcg", "vda")
-BRANCH_INPUTS = ("x", "y0", "y_t1", "y_t2")
-
-DimValue = int | str
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One graph input or output: name, ONNX-style dtype name, and shape (ints are fixed, strings are symbolic)."""
-
-    name: str
-    dtype: str
-    shape: tuple[DimValue, ...]
-
-    def to_dict(self) -> dict[str, object]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-
-    def matches(self, shape: tuple[int, ...], bindings: dict[str, int] | None = None) -> bool:
-        """Whether a concrete shape fits this spec; `bindings` collects (and checks) the symbolic values."""
-        seen = {} if bindings is None else bindings
-        if len(shape) != len(self.shape):
-            return False
-        for want, got in zip(self.shape, shape, strict=True):
-            if isinstance(want, int):
-                if want != got:
-                    return False
-            elif seen.setdefault(want, got) != got:
-                return False
-        return True
-
-
-@dataclass(frozen=True)
-class GraphSpec:
-    name: str
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-
-    @property
-    def input_names(self) -> tuple[str, ...]:
-        return tuple(t.name for t in self.inputs)
-
-    @property
-    def output_names(self) -> tuple[str, ...]:
-        return tuple(t.name for t in self.outputs)
-
-    def to_dict(self) -> dict[str, object]:
-        return {"name": self.name, "inputs": [t.to_dict() for t in self.inputs],
-                "outputs": [t.to_dict() for t in self.outputs]}
-
-
-def check_graph(graph: str) -> str:
-    if graph not in GRAPHS:
-        raise ValueError(f"unknown graph {graph!r}; choose one of {', '.join(GRAPHS)}")
-    return graph
+from ..schedule import step_tables
 
 
 def graph_spec(graph: str, config: ModelConfig) -> GraphSpec:
-    """The contract of one graph for a model config (the branch graphs' spatial size is the config's crop size)."""
-    f32 = "float32"
-    if check_graph(graph) == "restore_step":
-        image = ("batch", 3, "height", "width")
-        return GraphSpec(
-            name=graph,
-            inputs=(
-                TensorSpec("x", f32, image),
-                TensorSpec("y", f32, image),
-                TensorSpec("gamma", f32, ("batch",)),
-                TensorSpec("coef", f32, ("batch", 5)),
-                # One noise image per step, broadcast over the batch: every image of a resolution shares the bank.
-                TensorSpec("z", f32, (1, 3, "height", "width")),
-            ),
-            outputs=(TensorSpec("y_next", f32, image),),
-        )
-    s = config.crop_size
-    crop = ("batch", 3, s, s)
-    return GraphSpec(
-        name=graph,
-        inputs=tuple(TensorSpec(n, f32, crop) for n in BRANCH_INPUTS),
-        outputs=(TensorSpec("score", f32, ("batch",)),),
-    )
+    """The contract of one graph for a model config (the branch graphs take crops of the config's crop size)."""
+    return contract_graph_spec(graph, config.crop_size)
 
 
 # --- modules that export ------------------------------------------------------------------------------------------
@@ -130,13 +54,13 @@ class VDAGraph(nn.Module):
         return self.model.vda(x, y0, y_t1, y_t2)
 
 
-_WRAPPERS: dict[str, type[nn.Module]] = {"restore_step": RestoreStepGraph, "vcg": VCGGraph, "vda": VDAGraph}
+_WRAPPERS: dict[str, type[nn.Module]] = dict(zip(GRAPH_NAMES, (RestoreStepGraph, VCGGraph, VDAGraph), strict=True))
 
 
 def graph_module(model: DiffV2IQA, graph: str) -> nn.Module:
     """The module whose forward() is `graph`, in eval mode (dropout off, BatchNorm on running statistics)."""
     if model.training:
-        raise ValueError("the model is in training mode; call model.eval() before exporting or comparing")
+        raise ConfigError("the model is in training mode; call model.eval() before exporting or comparing")
     return _WRAPPERS[check_graph(graph)](model).eval()
 
 
@@ -153,15 +77,15 @@ def example_inputs(config: ModelConfig, graph: str, *, batch: int = 1, height: i
     spec = graph_spec(graph, config)
     gen = np.random.default_rng(seed)
     s = config.crop_size
-    if graph == "restore_step":
+    if graph == RESTORE_STEP:
         h, w = height or s, width or s
         m = config.unet.size_multiple
         if h % m or w % m:
-            raise ValueError(f"restore_step needs height and width that are multiples of {m}, got {h}x{w}")
+            raise ConfigError(f"restore_step needs height and width that are multiples of {m}, got {h}x{w}")
         tables = step_tables(config.schedule)
         i = tables.steps // 2 if step is None else step
         if not 0 <= i < tables.steps:
-            raise ValueError(f"step {i} is outside the {tables.steps}-step schedule")
+            raise ConfigError(f"step {i} is outside the {tables.steps}-step schedule")
         arrays = {
             "x": gen.uniform(-1.0, 1.0, (batch, 3, h, w)),
             "y": gen.standard_normal((batch, 3, h, w)),

@@ -32,8 +32,10 @@ from onnx import numpy_helper
 from torch.export import Dim
 
 from ..atomic import atomic_path
+from ..contract import BRANCH_INPUTS, RESTORE_STEP, GraphSpec, TensorSpec
+from ..errors import ConfigError, ExportError
 from ..model.diffv2iqa import DiffV2IQA
-from .graphs import BRANCH_INPUTS, GraphSpec, TensorSpec, example_inputs, graph_module, graph_spec
+from .graphs import example_inputs, graph_module, graph_spec
 
 # The dynamo exporter at opset 17 wrote Split nodes that the checker rejects on this stack; 18 is the floor.
 MIN_OPSET = 18
@@ -41,10 +43,6 @@ MAX_BATCH = 4096
 MAX_SIDE = 8192  # restore_step's largest height/width, only a bound for torch.export's range analysis
 # protobuf cannot serialise a message of 2 GiB or more; above this, weights go to a side file.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
-
-
-class ExportError(RuntimeError):
-    """The exported graph does not satisfy the contract or the ONNX checker."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +71,7 @@ def export_graph(model: DiffV2IQA, graph: str, path: str | os.PathLike[str], *, 
                  ) -> ExportResult:
     """Export `graph` ("restore_step", "vcg" or "vda") of `model` (eval mode) to `path` and check it."""
     if opset < MIN_OPSET:
-        raise ValueError(f"opset {opset} is too old: use {MIN_OPSET} or newer (the exporter writes invalid Split "
+        raise ConfigError(f"opset {opset} is too old: use {MIN_OPSET} or newer (the exporter writes invalid Split "
                          f"nodes at 17)")
     start = time.perf_counter()
     spec = graph_spec(graph, model.config)
@@ -130,7 +128,7 @@ def _quiet_exporter_logs() -> Iterator[None]:
 def _dynamic_shapes(graph: str, m: int) -> tuple[dict[str, Any], dict[str, str]]:
     """torch.export dynamic shapes, and {quotient Dim name: contract name} for height and width."""
     batch = Dim("batch", min=1, max=MAX_BATCH)
-    if graph != "restore_step":
+    if graph != RESTORE_STEP:
         return {name: {0: batch} for name in BRANCH_INPUTS}, {}
     # H = m * hq spells "height is a multiple of m" for torch.export, so no size guard ends up in the graph.
     hq = Dim("height_q", min=1, max=MAX_SIDE // m)

@@ -23,9 +23,12 @@ from typing import Any, Literal
 import onnx
 from onnx import helper
 
+from ..contract import TRT_MAJORS
+from ..errors import ConfigError
+
 Status = Literal["ok", "warn", "fail"]
 _RANK = {"ok": 0, "warn": 1, "fail": 2}
-TRT_MAJORS = (10, 11)
+
 
 # ONNX element types under the names the operator list uses.
 _DTYPE_NAMES: dict[int, str] = {
@@ -95,7 +98,7 @@ class LintReport:
 def operator_list(trt_major: int = 10) -> dict[str, Any]:
     """The operator data for a TensorRT major version (see the JSON's `source` for where it comes from)."""
     if trt_major not in TRT_MAJORS:
-        raise ValueError(f"no TensorRT operator list for major version {trt_major}; have {TRT_MAJORS}")
+        raise ConfigError(f"no TensorRT operator list for major version {trt_major}; have {TRT_MAJORS}")
     text = resources.files(__package__).joinpath("data", f"tensorrt_onnx_ops_{trt_major}.json").read_text("utf-8")
     data: dict[str, Any] = json.loads(text)
     return data

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ..atomic import atomic_path
 from ..config import ModelConfig
+from ..errors import CheckpointError
 from .diffv2iqa import DiffV2IQA
 
 FORMAT_NAME = "diffv2iqa-trt-checkpoint"
@@ -29,10 +30,6 @@ SR3_SCHEDULE_BUFFERS = frozenset({
     "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
 })
 _LIST_LIMIT = 20
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used, with what is wrong and what to do."""
 
 
 @dataclass(frozen=True)
@@ -159,3 +156,12 @@ def load_authors(config: ModelConfig, sr3_path: str | os.PathLike[str],
     load_state_strict(model.iqa, div2iqa_state(_torch_state_dict(div2iqa_path)),
                       f"DIV2IQA checkpoint {div2iqa_path}")
     return model.eval()
+
+
+def convert_authors(config: ModelConfig, sr3_path: str | os.PathLike[str], div2iqa_path: str | os.PathLike[str],
+                    out_path: str | os.PathLike[str]) -> DiffV2IQA:
+    """Load the authors' two checkpoints and write them as one native checkpoint (trained)."""
+    model = load_authors(config, sr3_path, div2iqa_path)
+    save_checkpoint(model, out_path, trained=True,
+                    description=f"converted from {Path(sr3_path).name} and {Path(div2iqa_path).name}")
+    return model

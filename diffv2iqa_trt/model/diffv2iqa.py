@@ -10,8 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig
+from ..schedule import check_capture_steps, step_tables
 from .iqa import IQANet
-from .schedule import check_capture_steps, step_tables
 from .unet import UNet
 
 

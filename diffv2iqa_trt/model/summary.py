@@ -9,6 +9,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..config import ModelConfig
+from ..errors import ConfigError
 from .diffv2iqa import DiffV2IQA
 
 
@@ -40,12 +41,12 @@ def summarize(config: ModelConfig, crop_size: int | None = None, restore_hw: tup
               steps: int | None = None) -> ModelSummary:
     s = crop_size or config.crop_size
     if s != config.crop_size:
-        raise ValueError(f"preset {config.name} scores {config.crop_size}x{config.crop_size} crops (the ViT's "
+        raise ConfigError(f"preset {config.name} scores {config.crop_size}x{config.crop_size} crops (the ViT's "
                          f"position table is fixed); crop size {s} is not supported")
     h, w = restore_hw or (s, s)
     m = config.unet.size_multiple
     if h % m or w % m or h < s or w < s:
-        raise ValueError(f"restoration size {h}x{w} must be multiples of {m} and at least the crop size {s}")
+        raise ConfigError(f"restoration size {h}x{w} must be multiples of {m} and at least the crop size {s}")
     n = steps or config.schedule.steps
     with torch.device("meta"):
         model = DiffV2IQA(config).eval()

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from ..contract import normalise_uint8
+from ..errors import ConfigError
+
 
 @dataclass(frozen=True)
 class WorkUnit:
@@ -25,8 +28,8 @@ class WorkUnit:
 
 
 def normalise(rgb: np.ndarray) -> np.ndarray:
-    """uint8 (H, W, 3) -> float32 (3, H, W) with (v / 255 - 0.5) / 0.5, as the authors normalise every input."""
-    return ((rgb.astype(np.float32) / 255.0 - 0.5) / 0.5).transpose(2, 0, 1).copy()
+    """uint8 (H, W, 3) -> float32 (3, H, W) by the contract's formula (the authors' (v / 255 - 0.5) / 0.5)."""
+    return normalise_uint8(rgb).transpose(2, 0, 1).copy()
 
 
 def _resize(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -48,7 +51,7 @@ def upscale_to_fit(rgb: np.ndarray, size: int) -> np.ndarray:
 def crop_boxes(policy: str, height: int, width: int, size: int) -> tuple[tuple[int, int], ...]:
     """Top-left corners of the crops of `policy` in an image of at least size x size."""
     if height < size or width < size:
-        raise ValueError(f"image {height}x{width} is smaller than the crop size {size}")
+        raise ConfigError(f"image {height}x{width} is smaller than the crop size {size}")
     bottom, right = height - size, width - size
     center = (bottom // 2, right // 2)
     if policy in ("center", "resize224"):
@@ -60,13 +63,13 @@ def crop_boxes(policy: str, height: int, width: int, size: int) -> tuple[tuple[i
         tops = np.rint(np.linspace(0, bottom, n)).astype(int) if n > 1 else [bottom // 2]
         lefts = np.rint(np.linspace(0, right, n)).astype(int) if n > 1 else [right // 2]
         return tuple((int(t), int(left)) for t in tops for left in lefts)
-    raise ValueError(f"unknown crop policy {policy!r}; use center, five, grid:N or resize224")
+    raise ConfigError(f"unknown crop policy {policy!r}; use center, five, grid:N or resize224")
 
 
 def prepare(rgb: np.ndarray, policy: str, mode: str, crop_size: int, size_multiple: int) -> list[WorkUnit]:
     """Turn a decoded image into work units for the pipeline."""
     if crop_size % size_multiple:
-        raise ValueError(f"crop size {crop_size} must be a multiple of {size_multiple}")
+        raise ConfigError(f"crop size {crop_size} must be a multiple of {size_multiple}")
     if policy == "resize224":
         return [WorkUnit(normalise(_resize(rgb, crop_size, crop_size)), ((0, 0),))]
     rgb = upscale_to_fit(rgb, crop_size)
@@ -77,4 +80,4 @@ def prepare(rgb: np.ndarray, policy: str, mode: str, crop_size: int, size_multip
         h, w = rgb.shape[:2]
         rgb = _resize(rgb, h // size_multiple * size_multiple, w // size_multiple * size_multiple)
         return [WorkUnit(normalise(rgb), crop_boxes(policy, rgb.shape[0], rgb.shape[1], crop_size))]
-    raise ValueError(f"unknown mode {mode!r}; use crops or faithful")
+    raise ConfigError(f"unknown mode {mode!r}; use crops or faithful")

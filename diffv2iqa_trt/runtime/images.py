@@ -16,16 +16,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import ImageDecodeError
+
+__all__ = ["IMAGE_SUFFIXES", "ImageDecodeError", "expand_paths", "load_image"]
+
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm"})
-
-
-class ImageDecodeError(ValueError):
-    """A file that is missing, unreadable or not an image."""
-
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{path}: {reason}")
 
 
 def _to_rgb(img: Image.Image) -> np.ndarray:

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ConfigError
+
 GENERATOR = "numpy-philox4x64-key(seed,row)-standard_normal-float32"
 
 
 def noise_row(seed: int, row: int, height: int, width: int) -> np.ndarray:
     if not 0 <= seed < 2**64:
-        raise ValueError(f"noise seed must be in [0, 2**64), got {seed}")
+        raise ConfigError(f"noise seed must be in [0, 2**64), got {seed}")
     key = np.array([seed, row], dtype=np.uint64)
     rng = np.random.Generator(np.random.Philox(key=key))
     return rng.standard_normal((3, height, width), dtype=np.float32)

@@ -1,26 +1,36 @@
 """The scoring pipeline: fixed-step restoration, snapshot capture, crop assembly, branch calls and fusion.
 
 It runs over any `Executor` and needs only NumPy: the schedule tables, noise seed and crop policy come from a
-`PipelineSpec` (which a bundle manifest or a model config provides).
+`PipelineSpec`, made from a bundle manifest (`from_manifest`) or a model config (`from_config`), in one place each.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+import dataclasses
+from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..bundle.manifest import PipelineSection
+from ..config import ModelConfig, ScoringConfig
+from ..contract import COEF_WIDTH
+from ..errors import ConfigError
+from ..schedule import check_capture_steps, step_tables
 from .crops import WorkUnit, prepare
 from .executor import Executor, Handle
 from .noise import noise_bank
 
+# Noise banks kept per resolution (LRU). A paper-size 512x512 bank is ~160 MB on the host plus its device copy, and
+# faithful mode meets a new resolution with every image size, so the cache must be bounded.
+DEFAULT_NOISE_BANKS = 4
+
 
 @dataclass(frozen=True)
 class PipelineSpec:
-    gamma: np.ndarray  # (T,) noise level per step
-    coef: np.ndarray  # (T, 5) step coefficients (see model.schedule.COEF_NAMES)
+    gamma: np.ndarray  # (T,) noise level per step, float32
+    coef: np.ndarray  # (T, COEF_WIDTH) step coefficients, float32 (columns as contract.COEF_NAMES)
     capture_t1: int
     capture_t2: int
     noise_seed: int
@@ -34,6 +44,32 @@ class PipelineSpec:
     @property
     def steps(self) -> int:
         return int(self.gamma.shape[0])
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, scoring: ScoringConfig, steps: int | None = None) -> PipelineSpec:
+        """The pipeline of a model config (the reference, and what `build` writes into a bundle)."""
+        n = config.schedule.steps if steps is None else steps
+        if n < 1:
+            raise ConfigError(f"--steps must be at least 1, got {n}")
+        check_capture_steps(config.schedule, n)
+        tables = step_tables(config.schedule, n)
+        return cls(gamma=tables.gamma.astype(np.float32), coef=tables.coef.astype(np.float32),
+                   capture_t1=config.schedule.capture_t1, capture_t2=config.schedule.capture_t2,
+                   noise_seed=scoring.noise_seed, crop_size=config.crop_size,
+                   size_multiple=config.unet.size_multiple, crops=scoring.crops, mode=scoring.mode,
+                   vcg_weight=config.fusion.vcg_weight, vda_weight=config.fusion.vda_weight)
+
+    @classmethod
+    def from_manifest(cls, p: PipelineSection, scoring: ScoringConfig | None = None) -> PipelineSpec:
+        """The pipeline a bundle records; `scoring` overrides its crop policy, mode and noise seed."""
+        spec = cls(gamma=np.asarray(p.gamma, dtype=np.float32),
+                   coef=np.asarray(p.coef, dtype=np.float32).reshape(p.steps, COEF_WIDTH),
+                   capture_t1=p.capture_t1, capture_t2=p.capture_t2, noise_seed=p.noise.seed,
+                   crop_size=p.crop_size, size_multiple=p.size_multiple, crops=p.crops, mode=p.mode,
+                   vcg_weight=p.fusion.vcg_weight, vda_weight=p.fusion.vda_weight)
+        if scoring is not None:
+            spec = dataclasses.replace(spec, crops=scoring.crops, mode=scoring.mode, noise_seed=scoring.noise_seed)
+        return spec
 
 
 @dataclass(frozen=True)
@@ -56,24 +92,34 @@ class Pipeline:
     executor: Executor
     spec: PipelineSpec
     batch_size: int = 8
-    _banks: dict[tuple[int, int], tuple[np.ndarray, list[Handle]]] = field(default_factory=dict, repr=False)
+    max_noise_banks: int = DEFAULT_NOISE_BANKS
+    _banks: OrderedDict[tuple[int, int], tuple[np.ndarray, list[Handle]]] = field(default_factory=OrderedDict,
+                                                                                    repr=False)
     _step_inputs: dict[int, list[tuple[Handle, Handle]]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
-            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+            raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.max_noise_banks < 1:
+            raise ConfigError(f"max_noise_banks must be at least 1, got {self.max_noise_banks}")
 
     def noise(self, height: int, width: int) -> tuple[np.ndarray, list[Handle]]:
-        """The noise bank of one resolution, generated and uploaded once: (starting sample (3,H,W) on the host,
-        step noise rows (1,3,H,W) as backend handles)."""
+        """The noise bank of one resolution, generated and uploaded once while it stays among the
+        `max_noise_banks` most recently used: (starting sample (3,H,W) on the host, step noise rows (1,3,H,W) as
+        backend handles)."""
         key = (height, width)
-        if key not in self._banks:
-            bank = noise_bank(self.spec.noise_seed, self.spec.steps, height, width)
-            self._banks[key] = (bank[self.spec.steps], [self.executor.upload(row[None]) for row in bank[:-1]])
-        return self._banks[key]
+        if key in self._banks:
+            self._banks.move_to_end(key)
+            return self._banks[key]
+        bank = noise_bank(self.spec.noise_seed, self.spec.steps, height, width)
+        entry = (bank[self.spec.steps], [self.executor.upload(row[None]) for row in bank[:-1]])
+        self._banks[key] = entry
+        while len(self._banks) > self.max_noise_banks:
+            self._banks.popitem(last=False)
+        return entry
 
     def step_inputs(self, batch: int) -> list[tuple[Handle, Handle]]:
-        """Per step i, the (gamma (B,), coef (B,5)) inputs for a batch of `batch`, uploaded once, not every step."""
+        """Per step i, the (gamma (B,), coef (B,k)) inputs for a batch of `batch`, uploaded once, not every step."""
         if batch not in self._step_inputs:
             s, ex = self.spec, self.executor
             self._step_inputs[batch] = [
@@ -107,17 +153,22 @@ class Pipeline:
         vda = ex.download(ex.vda(*handles)) if self.spec.vda_weight != 0 else None
         return vcg, vda
 
-    def score(self, images: Sequence[np.ndarray]) -> list[ImageScore]:
-        """Score decoded RGB uint8 images (H, W, 3); one ImageScore per image, in order."""
+    def work_units(self, images: Sequence[np.ndarray]) -> list[tuple[int, WorkUnit]]:
+        """Every image's work units, tagged with the image's index."""
         s = self.spec
         units: list[tuple[int, WorkUnit]] = []
         for index, rgb in enumerate(images):
             units.extend((index, u) for u in prepare(rgb, s.crops, s.mode, s.crop_size, s.size_multiple))
-        # Restore units of one resolution together, then cut their crops.
+        return units
+
+    def restored_crops(self, units: Sequence[tuple[int, WorkUnit]]) -> tuple[list[int], list[list[np.ndarray]]]:
+        """Restore the units (those of one resolution batched together) and cut their crops: (the owning image of
+        each crop, [x, y0, y_t1, y_t2] crop lists)."""
+        s = self.spec
         by_shape: dict[tuple[int, ...], list[tuple[int, WorkUnit]]] = defaultdict(list)
         for item in units:
             by_shape[item[1].x.shape].append(item)
-        crop_owner: list[int] = []
+        owners: list[int] = []
         crop_sets: list[list[np.ndarray]] = [[], [], [], []]
         for group in by_shape.values():
             for start in range(0, len(group), self.batch_size):
@@ -126,20 +177,31 @@ class Pipeline:
                 snaps = self.restore(x)
                 for j, (owner, unit) in enumerate(chunk):
                     for top, left in unit.boxes:
-                        window = (slice(top, top + s.crop_size), slice(left, left + s.crop_size))
+                        window = (slice(None), slice(top, top + s.crop_size), slice(left, left + s.crop_size))
                         for k, arr in enumerate((x, snaps.y0, snaps.yt1, snaps.yt2)):
-                            crop_sets[k].append(arr[j][(slice(None), *window)])
-                        crop_owner.append(owner)
+                            crop_sets[k].append(arr[j][window])
+                        owners.append(owner)
+        return owners, crop_sets
+
+    def branch_scores(self, crop_sets: list[list[np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        """VCG and VDA per crop, in batches (NaN for a branch with fusion weight 0, which is not run)."""
         vcg_all: list[np.ndarray] = []
         vda_all: list[np.ndarray] = []
-        for start in range(0, len(crop_owner), self.batch_size):
+        for start in range(0, len(crop_sets[0]), self.batch_size):
             batch = [np.stack(c[start:start + self.batch_size]) for c in crop_sets]
             vcg, vda = self._branch_scores(*batch)
             n = batch[0].shape[0]
             vcg_all.append(vcg if vcg is not None else np.full(n, np.nan, np.float32))
             vda_all.append(vda if vda is not None else np.full(n, np.nan, np.float32))
-        return _aggregate(crop_owner, np.concatenate(vcg_all), np.concatenate(vda_all), len(images),
-                          self.spec.vcg_weight, self.spec.vda_weight)
+        return np.concatenate(vcg_all), np.concatenate(vda_all)
+
+    def score(self, images: Sequence[np.ndarray]) -> list[ImageScore]:
+        """Score decoded RGB uint8 images (H, W, 3); one ImageScore per image, in order."""
+        if not images:
+            return []
+        owners, crop_sets = self.restored_crops(self.work_units(images))
+        vcg, vda = self.branch_scores(crop_sets)
+        return _aggregate(owners, vcg, vda, len(images), self.spec.vcg_weight, self.spec.vda_weight)
 
 
 def _aggregate(owner: list[int], vcg: np.ndarray, vda: np.ndarray, count: int, vcg_weight: float,

@@ -26,12 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..benchmarks.stats import plcc, srcc
 from ..config import FusionConfig, ScoringConfig
+from ..data.distortions import DISTORTIONS, LEVELS
+from ..metrics import plcc, srcc
 from ..model.diffv2iqa import DiffV2IQA
-from ..reference import reference_pipeline
+from ..reference.loading import reference_pipeline
 from ..runtime.crops import crop_boxes, prepare
-from .data import DISTORTIONS, LEVELS, Sample
+from .data import Sample
 
 
 @dataclass

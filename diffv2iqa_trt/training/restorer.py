@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..config import ScheduleConfig
 from ..model.diffv2iqa import DiffV2IQA
-from ..model.schedule import betas
+from ..schedule import betas
 from .data import Sample
 
 

@@ -1,1 +1,60 @@
-"""Executors. Each imports its framework lazily so that the runtime core stays NumPy-only."""
+"""Executors by name: the registry the runtime picks backends from.
+
+A backend is a factory `(bundle, BackendOptions) -> Executor`. Built-in backends are registered as lazy
+"module:function" references (like packaging entry points): a framework (onnxruntime, torch) is imported only when
+its backend is asked for, and the runtime package itself never imports torch or the model. The `torch` reference
+executor lives on the reference side (`diffv2iqa_trt.reference`); other packages may `register_backend` their own.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ...errors import BackendError
+
+if TYPE_CHECKING:
+    from ...bundle.store import Bundle
+    from ..executor import Executor
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    precision: str = "fp32"  # which ONNX variant (or engine) of the bundle to run
+    device: str = "cpu"  # backend-specific: cpu / cuda for torch; cpu / cuda / tensorrt EPs for onnxruntime
+    threads: int | None = None  # CPU threads, where the backend has a setting
+
+
+BackendFactory = Callable[["Bundle", BackendOptions], "Executor"]
+
+_REGISTRY: dict[str, str | BackendFactory] = {
+    "onnxruntime": "diffv2iqa_trt.runtime.backends.onnxruntime_backend:executor_from_bundle",
+    "torch": "diffv2iqa_trt.reference.torch_executor:executor_from_bundle",
+}
+
+
+def register_backend(name: str, factory: str | BackendFactory) -> None:
+    """Add or replace a backend: a factory, or a "module:function" reference imported on first use."""
+    _REGISTRY[name] = factory
+
+
+def backend_names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def _resolve(name: str) -> BackendFactory:
+    if name not in _REGISTRY:
+        raise BackendError(f"unknown backend {name!r}; use one of {', '.join(_REGISTRY)}")
+    entry = _REGISTRY[name]
+    if isinstance(entry, str):
+        module, _, function = entry.partition(":")
+        factory: BackendFactory = getattr(importlib.import_module(module), function)
+        _REGISTRY[name] = entry = factory
+    return entry
+
+
+def create_executor(name: str, bundle: Bundle, options: BackendOptions | None = None) -> Executor:
+    """An executor of backend `name` for the bundle's graphs."""
+    return _resolve(name)(bundle, options or BackendOptions())

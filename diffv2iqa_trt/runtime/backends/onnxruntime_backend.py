@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from ...contract import GRAPH_NAMES, check_precision
+from ...errors import BackendError, BundleError, ConfigError
+
+if TYPE_CHECKING:
+    from ...bundle.store import Bundle
+    from . import BackendOptions
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -28,13 +35,13 @@ class OnnxRuntimeExecutor:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise RuntimeError("the onnxruntime backend needs onnxruntime (CPU) or onnxruntime-gpu: "
+            raise BackendError("the onnxruntime backend needs onnxruntime (CPU) or onnxruntime-gpu: "
                                "pip install 'diffv2iqa-trt[cpu]' or '[gpu]'") from None
         if device not in PROVIDERS:
-            raise ValueError(f"unknown device {device!r} for onnxruntime; use one of {sorted(PROVIDERS)}")
+            raise ConfigError(f"unknown device {device!r} for onnxruntime; use one of {sorted(PROVIDERS)}")
         wanted = PROVIDERS[device]
         if wanted[0] not in ort.get_available_providers():
-            raise RuntimeError(f"{wanted[0]} is not available in this onnxruntime build "
+            raise BackendError(f"{wanted[0]} is not available in this onnxruntime build "
                                f"(available: {ort.get_available_providers()}); install onnxruntime-gpu for "
                                "cuda/tensorrt, or use --device cpu")
         self._ort = ort
@@ -81,3 +88,19 @@ class OnnxRuntimeExecutor:
 
     def vda(self, x: Any, y0: Any, yt1: Any, yt2: Any) -> Any:
         return self._run("vda", x, y0, yt1, yt2)
+
+
+def executor_from_bundle(bundle: Bundle, options: BackendOptions) -> OnnxRuntimeExecutor:
+    """The registry's `onnxruntime` factory: the bundle's ONNX variants of one precision."""
+    precision = check_precision(options.precision)
+    paths, inputs, outputs = {}, {}, {}
+    for graph in GRAPH_NAMES:
+        entry = bundle.graph(graph)
+        if precision not in entry.variants:
+            raise BundleError(f"{bundle.root}: graph {graph} has no {precision} variant (has "
+                              f"{', '.join(entry.precisions)}); rebuild with that precision or pick another",
+                              path=bundle.manifest_path)
+        paths[graph] = bundle.onnx_path(graph, precision)
+        inputs[graph] = list(entry.input_names)
+        outputs[graph] = entry.output_names[0]
+    return OnnxRuntimeExecutor(paths, inputs, outputs, device=options.device, threads=options.threads)

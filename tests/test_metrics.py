@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import stats as sp
 
-from diffv2iqa_trt.benchmarks.stats import abs_error_summary, krcc, plcc, rank_flips, ranks, srcc
+from diffv2iqa_trt.metrics import abs_error_summary, krcc, plcc, rank_flips, ranks, srcc
 
 
 def test_against_scipy_with_ties():

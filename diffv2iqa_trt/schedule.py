@@ -15,11 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import ScheduleConfig
+from .config import ScheduleConfig
+from .contract import COEF_WIDTH
+from .errors import ConfigError
 
-# Column order of the per-step coefficient table (the `coef` input of `restore_step`).
-COEF_NAMES = ("sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "posterior_mean_coef1",
-              "posterior_mean_coef2", "posterior_std")
 LOG_VARIANCE_FLOOR = 1e-20  # SR3 clips the posterior variance before the log
 
 
@@ -27,7 +26,7 @@ def betas(schedule: str, n_timestep: int, *, cosine_s: float = 8e-3, linear_star
           linear_end: float = 1e-2) -> np.ndarray:
     """Beta table of length n_timestep (float64)."""
     if n_timestep < 1:
-        raise ValueError(f"the schedule needs at least one step, got {n_timestep}")
+        raise ConfigError(f"the schedule needs at least one step, got {n_timestep}")
     if schedule == "cosine":
         # Nichol & Dhariwal cosine schedule, normalised to alphabar(0) = 1, betas capped at 0.999.
         t = np.arange(n_timestep + 1, dtype=np.float64) / n_timestep + cosine_s
@@ -36,7 +35,7 @@ def betas(schedule: str, n_timestep: int, *, cosine_s: float = 8e-3, linear_star
         return np.minimum(1.0 - alphabar[1:] / alphabar[:-1], 0.999)
     if schedule == "linear":
         return np.linspace(linear_start, linear_end, n_timestep, dtype=np.float64)
-    raise ValueError(f"unknown schedule {schedule!r}; use 'cosine' or 'linear'")
+    raise ConfigError(f"unknown schedule {schedule!r}; use 'cosine' or 'linear'")
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ class StepTables:
     """Everything the sampler needs per step, indexed by step i (0 ... T-1)."""
 
     gamma: np.ndarray  # (T,) the U-Net's noise-level input sqrt(alphabar_i)
-    coef: np.ndarray  # (T, 5) columns as COEF_NAMES
+    coef: np.ndarray  # (T, COEF_WIDTH) columns as COEF_NAMES
     alphas_cumprod: np.ndarray  # (T,)
 
     @property
@@ -70,6 +69,7 @@ def step_tables(config: ScheduleConfig, steps: int | None = None) -> StepTables:
         (1.0 - abar_prev) * np.sqrt(alphas) / (1.0 - abar),
         std,
     ], axis=1)
+    assert coef.shape[1] == COEF_WIDTH  # one column per contract.COEF_NAMES entry
     return StepTables(gamma=np.sqrt(abar), coef=coef, alphas_cumprod=abar)
 
 
@@ -77,5 +77,5 @@ def check_capture_steps(config: ScheduleConfig, steps: int) -> None:
     """The snapshots must be taken at steps that exist."""
     for name, step in (("capture_t1", config.capture_t1), ("capture_t2", config.capture_t2)):
         if not 0 < step < steps:
-            raise ValueError(f"{name}={step} is outside the {steps}-step schedule; choose more steps "
+            raise ConfigError(f"{name}={step} is outside the {steps}-step schedule; choose more steps "
                              f"(at least {max(config.capture_t1, config.capture_t2) + 1}) or other capture steps")

@@ -6,19 +6,17 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from .config import ModelConfig, ScoringConfig, preset
-from .model.checkpoint import CheckpointError, CheckpointInfo, load_checkpoint
-from .model.diffv2iqa import DiffV2IQA, build_model
-from .model.schedule import check_capture_steps, step_tables
-from .runtime.backends.torch_backend import TorchExecutor
-from .runtime.pipeline import Pipeline, PipelineSpec
+from ..config import ScoringConfig, preset
+from ..errors import CheckpointError
+from ..model.checkpoint import CheckpointInfo, load_checkpoint
+from ..model.diffv2iqa import DiffV2IQA, build_model
+from ..runtime.pipeline import Pipeline, PipelineSpec
+from .torch_executor import TorchExecutor
 
 DEFAULT_PRESET = "tiny"
 DEFAULT_SEED = 0
 # The embedded default: the tiny demo checkpoint (see weights/MODEL_CARD.md for what its scores are worth).
-DEMO_WEIGHTS = Path(__file__).parent / "weights" / "tiny-demo.safetensors"
+DEMO_WEIGHTS = Path(__file__).parent.parent / "weights" / "tiny-demo.safetensors"
 
 
 @dataclass(frozen=True)
@@ -53,21 +51,6 @@ def load_model(checkpoint: str | os.PathLike[str] | None = None, preset_name: st
     return LoadedModel(model, info, init_seed=DEFAULT_SEED)
 
 
-def pipeline_spec(config: ModelConfig, scoring: ScoringConfig, steps: int | None = None) -> PipelineSpec:
-    n = config.schedule.steps if steps is None else steps
-    if n < 1:
-        raise ValueError(f"--steps must be at least 1, got {n}")
-    check_capture_steps(config.schedule, n)
-    tables = step_tables(config.schedule, n)
-    return PipelineSpec(
-        gamma=tables.gamma.astype(np.float32), coef=tables.coef.astype(np.float32),
-        capture_t1=config.schedule.capture_t1, capture_t2=config.schedule.capture_t2,
-        noise_seed=scoring.noise_seed, crop_size=config.crop_size, size_multiple=config.unet.size_multiple,
-        crops=scoring.crops, mode=scoring.mode,
-        vcg_weight=config.fusion.vcg_weight, vda_weight=config.fusion.vda_weight,
-    )
-
-
 def reference_pipeline(model: DiffV2IQA, scoring: ScoringConfig, steps: int | None = None, batch_size: int = 8,
                        device: str = "cpu") -> Pipeline:
-    return Pipeline(TorchExecutor(model, device), pipeline_spec(model.config, scoring, steps), batch_size)
+    return Pipeline(TorchExecutor(model, device), PipelineSpec.from_config(model.config, scoring, steps), batch_size)

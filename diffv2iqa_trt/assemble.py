@@ -1,0 +1,192 @@
+"""Bundle assembly (`build --target onnx`): export the three graphs, lint them for TensorRT, check them against
+torch, describe them in a manifest and write the bundle.
+
+It sits above export/ (which makes one ONNX file) and bundle/ (which knows the format and writes directories).
+Everything is staged in a temporary directory and handed to `bundle.write_bundle`, which publishes the bundle
+atomically: an interrupted or failed build never leaves a directory that looks complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .bundle import write_bundle
+from .bundle.gates import DEFAULT_GATES
+from .bundle.manifest import (
+    FusionSection,
+    GraphEntry,
+    ModelSection,
+    NoiseSection,
+    NormalisationSection,
+    PipelineSection,
+    Profiles,
+    VariantEntry,
+)
+from .bundle.schema import sha256_file
+from .config import ModelConfig, ScoringConfig
+from .contract import (
+    BRANCH_INPUTS,
+    COEF_NAMES,
+    COEF_WIDTH,
+    GRAPH_NAMES,
+    NORM_DIVISOR,
+    NORM_FORMULA,
+    NORM_MEAN,
+    NORM_STD,
+    RESTORE_STEP,
+    TRT_MAJORS,
+)
+from .errors import BuildError, BundleError, ConfigError
+from .export.graphs import example_inputs, graph_spec
+from .export.onnx_export import export_graph
+from .export.trt_lint import LintReport, lint_onnx
+from .export.validate import compare_with_torch
+from .model.checkpoint import CheckpointInfo, save_checkpoint
+from .model.diffv2iqa import DiffV2IQA
+from .runtime.noise import GENERATOR
+from .runtime.pipeline import PipelineSpec
+
+CHECKPOINT_FILE = "model.safetensors"
+CHECK_BATCH = 2  # batch of the torch-vs-ONNX Runtime check of each exported graph
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    scoring: ScoringConfig = ScoringConfig()
+    opset: int = 18
+    opt_batch: int = 8
+    max_batch: int = 16
+    max_size: int = 512  # largest restoration height/width in the TensorRT profile (faithful mode)
+    steps: int | None = None  # denoising steps of the bundle (default: the model's schedule)
+    include_checkpoint: bool = True
+    allow_lint_failures: bool = False
+    overwrite: bool = False
+
+    def check(self, crop_size: int, size_multiple: int) -> None:
+        if not 1 <= self.opt_batch <= self.max_batch:
+            raise ConfigError(f"need 1 <= --opt-batch ({self.opt_batch}) <= --max-batch ({self.max_batch})")
+        if self.max_size < crop_size or self.max_size % size_multiple:
+            raise ConfigError(f"--max-size {self.max_size} must be at least the crop size {crop_size} and a "
+                              f"multiple of {size_multiple}")
+
+
+@dataclass(frozen=True)
+class GraphBuild:
+    """One exported graph: its manifest entry, files, lint per TensorRT major and errors against torch."""
+
+    entry: GraphEntry
+    files: dict[str, Path]
+    lint: dict[int, LintReport]
+    check: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    path: Path
+    lint: dict[str, dict[int, LintReport]]
+    parity: dict[str, Any]
+
+
+Progress = Callable[[str], None]
+
+
+def profiles(graph: str, crop: int, o: BuildOptions) -> Profiles:
+    """TensorRT profile: batch 1 at crop size, the optimal batch at crop size, the largest batch at max size."""
+    def shapes(batch: int, hw: int) -> dict[str, tuple[int, ...]]:
+        if graph == RESTORE_STEP:
+            img = (batch, 3, hw, hw)
+            return {"x": img, "y": img, "gamma": (batch,), "coef": (batch, COEF_WIDTH), "z": (1, 3, hw, hw)}
+        return {name: (batch, 3, crop, crop) for name in BRANCH_INPUTS}
+
+    return Profiles(min=shapes(1, crop), opt=shapes(o.opt_batch, crop), max=shapes(o.max_batch, o.max_size))
+
+
+def pipeline_section(config: ModelConfig, spec: PipelineSpec) -> PipelineSection:
+    """The manifest's pipeline section: the spec the runtime will rebuild with PipelineSpec.from_manifest."""
+    return PipelineSection(
+        steps=spec.steps, capture_t1=spec.capture_t1, capture_t2=spec.capture_t2,
+        gamma=tuple(spec.gamma.tolist()), coef=tuple(tuple(row) for row in spec.coef.tolist()),
+        coef_names=COEF_NAMES, noise=NoiseSection(GENERATOR, spec.noise_seed), crop_size=spec.crop_size,
+        size_multiple=spec.size_multiple, crops=spec.crops, mode=spec.mode,
+        fusion=FusionSection(spec.vcg_weight, spec.vda_weight),
+        normalisation=NormalisationSection(NORM_FORMULA, NORM_DIVISOR, NORM_MEAN, NORM_STD),
+        uint8_roundtrip=config.uint8_roundtrip,
+    )
+
+
+def export_checked_graph(model: DiffV2IQA, graph: str, stage: Path, options: BuildOptions,
+                         say: Progress) -> GraphBuild:
+    """Export one graph into `stage`, lint it for every TensorRT major, and compare it with torch."""
+    config = model.config
+    say(f"exporting {graph}")
+    name = f"{graph}.fp32.onnx"
+    result = export_graph(model, graph, stage / name, opset=options.opset)
+    files = {name: result.path}
+    if result.external_data is not None:
+        files[result.external_data.name] = result.external_data
+    say(f"linting {graph} for TensorRT {', '.join(map(str, TRT_MAJORS))}")
+    lint = {major: lint_onnx(result.path, major) for major in TRT_MAJORS}
+    say(f"checking {graph} against torch")
+    inputs = example_inputs(config, graph, batch=CHECK_BATCH)
+    check = {"batch": CHECK_BATCH, **compare_with_torch(model, graph, result.path, inputs)}
+    spec = graph_spec(graph, config)
+    entry = GraphEntry(inputs=spec.inputs, outputs=spec.outputs,
+                       profiles=profiles(graph, config.crop_size, options),
+                       variants={"fp32": VariantEntry(file=name, opset=result.opset)})
+    return GraphBuild(entry=entry, files=files, lint=lint, check=check)
+
+
+def _check_lint(lint: dict[str, dict[int, LintReport]], allow_failures: bool) -> None:
+    failures = [f"{g} (TensorRT {m})" for g, by_major in lint.items() for m, rep in by_major.items() if not rep.ok]
+    if failures and not allow_failures:
+        raise BuildError("TensorRT compatibility lint failed for " + ", ".join(failures) +
+                         "; see the lint table, or pass --allow-lint-failures to write the bundle anyway")
+
+
+def build_onnx_bundle(model: DiffV2IQA, info: CheckpointInfo, out_dir: str | os.PathLike[str], options: BuildOptions,
+                      *, init_seed: int | None = None, checkpoint_path: str | os.PathLike[str] | None = None,
+                      progress: Progress | None = None) -> BuildResult:
+    config = model.config
+    options.check(config.crop_size, config.unet.size_multiple)
+    if not options.overwrite and Path(out_dir).exists():  # fail before minutes of export, not after
+        raise BundleError(f"{out_dir} already exists; choose another --out or pass --overwrite to replace it",
+                          path=Path(out_dir))
+    if options.steps is not None:
+        config = config.replace(schedule=dataclasses.replace(config.schedule, steps=options.steps))
+    spec = PipelineSpec.from_config(config, options.scoring)  # also checks the step count and capture steps
+    say = progress or (lambda _msg: None)
+    with tempfile.TemporaryDirectory(prefix="diffv2iqa-build-") as tmp:
+        stage = Path(tmp)
+        builds = {graph: export_checked_graph(model, graph, stage, options, say) for graph in GRAPH_NAMES}
+        lint = {g: b.lint for g, b in builds.items()}
+        _check_lint(lint, options.allow_lint_failures)
+        files = {name: path for b in builds.values() for name, path in b.files.items()}
+        # Gates that `diffv2iqa-trt parity` enforces for each precision of this bundle.
+        parity: dict[str, Any] = {"reference": "torch fp32 (cpu)", "fp32": {g: b.check for g, b in builds.items()},
+                                  "gates": {p: dict(g) for p, g in DEFAULT_GATES.items()}}
+        checkpoint_file = None
+        if options.include_checkpoint:
+            say("writing the checkpoint")
+            save_checkpoint(model, stage / CHECKPOINT_FILE, trained=info.trained, description=info.description)
+            files[CHECKPOINT_FILE] = stage / CHECKPOINT_FILE
+            checkpoint_file = CHECKPOINT_FILE
+        model_section = ModelSection(
+            name=config.name, config=config.to_dict(), trained=info.trained, description=info.description,
+            checkpoint_sha256=sha256_file(checkpoint_path) if checkpoint_path else None,
+            checkpoint=checkpoint_file, init_seed=init_seed)
+        manifest = {
+            "model": model_section.to_dict(),
+            "pipeline": pipeline_section(config, spec).to_dict(),
+            "graphs": {g: b.entry.to_dict() for g, b in builds.items()},
+            "lint": {g: {str(m): rep.to_dict() for m, rep in by_major.items()} for g, by_major in lint.items()},
+            "parity": parity,
+        }
+        say("writing the bundle")
+        path = write_bundle(out_dir, manifest, files, overwrite=options.overwrite, move=True)
+    return BuildResult(path=path, lint=lint, parity=parity)

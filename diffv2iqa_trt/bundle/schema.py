@@ -1,0 +1,276 @@
+"""Validation of a manifest document, hashing, and the build-environment record.
+
+Runtimes in any language read manifest.json, so it is checked twice: against the JSON Schema shipped next to this
+module (`manifest.schema.json`, draft 2020-12, usable from C++ or any other language), then by the cross-field rules
+JSON Schema cannot express (`validate_manifest`). The typed view is `manifest.Manifest`; directories are `store.py`.
+Torch-free: stdlib, numpy and jsonschema only.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import hashlib
+import importlib.metadata
+import importlib.resources
+import json
+import os
+import platform
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+
+from ..contract import COEF_NAMES, GRAPH_INPUTS, GRAPH_NAMES, GRAPH_OUTPUTS, NORM_DIVISOR, NORM_MEAN, NORM_STD
+from ..errors import BundleError
+
+SCHEMA_NAME = "diffv2iqa-trt-bundle"
+SCHEMA_VERSION = 2
+MANIFEST_NAME = "manifest.json"
+SCHEMA_FILE = "manifest.schema.json"
+
+REBUILD = "rebuild the bundle with `diffv2iqa-trt build`"
+_MAX_ERRORS = 8
+_CHUNK = 1 << 20
+
+
+@functools.lru_cache(maxsize=1)
+def _schema_text() -> str:
+    return importlib.resources.files(__package__).joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
+
+
+def manifest_schema() -> dict[str, Any]:
+    """The JSON Schema of the manifest version this toolkit writes (a fresh copy: callers may modify it)."""
+    schema: dict[str, Any] = json.loads(_schema_text())
+    return schema
+
+
+@functools.lru_cache(maxsize=1)
+def _validator() -> jsonschema.Draft202012Validator:
+    schema = manifest_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Lowercase hex sha256 of a file, read in 1 MiB chunks (bundles hold files of hundreds of MB)."""
+    h = hashlib.sha256()
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb") as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+def utc_timestamp() -> str:
+    """Now, as the manifest's `created` wants it: ISO 8601 in UTC with a 'Z', whole seconds."""
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+# Packages whose versions matter to a build; looked up by distribution metadata so nothing (torch!) is imported.
+_ENV_PACKAGES = ("numpy", "torch", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "nvidia-modelopt",
+                 "polygraphy", "tensorrt", "cuda-bindings", "diffv2iqa-trt")
+
+
+def environment_versions(extra: Mapping[str, str | None] | None = None) -> dict[str, str | None]:
+    """Python, platform and the versions of the packages a build uses (None where not installed), plus `extra`
+    (e.g. GPU name, driver, CUDA: those need the GPU stack, which the caller has)."""
+    env: dict[str, str | None] = {"python": platform.python_version(), "platform": platform.platform()}
+    for dist in _ENV_PACKAGES:
+        try:
+            env[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            env[dist] = None
+    if extra:
+        env.update(extra)
+    return env
+
+
+def to_plain_json(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep copy as plain JSON values (numpy scalars and arrays become numbers and lists, tuples become lists), so a
+    manifest is validated exactly as a reader will parse it. NaN and infinities are refused: they are not JSON."""
+
+    def convert(obj: Any) -> Any:
+        if isinstance(obj, np.ndarray | np.generic):
+            return obj.tolist()
+        if isinstance(obj, os.PathLike):
+            return os.fspath(obj)
+        raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+    try:
+        doc: dict[str, Any] = json.loads(json.dumps(manifest, default=convert, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"the manifest cannot be written as JSON: {exc}") from exc
+    return doc
+
+
+def _short(message: str, limit: int = 240) -> str:
+    # jsonschema quotes whole instances (a 50-row coef table); keep messages readable.
+    return message if len(message) <= limit else message[: limit - 1] + "…"
+
+
+def _schema_problems(doc: Any) -> list[str]:
+    errors = sorted(_validator().iter_errors(doc), key=lambda e: e.json_path)
+    return [f"at {e.json_path}: {_short(e.message)}" for e in errors]
+
+
+def _relpath_problem(name: str) -> str | None:
+    if name == MANIFEST_NAME:
+        return f"{name!r} is the manifest itself and cannot be listed in files"
+    if name.startswith("/") or "\\" in name or re.match(r"^[A-Za-z]:", name):
+        return f"{name!r} is not a relative '/'-separated path"
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        return f"{name!r} has an empty, '.' or '..' segment"
+    return None
+
+
+def _semantic_problems(doc: dict[str, Any]) -> list[str]:
+    """Cross-field rules; assumes the document already passed the schema."""
+    problems: list[str] = []
+    try:
+        _dt.datetime.fromisoformat(doc["created"].replace("Z", "+00:00"))
+    except ValueError:
+        problems.append(f"at $.created: {doc['created']!r} is not a valid date and time")
+
+    p = doc["pipeline"]
+    steps = p["steps"]
+    for key in ("gamma", "coef"):
+        if len(p[key]) != steps:
+            problems.append(f"at $.pipeline.{key}: {len(p[key])} rows, but steps is {steps} (one row per step)")
+    for key in ("capture_t1", "capture_t2"):
+        if not 0 < p[key] < steps:
+            problems.append(f"at $.pipeline.{key}: step {p[key]} is outside the {steps}-step schedule "
+                            f"(must be in [1, {steps - 1}])")
+
+    if tuple(p["coef_names"]) != COEF_NAMES:
+        problems.append(f"at $.pipeline.coef_names: {p['coef_names']} is not the restore_step contract's "
+                        f"{list(COEF_NAMES)}")
+    norm = p["normalisation"]
+    wanted = {"divisor": NORM_DIVISOR, "mean": NORM_MEAN, "std": NORM_STD}
+    if any(norm[k] != v for k, v in wanted.items()):
+        # The runtimes implement one normalisation (contract.NORM_FORMULA); another one could not be honoured.
+        problems.append(f"at $.pipeline.normalisation: divisor/mean/std {norm['divisor']}/{norm['mean']}/"
+                        f"{norm['std']} differ from the only supported {NORM_DIVISOR}/{NORM_MEAN}/{NORM_STD}")
+
+    files = doc["files"]
+    for name in files:
+        if (why := _relpath_problem(name)) is not None:
+            problems.append(f"at $.files: {why}")
+    checkpoint = doc["model"].get("checkpoint")
+    if checkpoint is not None and checkpoint not in files:
+        problems.append(f"at $.model.checkpoint: {checkpoint!r} is not listed in $.files")
+
+    for gname in GRAPH_NAMES:
+        g = doc["graphs"][gname]
+        where = f"$.graphs.{gname}"
+        problems += _io_problems(gname, g, where, p)
+        problems += _profile_problems(g, where)
+        for kind in ("variants", "engines"):
+            for precision, entry in g[kind].items():
+                if entry["file"] not in files:
+                    problems.append(f"at {where}.{kind}.{precision}.file: {entry['file']!r} is not listed in $.files")
+    return problems
+
+
+def _io_problems(gname: str, g: dict[str, Any], where: str, pipeline: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    for kind, required, exact in (("inputs", GRAPH_INPUTS[gname], True), ("outputs", GRAPH_OUTPUTS[gname], False)):
+        names = [t["name"] for t in g[kind]]
+        if len(set(names)) != len(names):
+            problems.append(f"at {where}.{kind}: duplicate tensor names {names}")
+        missing = [n for n in required if n not in names]
+        extra = [n for n in names if n not in required] if exact else []
+        if missing or extra:
+            problems.append(f"at {where}.{kind}: the {gname} graph must have {kind} {list(required)}"
+                            f"{'' if exact else ' (others allowed)'}; missing {missing}, unexpected {extra}")
+    inputs = {t["name"]: t["shape"] for t in g["inputs"]}
+    # Fixed dimensions that contradict the pipeline would only fail at run time, far from the cause.
+    if gname == "restore_step" and "coef" in inputs:
+        k = inputs["coef"][-1] if inputs["coef"] else None
+        if isinstance(k, int) and k != len(pipeline["coef_names"]):
+            problems.append(f"at {where}.inputs: coef has {k} columns, pipeline.coef_names has "
+                            f"{len(pipeline['coef_names'])}")
+    if gname in ("vcg", "vda"):
+        crop = pipeline["crop_size"]
+        for name, shape in inputs.items():
+            fixed = [d for d in shape[-2:] if isinstance(d, int)]
+            if len(shape) >= 2 and any(d != crop for d in fixed):
+                problems.append(f"at {where}.inputs: {name} has spatial size {shape[-2:]}, "
+                                f"but pipeline.crop_size is {crop}")
+    return problems
+
+
+def _profile_problems(g: dict[str, Any], where: str) -> list[str]:
+    problems: list[str] = []
+    shapes = {t["name"]: t["shape"] for t in g["inputs"]}
+    prof = g["profiles"]
+    named = set(prof["min"]) | set(prof["opt"]) | set(prof["max"])
+    for name in sorted(named - set(shapes)):
+        problems.append(f"at {where}.profiles: {name!r} is not an input of the graph (inputs: {sorted(shapes)})")
+    for name in sorted(set(shapes) & named):
+        got = {level: prof[level].get(name) for level in ("min", "opt", "max")}
+        absent = [level for level, dims in got.items() if dims is None]
+        if absent:
+            problems.append(f"at {where}.profiles: input {name!r} lacks {'/'.join(absent)} shapes")
+            continue
+        shape = shapes[name]
+        if any(len(dims) != len(shape) for dims in got.values()):
+            problems.append(f"at {where}.profiles: input {name!r} has rank {len(shape)} ({shape}), "
+                            f"profile shapes {got}")
+            continue
+        for axis, dim in enumerate(shape):
+            lo, opt, hi = (got[level][axis] for level in ("min", "opt", "max"))
+            if isinstance(dim, int) and not lo == opt == hi == dim:
+                problems.append(f"at {where}.profiles: input {name!r} axis {axis} is fixed at {dim}, "
+                                f"profile says {lo}/{opt}/{hi}")
+            elif not lo <= opt <= hi:
+                problems.append(f"at {where}.profiles: input {name!r} axis {axis}: min {lo} <= opt {opt} <= max {hi} "
+                                f"does not hold")
+    # TensorRT needs a profile for every input with a dynamic dimension.
+    for name, shape in shapes.items():
+        if name not in named and any(isinstance(d, str) for d in shape):
+            problems.append(f"at {where}.profiles: input {name!r} has dynamic shape {shape} but no min/opt/max shapes")
+    return problems
+
+
+def check_header(doc: Any, *, source: str | os.PathLike[str] | None = None) -> None:
+    """Refuse a document that is not a bundle manifest of this schema version, before any detailed validation, so
+    that a manifest from another toolkit release gets a message about versions rather than a list of schema errors."""
+    src = Path(source) if source is not None else None
+    where = f"{src}" if src is not None else "the manifest"
+    if not isinstance(doc, dict):
+        raise BundleError(f"{where} is not a JSON object (got {type(doc).__name__}): {REBUILD}", path=src)
+    if doc.get("schema") != SCHEMA_NAME:
+        raise BundleError(f"{where} is not a diffv2iqa-trt bundle manifest (\"schema\" is {doc.get('schema')!r}, "
+                          f"expected {SCHEMA_NAME!r}): point to a bundle directory written by "
+                          f"`diffv2iqa-trt build`, or {REBUILD}", path=src)
+    version = doc.get("schema_version")
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        raise BundleError(f"{where}: bundle schema version {version!r}, this toolkit reads version {SCHEMA_VERSION}: "
+                          f"rebuild the bundle with this toolkit's `diffv2iqa-trt build` or use the toolkit release "
+                          f"that wrote it", path=src)
+
+
+def validate_manifest(doc: Any, *, source: str | os.PathLike[str] | None = None, hint: str = REBUILD) -> None:
+    """Raise BundleError unless `doc` (parsed JSON) is a valid manifest of this schema version.
+
+    Checks the schema name and version, then the JSON Schema, then the cross-field rules (gamma/coef have `steps`
+    rows, capture steps lie in the schedule, every variant, engine and checkpoint file is in files, profiles name real
+    inputs and bound every dynamic one, graph I/O names follow the runtime contract). `source` names the file in
+    messages; `hint` is the advice appended to them.
+    """
+    src = Path(source) if source is not None else None
+    where = f"{src}" if src is not None else "the manifest"
+    check_header(doc, source=source)
+    problems = _schema_problems(doc)
+    if not problems:
+        problems = _semantic_problems(doc)
+    if problems:
+        shown = problems[:_MAX_ERRORS]
+        more = f"\n  … and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
+        raise BundleError(f"{where} is not a valid bundle manifest ({hint}):\n  " + "\n  ".join(shown) + more,
+                          path=src, problems=problems)

@@ -1,0 +1,1 @@
+"""Test and training data made at run time from what installed packages ship (nothing is downloaded)."""

@@ -1,0 +1,77 @@
+"""The scorer behind `diffv2iqa-trt score`: a pipeline chosen from the user's options, with the model's label.
+
+With a bundle, the pipeline runs the bundle's graphs on a registered backend (ONNX Runtime by default, or the torch
+reference from the weights the bundle carries); without one, the PyTorch reference runs a checkpoint, a preset or
+the embedded demo model. The reference side (torch) is imported only in the second case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import ScoringConfig
+from .errors import ConfigError
+from .runtime.pipeline import Pipeline
+
+DEFAULT_CROPS = "center"
+DEFAULT_MODE = "crops"
+DEFAULT_NOISE_SEED = 0
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    bundle: Path | None = None
+    backend: str | None = None  # default: onnxruntime with a bundle, torch without
+    precision: str = "fp32"
+    checkpoint: Path | None = None
+    preset: str | None = None
+    crops: str | None = None  # default: the bundle's, else DEFAULT_CROPS
+    mode: str | None = None
+    steps: int | None = None
+    seed: int | None = None
+    batch_size: int = 8
+    device: str = "cpu"
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class Scorer:
+    pipeline: Pipeline
+    label: str  # the model, as users should see it (says UNTRAINED for random weights)
+    trained: bool
+
+    @property
+    def backend(self) -> str:
+        return str(getattr(self.pipeline.executor, "name", "?"))
+
+
+def open_scorer(o: ScoreOptions) -> Scorer:
+    if o.bundle is not None:
+        return _bundle_scorer(o)
+    if o.backend not in (None, "torch"):
+        raise ConfigError(f"--backend {o.backend} needs --bundle (build one with `diffv2iqa-trt build`)")
+    from .reference.loading import load_model, reference_pipeline
+
+    scoring = ScoringConfig(crops=o.crops or DEFAULT_CROPS, mode=o.mode or DEFAULT_MODE,
+                            noise_seed=DEFAULT_NOISE_SEED if o.seed is None else o.seed)
+    loaded = load_model(o.checkpoint, o.preset)
+    pipeline = reference_pipeline(loaded.model, scoring, o.steps, o.batch_size, o.device)
+    return Scorer(pipeline, loaded.label, loaded.info.trained)
+
+
+def _bundle_scorer(o: ScoreOptions) -> Scorer:
+    from .bundle import load_bundle
+    from .runtime.from_bundle import bundle_pipeline
+
+    if o.checkpoint is not None or o.preset is not None or o.steps is not None:
+        raise ConfigError("--checkpoint, --preset and --steps do not apply with --bundle: the bundle fixes the "
+                          "model and its schedule")
+    assert o.bundle is not None
+    bundle = load_bundle(o.bundle)
+    p = bundle.manifest.pipeline
+    scoring = ScoringConfig(crops=o.crops or p.crops, mode=o.mode or p.mode,
+                            noise_seed=p.noise.seed if o.seed is None else o.seed)
+    pipeline = bundle_pipeline(bundle, o.backend or "onnxruntime", precision=o.precision, device=o.device,
+                               scoring=scoring, batch_size=o.batch_size, threads=o.threads)
+    return Scorer(pipeline, bundle.manifest.model.label, bundle.trained)
