@@ -1,4 +1,5 @@
 # Two commands on a fresh machine: `make demo` (score sample photos with the embedded default model) and `make test`.
+# `make lint` runs ruff and mypy (strict; see [tool.mypy] in pyproject.toml); CI runs `make lint test`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,12 +11,16 @@ $(BIN)/diffv2iqa-trt: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[cpu,dev]'
 	touch $@
 
-.PHONY: install demo test test-all
+.PHONY: install demo lint test test-all
 install: $(BIN)/diffv2iqa-trt
 
 demo: install
 	$(BIN)/python scripts/make_samples.py out/samples
 	$(BIN)/diffv2iqa-trt score out/samples
+
+lint: install
+	$(BIN)/python -m ruff check diffv2iqa_trt tests
+	$(BIN)/python -m mypy diffv2iqa_trt
 
 test: install
 	$(BIN)/python -m pytest -m "not slow" -q

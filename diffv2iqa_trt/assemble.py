@@ -184,7 +184,9 @@ def build_onnx_bundle(model: DiffV2IQA, info: CheckpointInfo, out_dir: str | os.
             "model": model_section.to_dict(),
             "pipeline": pipeline_section(config, spec).to_dict(),
             "graphs": {g: b.entry.to_dict() for g, b in builds.items()},
-            "lint": {g: {str(m): rep.to_dict() for m, rep in by_major.items()} for g, by_major in lint.items()},
+            # Lint reports name the file as the bundle does: the staging path is machine- and build-specific.
+            "lint": {g: {str(m): {**rep.to_dict(), "path": Path(rep.path).name} for m, rep in by_major.items()}
+                     for g, by_major in lint.items()},
             "parity": parity,
         }
         say("writing the bundle")

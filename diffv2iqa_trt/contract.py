@@ -133,4 +133,5 @@ NORM_FORMULA = "x = (float32(v) / 255 - 0.5) / 0.5, in float32, for uint8 RGB v;
 def normalise_uint8(values: np.ndarray) -> np.ndarray:
     """uint8 values -> float32 model inputs, elementwise, by NORM_FORMULA (same shape)."""
     f32 = np.float32
-    return (values.astype(f32) / f32(NORM_DIVISOR) - f32(NORM_MEAN)) / f32(NORM_STD)
+    x: np.ndarray = (values.astype(f32) / f32(NORM_DIVISOR) - f32(NORM_MEAN)) / f32(NORM_STD)
+    return x

@@ -32,7 +32,8 @@ def betas(schedule: str, n_timestep: int, *, cosine_s: float = 8e-3, linear_star
         t = np.arange(n_timestep + 1, dtype=np.float64) / n_timestep + cosine_s
         f = np.cos(t / (1.0 + cosine_s) * math.pi / 2.0) ** 2
         alphabar = f / f[0]
-        return np.minimum(1.0 - alphabar[1:] / alphabar[:-1], 0.999)
+        capped: np.ndarray = np.minimum(1.0 - alphabar[1:] / alphabar[:-1], 0.999)
+        return capped
     if schedule == "linear":
         return np.linspace(linear_start, linear_end, n_timestep, dtype=np.float64)
     raise ConfigError(f"unknown schedule {schedule!r}; use 'cosine' or 'linear'")

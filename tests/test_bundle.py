@@ -26,10 +26,13 @@ from diffv2iqa_trt.bundle import (
     validate_manifest,
     write_bundle,
 )
-from diffv2iqa_trt.bundle import manifest as manifest_module
 from diffv2iqa_trt.bundle import store as store_module
-from diffv2iqa_trt.bundle.manifest import _relpath_problem
+from diffv2iqa_trt.bundle.manifest import Manifest
+from diffv2iqa_trt.bundle.schema import _relpath_problem
+from diffv2iqa_trt.bundle.summary import bundle_summary
 from diffv2iqa_trt.config import ModelConfig, tiny_config
+from diffv2iqa_trt.contract import COEF_NAMES
+from diffv2iqa_trt.errors import ConfigError
 
 STEPS = 12
 CROP = 64
@@ -78,12 +81,11 @@ def make_manifest() -> dict[str, Any]:
             "steps": STEPS, "capture_t1": 2, "capture_t2": 4,
             "gamma": rng.uniform(0.0, 1.0, STEPS).astype(np.float32),  # numpy on purpose: write_bundle converts
             "coef": rng.normal(size=(STEPS, 5)).tolist(),
-            "coef_names": ["sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "posterior_mean_coef1",
-                           "posterior_mean_coef2", "posterior_std"],
+            "coef_names": list(COEF_NAMES),
             "noise": {"generator": "numpy-philox4x64-key(seed,row)-standard_normal-float32", "seed": 0},
             "crop_size": CROP, "size_multiple": 16, "crops": "center", "mode": "crops",
             "fusion": {"vcg_weight": 0.5, "vda_weight": 0.5},
-            "normalisation": {"formula": "(v / 255 - 0.5) / 0.5", "scale": 2 / 255, "offset": -1.0},
+            "normalisation": {"formula": "(v / 255 - 0.5) / 0.5", "divisor": 255, "mean": 0.5, "std": 0.5},
             "uint8_roundtrip": True,
         },
         "graphs": {"restore_step": _graph("restore_step", ("fp32", "fp16")), "vcg": _graph("vcg"),
@@ -131,19 +133,19 @@ def test_write_then_load_round_trip(tmp_path: Path) -> None:
 
     b = load_bundle(out)
     assert b.root == out and b.model_name == "tiny" and not b.trained
-    assert b.manifest["schema_version"] == SCHEMA_VERSION and b.manifest["toolkit_version"] == "0.1.0"
-    assert b.pipeline["gamma"] == pytest.approx(original["pipeline"]["gamma"].tolist())
-    assert ModelConfig.from_dict(b.model_config) == tiny_config()  # JSON lists rebuild the tuples
-    assert sorted(b.manifest["files"]) == sorted(files)
+    assert b.manifest.schema_version == SCHEMA_VERSION and b.manifest.toolkit_version == "0.1.0"
+    assert b.manifest.pipeline.gamma == pytest.approx(original["pipeline"]["gamma"].tolist())
+    assert ModelConfig.from_dict(dict(b.manifest.model.config)) == tiny_config()  # JSON lists rebuild the tuples
+    assert sorted(b.manifest.files) == sorted(files)
     for name, src in files.items():
-        assert b.manifest["files"][name] == {"sha256": sha256_file(src), "bytes": src.stat().st_size}
+        assert b.manifest.files[name].to_dict() == {"sha256": sha256_file(src), "bytes": src.stat().st_size}
         assert (out / name).read_bytes() == src.read_bytes()
         assert src.exists()  # copied, not moved
     assert b.precisions("restore_step") == ("fp32", "fp16")
     assert b.precisions("vda") == ("fp32", "int8")
     assert b.onnx_path("vda", "int8") == out / "vda.int8.onnx"
     assert b.onnx_path("vcg") == out / "vcg.fp32.onnx"
-    assert b.graph("vcg")["outputs"][0]["name"] == "score"
+    assert b.graph("vcg").output_names == ("score",)
     assert load_bundle(out / MANIFEST_NAME).manifest == b.manifest  # the manifest path works too
     assert leftovers(tmp_path) == []
 
@@ -156,18 +158,26 @@ def test_manifest_validates_against_shipped_schema(built: Bundle) -> None:
     assert manifest_schema() == schema  # the packaged copy is the file in the source tree
 
 
+def test_typed_manifest_round_trips_the_written_json(built: Bundle) -> None:
+    doc = json.loads((built.root / MANIFEST_NAME).read_text())
+    typed = Manifest.from_dict(doc)
+    assert typed.to_dict() == doc  # nothing dropped or renamed by the typed view
+    assert typed.graphs["restore_step"].profiles.max["x"] == (8, 3, 256, 256)
+    assert typed.pipeline.coef_names == COEF_NAMES and len(typed.pipeline.coef) == STEPS
+
+
 def test_summary_is_human_oriented(built: Bundle) -> None:
-    s = built.summary()
+    s = bundle_summary(built)
     assert s["model"] == "tiny" and any("UNTRAINED" in w for w in s["warnings"])
     assert s["pipeline"]["fusion"] == "0.5 * vcg + 0.5 * vda"
     assert s["graphs"]["restore_step"]["inputs"][0] == "x: float32[B, 3, H, W]"
     assert s["graphs"]["vda"]["onnx"] == {"fp32": "vda.fp32.onnx", "int8": "vda.int8.onnx"}
-    assert s["files"]["count"] == 5 and s["files"]["bytes"] == sum(f["bytes"] for f in built.manifest["files"].values())
+    assert s["files"]["count"] == 5 and s["files"]["bytes"] == sum(f.bytes for f in built.manifest.files.values())
     json.dumps(s)  # printable as JSON by `inspect --json`
 
 
 def test_helpers_refuse_unknown_names(built: Bundle) -> None:
-    with pytest.raises(BundleError, match="no graph 'unet'"):
+    with pytest.raises(ConfigError, match="unknown graph 'unet'"):
         built.graph("unet")
     with pytest.raises(BundleError, match="no fp16 ONNX variant .* has fp32"):
         built.onnx_path("vcg", "fp16")
@@ -188,10 +198,11 @@ def test_engines_checkpoint_and_extra_files(tmp_path: Path) -> None:
     (tmp_path / "src" / "m.safetensors").write_bytes(b"weights")
     files["model.safetensors"] = tmp_path / "src" / "m.safetensors"
     b = load_bundle(write_bundle(tmp_path / "b", manifest, files))
-    assert b.file_path(b.manifest["model"]["checkpoint"]).read_bytes() == b"weights"
+    assert b.manifest.model.checkpoint is not None
+    assert b.file_path(b.manifest.model.checkpoint).read_bytes() == b"weights"
     assert b.engine_path("vcg", "fp16") == b.root / "engines" / "vcg.fp16.plan"
-    assert b.engine("vcg", "fp16")["cuda"] == "12.8"
-    assert "H100" in b.summary()["graphs"]["vcg"]["engines"]["fp16"]
+    assert b.engine("vcg", "fp16").extra["cuda"] == "12.8" and b.engine("vcg", "fp16").sm == "9.0"
+    assert "H100" in bundle_summary(b)["graphs"]["vcg"]["engines"]["fp16"]
     (b.root / "notes.txt").write_text("unexpected files are fine")
     load_bundle(b.root)
 
@@ -256,14 +267,16 @@ def _edit_manifest(root: Path, edit: Any) -> None:
     path.write_text(json.dumps(doc))
 
 
-def test_refuses_other_schema_version(built: Bundle) -> None:
-    _edit_manifest(built.root, lambda d: d.update(schema_version=2, new_field="from the future"))
+@pytest.mark.parametrize("version", [1, 3])
+def test_refuses_other_schema_version(built: Bundle, version: int) -> None:
+    # 1: a bundle of the previous release (its normalisation scale/offset were 1 ulp off the runtime's); 3: the future.
+    _edit_manifest(built.root, lambda d: d.update(schema_version=version, new_field="from elsewhere"))
     with pytest.raises(BundleError) as e:
         load_bundle(built.root)
     msg = str(e.value)
     assert str(built.root / MANIFEST_NAME) in msg
-    assert ("bundle schema version 2, this toolkit reads version 1: rebuild the bundle with this toolkit's "
-            "`diffv2iqa-trt build` or use the toolkit release that wrote it") in msg
+    assert (f"bundle schema version {version}, this toolkit reads version {SCHEMA_VERSION}: rebuild the bundle with "
+            "this toolkit's `diffv2iqa-trt build` or use the toolkit release that wrote it") in msg
 
 
 def test_refuses_other_schema_name(built: Bundle) -> None:
@@ -309,6 +322,9 @@ def _set(path: str, value: Any) -> Any:
     (_set("model.checkpoint", "model.safetensors"), "$.model.checkpoint: 'model.safetensors' is not listed"),
     (_set("model.init_seed", -3), "$.model.init_seed"),
     (_set("pipeline.extra", 1), "Additional properties are not allowed ('extra'"),
+    (_set("pipeline.coef_names", lambda n: list(reversed(n))), "is not the restore_step contract's"),
+    (_set("pipeline.normalisation.std", 0.25), "differ from the only supported 255.0/0.5/0.5"),
+    (_set("pipeline.normalisation", {"formula": "x", "scale": 2 / 255, "offset": -1.0}), "$.pipeline.normalisation"),
 ])
 def test_refuses_invalid_manifest(built: Bundle, edit: Any, where: str) -> None:
     _edit_manifest(built.root, edit)
@@ -322,8 +338,8 @@ def test_refuses_invalid_manifest(built: Bundle, edit: Any, where: str) -> None:
 
 
 def test_validate_manifest_in_memory(built: Bundle) -> None:
-    validate_manifest(built.manifest)
-    doc = copy.deepcopy(built.manifest)
+    validate_manifest(built.manifest.to_dict())
+    doc = built.manifest.to_dict()
     doc["pipeline"]["gamma"] = [float(x) for x in range(100)]
     with pytest.raises(BundleError, match="the manifest is not a valid bundle manifest") as e:
         validate_manifest(doc)
@@ -351,10 +367,10 @@ def test_refuses_existing_out_dir_unless_overwrite(tmp_path: Path, built: Bundle
                                           "overwriting") as e:
         write_bundle(built.root, manifest, files)
     assert e.value.path == built.root
-    assert load_bundle(built.root).manifest["model"]["description"] != "second build"
+    assert load_bundle(built.root).manifest.model.description != "second build"
 
     write_bundle(built.root, manifest, files, overwrite=True)
-    assert load_bundle(built.root).manifest["model"]["description"] == "second build"
+    assert load_bundle(built.root).manifest.model.description == "second build"
     assert leftovers(tmp_path) == []
 
 
@@ -449,12 +465,6 @@ def test_move_and_move_back_on_failure(tmp_path: Path, monkeypatch: pytest.Monke
     assert not any(p.exists() for p in files.values())
     assert {name: (b.root / name).read_bytes() for name in files} == contents
     assert leftovers(tmp_path) == []
-
-
-def test_public_names_importable_from_both_places() -> None:
-    # The runtime imports Bundle and BundleError from bundle.manifest; the package re-exports everything.
-    assert manifest_module.Bundle is Bundle and manifest_module.BundleError is BundleError
-    assert issubclass(BundleError, ValueError)
 
 
 def test_bundle_package_is_torch_free() -> None:

@@ -56,18 +56,60 @@ def test_score_bad_options(image_dir, args, message):
 
 
 def test_default_model_is_the_trained_demo(image_dir):
-    from diffv2iqa_trt.reference.loading import DEMO_WEIGHTS
+    """No --checkpoint and no --preset: the embedded demo checkpoint, trained, scored as the model itself computes."""
+    import torch
 
-    image = str(image_dir / "astronaut.png")
-    result = runner.invoke(app, ["score", image, "--format", "json"])
+    from diffv2iqa_trt.model.checkpoint import load_checkpoint
+    from diffv2iqa_trt.reference.loading import DEMO_WEIGHTS
+    from diffv2iqa_trt.runtime.crops import prepare
+    from diffv2iqa_trt.runtime.images import load_image
+    from diffv2iqa_trt.runtime.noise import noise_bank
+
+    image = image_dir / "astronaut.png"
+    result = runner.invoke(app, ["score", str(image), "--format", "json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["model"]["trained"] is True and "UNTRAINED" not in doc["model"]["label"]
     assert "UNTRAINED" not in result.stderr
-    assert 0.0 <= doc["results"][0]["score"] <= 1.5
-    explicit = json.loads(runner.invoke(app, ["score", image, "--checkpoint", str(DEMO_WEIGHTS),
-                                              "--format", "json"]).stdout)
-    assert explicit["results"][0]["score"] == doc["results"][0]["score"]
+    # Independently: the demo checkpoint's own graphs on the centre crop with the seed-0 bank.
+    model, info = load_checkpoint(DEMO_WEIGHTS)
+    assert info.trained
+    s, m = model.config.crop_size, model.config.unet.size_multiple
+    x = torch.from_numpy(prepare(load_image(image), "center", "crops", s, m)[0].x[None])
+    bank = torch.from_numpy(noise_bank(0, model.config.schedule.steps, s, s))
+    assert doc["results"][0]["score"] == pytest.approx(float(model.score(x, bank)[0]), abs=1e-6)
+
+
+def test_preset_and_checkpoint_must_agree(image_dir):
+    from diffv2iqa_trt.reference.loading import DEMO_WEIGHTS
+
+    res = runner.invoke(app, ["score", str(image_dir / "astronaut.png"), "--checkpoint", str(DEMO_WEIGHTS),
+                              "--preset", "paper"])
+    assert res.exit_code == 2 and "holds a 'tiny' model but --preset paper was given" in res.stderr
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--device", "cuda"], "no usable CUDA device"),
+    (["--device", "tpu"], "unknown torch device"),
+    (["--backend", "onnxruntime"], "needs --bundle"),
+])
+def test_score_environment_errors_are_messages(image_dir, args, message):
+    res = runner.invoke(app, ["score", str(image_dir / "astronaut.png"), "--preset", "tiny", *args])
+    assert res.exit_code == 2 and message in res.stderr, res.output
+    assert "Traceback" not in res.output
+
+
+def test_a_bug_is_not_reported_as_a_usage_error(image_dir, monkeypatch):
+    """The CLI maps only the library's own errors to messages; anything else escapes as the bug it is."""
+    from diffv2iqa_trt import scorers
+
+    def broken(options):
+        raise KeyError("internal bug")
+
+    monkeypatch.setattr(scorers, "open_scorer", broken)
+    res = runner.invoke(app, ["score", str(image_dir / "astronaut.png")])
+    assert isinstance(res.exception, KeyError) and res.exit_code == 1
 
 
 def test_score_nothing_found(tmp_path):

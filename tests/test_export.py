@@ -1,9 +1,14 @@
-"""Export of the three graphs to ONNX: contract, ONNX checker, parity with torch, reference evaluator, TensorRT lint."""
+"""Export of the three graphs to ONNX: contract, ONNX checker, node names and build-independent bytes, parity with
+torch, reference evaluator, TensorRT lint."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -11,9 +16,14 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+from diffv2iqa_trt.assemble import BuildOptions, build_onnx_bundle
+from diffv2iqa_trt.bundle.schema import MANIFEST_NAME, sha256_file
 from diffv2iqa_trt.config import paper_config, tiny_config
+from diffv2iqa_trt.contract import GRAPH_NAMES, TensorSpec
+from diffv2iqa_trt.contract import graph_spec as contract_graph_spec
+from diffv2iqa_trt.errors import ExportError
 from diffv2iqa_trt.export import onnx_export
-from diffv2iqa_trt.export.graphs import GRAPHS, example_inputs, graph_spec
+from diffv2iqa_trt.export.graphs import example_inputs, graph_spec
 from diffv2iqa_trt.export.onnx_export import ExportResult, export_graph
 from diffv2iqa_trt.export.trt_lint import lint_onnx, operator_list
 from diffv2iqa_trt.export.validate import (
@@ -22,16 +32,18 @@ from diffv2iqa_trt.export.validate import (
     ort_session,
     run_onnxruntime,
 )
-from diffv2iqa_trt.model.diffv2iqa import DiffV2IQA, build_model
+from diffv2iqa_trt.model.checkpoint import CheckpointInfo
+from diffv2iqa_trt.model.diffv2iqa import DiffV2IQA, RestoreUpdate, Uint8RoundTrip, build_model
 from diffv2iqa_trt.schedule import step_tables
 
 TOL = 1e-4
+LAYOUTS = Path(__file__).resolve().parents[1] / "diffv2iqa_trt" / "model" / "authors_layout"
 
 
 @pytest.fixture(scope="module")
 def tiny_exports(tiny_model: DiffV2IQA, tmp_path_factory: pytest.TempPathFactory) -> dict[str, ExportResult]:
     out = tmp_path_factory.mktemp("onnx_tiny")
-    return {g: export_graph(tiny_model, g, out / f"{g}.onnx") for g in GRAPHS}
+    return {g: export_graph(tiny_model, g, out / f"{g}.onnx") for g in GRAPH_NAMES}
 
 
 # --- contract -----------------------------------------------------------------------------------------------------
@@ -74,16 +86,29 @@ def test_export_refuses_opset_17(tiny_model: DiffV2IQA, tmp_path: Path) -> None:
     assert not (tmp_path / "vda.onnx").exists()
 
 
-@pytest.mark.parametrize("graph", GRAPHS)
+def _file_io(model: onnx.ModelProto) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """The graph's inputs and outputs as the file spells them, read with onnx alone (not the exporter's helpers)."""
+    def spec(value: onnx.ValueInfoProto) -> TensorSpec:
+        t = value.type.tensor_type
+        shape = tuple(d.dim_param if d.HasField("dim_param") else d.dim_value for d in t.shape.dim)
+        return TensorSpec(value.name, helper.tensor_dtype_to_np_dtype(t.elem_type).name, shape)
+
+    return tuple(map(spec, model.graph.input)), tuple(map(spec, model.graph.output))
+
+
+@pytest.mark.parametrize("graph", GRAPH_NAMES)
 def test_export_names_shapes_and_checker(tiny_exports: dict[str, ExportResult], graph: str) -> None:
     result = tiny_exports[graph]
-    spec = graph_spec(graph, tiny_config())
-    assert result.inputs == spec.inputs and result.outputs == spec.outputs
-    assert result.opset == 18 and result.external_data is None and result.node_count > 0
     model = onnx.load(str(result.path))
     onnx.checker.check_model(model, full_check=True)
-    assert [v.name for v in model.graph.input] == list(spec.input_names)
-    assert [v.name for v in model.graph.output] == list(spec.output_names)
+    # The file itself, read back, against the torch-free contract (export_graph checks its own proto before writing).
+    want = contract_graph_spec(graph, tiny_config().crop_size)
+    assert _file_io(model) == (want.inputs, want.outputs)
+    # And the result describes that file.
+    assert (result.inputs, result.outputs) == (want.inputs, want.outputs)
+    assert result.opset == 18 == next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    assert result.node_count == len(model.graph.node) > 0
+    assert result.external_data is None and result.file_bytes == result.path.stat().st_size
     # Inside the graph the exporter's size symbols are rewritten as expressions of the contract's names.
     params = {d.dim_param for v in model.graph.value_info for d in v.type.tensor_type.shape.dim if d.dim_param}
     assert not any(p.startswith("s") and p[1:].isdigit() for p in params)
@@ -93,6 +118,93 @@ def test_export_names_shapes_and_checker(tiny_exports: dict[str, ExportResult], 
     # Squeeze always gets explicit axes (TensorRT 10 refuses an omitted axes input).
     assert all(len(n.input) == 2 for n in model.graph.node if n.op_type == "Squeeze")
     assert not list(result.path.parent.glob(".*.tmp"))
+
+
+def test_export_refuses_a_graph_that_breaks_the_contract(tiny_model: DiffV2IQA, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A contract that wants `score` as (batch, 1): the traced (batch,) output is refused and nothing is written."""
+    real = graph_spec("vda", tiny_config())
+    (score,) = real.outputs
+    wrong = dataclasses.replace(real, outputs=(dataclasses.replace(score, shape=("batch", 1)),))
+    monkeypatch.setattr(onnx_export, "graph_spec", lambda graph, config: wrong)
+    with pytest.raises(ExportError, match=r"score is exported as float32 \['batch'\], the contract says"):
+        export_graph(tiny_model, "vda", tmp_path / "vda.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- what the files hold ------------------------------------------------------------------------------------------
+
+def test_export_names_nodes_after_the_fp32_modules(tiny_exports: dict[str, ExportResult]) -> None:
+    """Precision tools keep the DDPM update and the uint8 round trip in fp32 by matching node names."""
+    assert tiny_config().uint8_roundtrip
+    names = {g: [n.name for n in onnx.load(str(r.path)).graph.node] for g, r in tiny_exports.items()}
+    ops = {g: {n.name: n.op_type for n in onnx.load(str(r.path)).graph.node} for g, r in tiny_exports.items()}
+    for graph, nodes in names.items():
+        assert all(nodes) and len(set(nodes)) == len(nodes), graph  # names are unique, so a name picks one node
+    update = {op for name, op in ops["restore_step"].items() if name.startswith("restore_update/")}
+    # The whole update: coefficient columns (Unsqueeze, Gather), x0 estimate, clamp, posterior mean and noise.
+    assert update == {"Unsqueeze", "Gather", "Mul", "Sub", "Clip", "Add"}
+    assert not any("snapshot_roundtrip" in n for n in names["restore_step"])
+    for graph in ("vcg", "vda"):
+        roundtrip = [op for name, op in ops[graph].items() if name.startswith("snapshot_roundtrip/")]
+        assert roundtrip.count("Round") == 3 and roundtrip.count("Clip") == 3, graph  # y0, y_t1 and y_t2
+        # Every rounding of the graph is in the round trip, so excluding that name keeps all of them in fp32.
+        assert [n for n, op in ops[graph].items() if op == "Round" and not n.startswith("snapshot_roundtrip/")] == []
+        assert not any("restore_update" in n for n in names[graph])
+
+
+def test_named_export_modules_add_no_state_dict_keys() -> None:
+    """The wrapper modules hold nothing: the full model's keys are still the authors' U-Net and DIV2IQA layouts."""
+    with torch.device("meta"):
+        model = DiffV2IQA(paper_config())
+    assert isinstance(model.restore_update, RestoreUpdate) and isinstance(model.snapshot_roundtrip, Uint8RoundTrip)
+    unet = json.loads((LAYOUTS / "sr3_unet_paper.json").read_text())["keys"]
+    iqa = json.loads((LAYOUTS / "div2iqa_paper.json").read_text())["keys"]
+    expected = [f"unet.{k.removeprefix('denoise_fn.')}" for k in unet] + [f"iqa.{k}" for k in iqa]
+    keys = list(model.state_dict())
+    assert keys == expected  # same keys, same order
+    assert not any(k.startswith(("restore_update", "snapshot_roundtrip")) for k in keys)
+
+
+def test_bundle_bytes_do_not_depend_on_the_build_folder(tiny_model: DiffV2IQA, tiny_exports: dict[str, ExportResult],
+                                                        tmp_path: Path) -> None:
+    """A bundle built elsewhere (a temporary staging folder, then a deeper output folder) holds the very bytes that
+    `tiny_exports` wrote into its own folder earlier in this process, and nothing that names a build path.
+
+    The module's exports are the first build, so the test pays for one bundle, not two.
+    """
+    out = tmp_path / "a" / "deeper" / "bundle-folder"
+    result = build_onnx_bundle(tiny_model, CheckpointInfo(trained=False, description="determinism test"), out,
+                               BuildOptions(include_checkpoint=False))
+    manifest = json.loads((result.path / MANIFEST_NAME).read_text())
+    assert sorted(manifest["files"]) == sorted(f"{g}.fp32.onnx" for g in GRAPH_NAMES)
+    repo = str(Path(__file__).resolve().parents[1])
+    for graph, first in tiny_exports.items():
+        name = f"{graph}.fp32.onnx"
+        data = (result.path / name).read_bytes()
+        assert data == first.path.read_bytes(), graph
+        assert manifest["files"][name]["sha256"] == sha256_file(first.path)
+        for fragment in (repo, str(tmp_path), str(first.path.parent), tempfile.gettempdir() + "/", "site-packages"):
+            assert fragment.encode() not in data, (graph, fragment)
+        proto = onnx.load_from_string(data)
+        # Only the model-level properties that export writes itself are left; no doc string names a path.
+        assert {p.key for p in proto.metadata_props} == {"diffv2iqa.graph", "diffv2iqa.preset"}
+        assert [(where, text) for where, text in _metadata_and_docs(proto) if "/" in text] == []
+        assert not list(proto.graph.metadata_props) and not any(n.metadata_props for n in proto.graph.node)
+
+
+def _metadata_and_docs(proto: onnx.ModelProto) -> list[tuple[str, str]]:
+    """(where, text) for every metadata value and doc string of the model, its graph, nodes and values."""
+    g = proto.graph
+    items: list[tuple[str, Any]] = [("model", proto), ("graph", g)]
+    items += [(f"node {n.name}", n) for n in g.node]
+    items += [(f"value {v.name}", v) for v in (*g.input, *g.output, *g.value_info, *g.initializer)]
+    out = []
+    for where, message in items:
+        out += [(where, p.value) for p in message.metadata_props]
+        if message.doc_string:
+            out.append((where, message.doc_string))
+    return out
 
 
 # --- numerical parity -----------------------------------------------------------------------------------------------
@@ -163,7 +275,6 @@ def test_tiny_exports_lint_clean(tiny_exports: dict[str, ExportResult], trt_majo
         assert report.ok and not report.warnings, (graph, report.summary())
         assert report.find("opset")[0].status == "ok"
         assert {r.subject for r in report.find("op_supported")} >= {"Conv"}
-        assert report.to_dict()["ok"] is True
 
 
 def test_operator_lists_are_consistent() -> None:
@@ -275,12 +386,14 @@ def paper_model() -> DiffV2IQA:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("graph", GRAPHS)
+@pytest.mark.parametrize("graph", GRAPH_NAMES)
 def test_paper_graph_matches_torch(paper_model: DiffV2IQA, graph: str, tmp_path: Path,
                                    record_property: Callable[[str, object], None]) -> None:
     """One step at 224x224 (restore_step) or one crop (vcg, vda) of the paper-size model against torch."""
     result = export_graph(paper_model, graph, tmp_path / f"{graph}.onnx")
-    assert result.inputs == graph_spec(graph, paper_model.config).inputs and result.external_data is None
+    assert result.external_data is None  # the paper model still fits one protobuf
+    want = contract_graph_spec(graph, paper_model.config.crop_size)
+    assert _file_io(onnx.load(str(result.path), load_external_data=False)) == (want.inputs, want.outputs)
     inputs = example_inputs(paper_model.config, graph, batch=1)
     err = compare_with_torch(paper_model, graph, result.path, inputs)
     (out,) = result.outputs

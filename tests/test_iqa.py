@@ -1,4 +1,7 @@
-"""DIV2IQA network: sizes and checkpoint layout of the paper model, block semantics, batching, ONNX export."""
+"""DIV2IQA network: sizes and checkpoint layout of the paper model, block semantics, batching.
+
+Its ONNX export is tested through the project's exporter, as the vcg and vda graphs, in test_export.py.
+"""
 
 from __future__ import annotations
 
@@ -250,47 +253,3 @@ def test_training_mode_runs_backbone_per_image() -> None:
     score = net.vda_score(*imgs)
     assert calls == [2, 2, 2, 2] and score.shape == (2,)
     score.sum().backward()
-
-
-# ---------------------------------------------------------------- ONNX export
-
-
-class _Branch(nn.Module):
-    def __init__(self, net: IQANet, branch: str) -> None:
-        super().__init__()
-        self.net = net
-        self.branch = branch
-
-    def forward(self, x: torch.Tensor, y0: torch.Tensor, yt1: torch.Tensor, yt2: torch.Tensor) -> torch.Tensor:
-        return getattr(self.net, self.branch)(x, y0, yt1, yt2)
-
-
-@pytest.mark.parametrize("branch", ["vcg_score", "vda_score"])
-def test_onnx_export_dynamic_batch(branch: str, tmp_path: Path) -> None:
-    ort = pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
-    net = _tiny()
-    wrapper = _Branch(net, branch).eval()
-    size = tiny_config().iqa.vit.img_size
-    names = ["x", "y0", "yt1", "yt2"]
-    batch = torch.export.Dim("batch", min=1, max=64)
-    path = tmp_path / f"{branch}.onnx"
-    torch.onnx.export(
-        wrapper,
-        _images(2, size),
-        str(path),
-        dynamo=True,
-        opset_version=18,
-        input_names=names,
-        output_names=["score"],
-        dynamic_shapes={n: {0: batch} for n in names},
-        verbose=False,
-    )
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for b in (1, 3):
-        imgs = _images(b, size, seed=b + 10)
-        with torch.no_grad():
-            want = wrapper(*imgs).numpy()
-        (got,) = sess.run(None, {n: t.numpy() for n, t in zip(names, imgs, strict=True)})
-        assert got.shape == (b,)
-        np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)

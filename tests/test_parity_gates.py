@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from diffv2iqa_trt.benchmarks.parity import DEFAULT_GATES
+from diffv2iqa_trt.bundle.gates import DEFAULT_GATES
 from diffv2iqa_trt.config import ScoringConfig
 from diffv2iqa_trt.data.photos import distorted_set
 from diffv2iqa_trt.model.checkpoint import load_checkpoint
@@ -46,4 +46,4 @@ def test_uint8_roundtrip_sets_the_fp32_score_gate() -> None:
     assert without < 1e-5  # the graphs themselves are smooth at fp32 level
     assert with_roundtrip > 10 * without  # the round trip turns 1e-6 into whole quantisation steps
     assert with_roundtrip < gates["max_abs"] / 2  # the fp32 gate leaves room for it, with a margin of 2
-    assert gates["max_graph_abs"] <= 1e-4
+    assert without < gates["max_graph_abs"] / 10  # ... while the per-graph gate stays far above smooth fp32 noise

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from diffv2iqa_trt.config import ScoringConfig, tiny_config
+from diffv2iqa_trt.errors import ConfigError
 from diffv2iqa_trt.model.diffv2iqa import build_model, restore_update, uint8_roundtrip
 from diffv2iqa_trt.reference.loading import reference_pipeline
 from diffv2iqa_trt.runtime.crops import prepare
@@ -91,27 +92,78 @@ def test_batch_invariance_and_determinism(tiny_model, photos, crops, mode):
     assert len(set(np.round(single, 6))) == len(photos)  # distinct photos, distinct scores
 
 
-def test_options_change_the_score(tiny_model, photos):
-    base = ScoringConfig()
-    s = lambda model, **kw: reference_pipeline(model, dataclasses.replace(base, **kw)).score(photos[:1])[0]  # noqa
+def test_options_change_the_score_as_specified(tiny_model, photos):
+    """Each option changes the score exactly as its definition says, recomputed independently on the model's
+    graphs (not merely "the score is different")."""
+    img, cfg = photos[0], tiny_model.config
+    f, steps = cfg.fusion, cfg.schedule.steps
+
+    def s(model, **kw):
+        return reference_pipeline(model, dataclasses.replace(ScoringConfig(), **kw)).score([img])[0]
+
+    def fused(model, x, y0, yt1, yt2):
+        with torch.no_grad():
+            return float(f.vcg_weight * model.vcg(x, y0, yt1, yt2) + f.vda_weight * model.vda(x, y0, yt1, yt2))
+
+    x = torch.from_numpy(prepare(img, "center", "crops", 64, 16)[0].x[None])
+    bank0 = torch.from_numpy(noise_bank(0, steps, 64, 64))
+    y0, yt1, yt2 = tiny_model.restore(x, bank0)
     ref = s(tiny_model)
-    assert ref.crops == 1
-    assert s(tiny_model, crops="five").crops == 5
-    assert s(tiny_model, noise_seed=1).score != ref.score
-    assert s(tiny_model, mode="faithful").score != ref.score
-    cfg = tiny_model.config
+    assert ref.crops == 1 and ref.score == pytest.approx(fused(tiny_model, x, y0, yt1, yt2), abs=1e-6)
+
+    # five crops: the mean of the five crops' fused scores
+    xs = torch.from_numpy(np.stack([u.x for u in prepare(img, "five", "crops", 64, 16)]))
+    five = s(tiny_model, crops="five")
+    assert five.crops == 5 and five.score == pytest.approx(float(tiny_model.score(xs, bank0).mean()), abs=1e-6)
+
+    # another seed: the same graphs over the bank of that seed
+    bank1 = torch.from_numpy(noise_bank(1, steps, 64, 64))
+    assert s(tiny_model, noise_seed=1).score == pytest.approx(float(tiny_model.score(x, bank1)[0]), abs=1e-6)
+
+    # faithful: restore the whole (resized) image, then cut the crop from the input and every snapshot
+    unit = prepare(img, "center", "faithful", 64, 16)[0]
+    xf = torch.from_numpy(unit.x[None])
+    assert xf.shape[2:] != (64, 64)
+    snaps = tiny_model.restore(xf, torch.from_numpy(noise_bank(0, steps, *xf.shape[2:])))
+    (top, left), = unit.boxes
+    crops = [t[..., top:top + 64, left:left + 64] for t in (xf, *snaps)]
+    assert s(tiny_model, mode="faithful").score == pytest.approx(fused(tiny_model, *crops), abs=1e-6)
+
+    # feed_t1_as_t2: the ViT sees y_t1 in the y_t2 slot; VDA is untouched (same seed, same weights)
     t1_model = build_model(cfg.replace(iqa=dataclasses.replace(
         cfg.iqa, head=dataclasses.replace(cfg.iqa.head, feed_t1_as_t2=True))), seed=0)
-    assert s(t1_model).vcg != ref.vcg and s(t1_model).vda == pytest.approx(ref.vda, abs=1e-7)
-    raw_model = build_model(cfg.replace(uint8_roundtrip=False), seed=0)
-    assert s(raw_model).score != ref.score
+    t1 = s(t1_model)
+    with torch.no_grad():
+        assert t1.vcg == pytest.approx(float(tiny_model.vcg(x, y0, yt1, yt1)), abs=1e-6)
+    assert t1.vda == pytest.approx(ref.vda, abs=1e-7)
+
+    # no round trip: the branches see the raw float snapshots
+    raw = s(build_model(cfg.replace(uint8_roundtrip=False), seed=0))
+    with torch.no_grad():
+        raw_vda = float(tiny_model.iqa.vda_score(x, y0, yt1, yt2))
+    assert raw.vda == pytest.approx(raw_vda, abs=1e-6) and abs(raw.vda - ref.vda) > 1e-7
+
+    # fusion weights: VCG is not run when its weight is 0
     vda_only = build_model(cfg.replace(fusion=dataclasses.replace(cfg.fusion, vcg_weight=0.0, vda_weight=2.0)),
                            seed=0)
     r = s(vda_only)
     assert r.vcg is None and r.score == pytest.approx(2.0 * ref.vda, abs=1e-6)
 
 
+def test_noise_banks_are_bounded_lru(tiny_model):
+    pipe = reference_pipeline(tiny_model, ScoringConfig())
+    pipe.max_noise_banks = 2
+    first = pipe.noise(64, 64)
+    pipe.noise(64, 80)
+    assert pipe.noise(64, 64) is first  # still cached, and now the most recent
+    pipe.noise(80, 80)  # evicts (64, 80), the least recently used
+    assert list(pipe._banks) == [(64, 64), (80, 80)]
+    again = pipe.noise(64, 80)
+    assert len(pipe._banks) == 2 and (64, 64) not in pipe._banks
+    np.testing.assert_array_equal(again[0], noise_bank(0, pipe.spec.steps, 64, 80)[-1])  # regenerated identically
+
+
 def test_steps_override_checks_capture_steps(tiny_model):
-    with pytest.raises(ValueError, match="capture_t2=4 is outside the 4-step schedule"):
+    with pytest.raises(ConfigError, match="capture_t2=4 is outside the 4-step schedule"):
         reference_pipeline(tiny_model, ScoringConfig(), steps=4)
     assert reference_pipeline(tiny_model, ScoringConfig(), steps=6).spec.steps == 6

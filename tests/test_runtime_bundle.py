@@ -1,6 +1,7 @@
 """A tiny bundle end to end: build, score with ONNX Runtime against the torch reference, refusal of damaged bundles,
 and a runtime that needs neither torch nor the model code."""
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -91,7 +92,7 @@ def _damaged_copy(src, dst, damage):
     (lambda d: (d / "vda.fp32.onnx").write_bytes((d / "vda.fp32.onnx").read_bytes()[:1000]), "vda.fp32.onnx"),
     (lambda d: (d / "restore_step.fp32.onnx").unlink(), "restore_step.fp32.onnx"),
     (lambda d: (d / "manifest.json").write_text((d / "manifest.json").read_text().replace(
-        '"schema_version": 1', '"schema_version": 2')), "schema version 2"),
+        '"schema_version": 2', '"schema_version": 3')), "schema version 3"),
 ])
 def test_damaged_bundles_are_refused(tiny_bundle, tmp_path, damage, message):
     bad = _damaged_copy(tiny_bundle, tmp_path / "bad", damage)
@@ -132,9 +133,9 @@ def _perturbed_bundle(src, dst, factor=1.01):
     model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(factor, np.float32), "perturb_factor"))
     model.graph.node.append(onnx.helper.make_node("Mul", [f"{out}_raw", "perturb_factor"], [out]))
     onnx.save(model, str(dst.parent / "vda_perturbed.onnx"))
-    files = {name: b.file_path(name) for name in b.manifest["files"]}
+    files = {name: b.file_path(name) for name in b.manifest.files}
     files["vda.fp32.onnx"] = dst.parent / "vda_perturbed.onnx"
-    manifest = {k: v for k, v in b.manifest.items() if k != "files"}
+    manifest = {k: v for k, v in b.manifest.to_dict().items() if k != "files"}
     return write_bundle(dst, manifest, files)
 
 
@@ -184,3 +185,102 @@ def test_bench_reports_latency_throughput_stages_and_roofline(tiny_bundle, tmp_p
     assert report["roofline"]["stage_macs"]["restoration steps"] > 0
     for suffix in ("throughput", "latency_cdf", "stages"):
         assert (tmp_path / "bench" / f"bench_tiny_{suffix}.png").stat().st_size > 1000
+
+
+def test_faithful_mode_on_onnxruntime_matches_torch(tiny_bundle, distorted_photos):
+    """Whole-image restoration at several resolutions (not only crop size) through the ONNX graphs."""
+    bundle = load_bundle(tiny_bundle)
+    scoring = ScoringConfig(crops="grid:2", mode="faithful")
+    # Three restoration sizes: 96x96, 80x96 and 96x72 (-> 64 wide after rounding down to a multiple of 16).
+    images = [distorted_photos[0], distorted_photos[3][:80], distorted_photos[6][:, :72]]
+    ort = np.array([r.score for r in bundle_pipeline(bundle, "onnxruntime", scoring=scoring).score(images)])
+    ref = np.array([r.score for r in bundle_pipeline(bundle, "torch", scoring=scoring).score(images)])
+    assert np.all(np.isfinite(ort))
+    assert np.abs(ort - ref).max() <= 1e-4 * (ref.max() - ref.min())
+
+
+def test_manifest_normalisation_is_bit_exact_with_the_runtime(tiny_bundle):
+    """A native runtime that applies the manifest's recorded formula to every uint8 value gets exactly the float32
+    inputs the Python runtime feeds the graphs (the previous scale/offset were 1 ulp off for 111 of 256 values)."""
+    from diffv2iqa_trt.runtime.crops import normalise
+
+    n = load_bundle(tiny_bundle).manifest.pipeline.normalisation
+    v = np.arange(256, dtype=np.uint8)
+    f32 = np.float32
+    from_manifest = (v.astype(f32) / f32(n.divisor) - f32(n.mean)) / f32(n.std)
+    runtime = normalise(np.stack([v, v, v], axis=1)[None])[:, 0, :]  # (H=1, W=256, 3) -> (3, 1, 256)
+    assert runtime.dtype == np.float32
+    for channel in runtime:
+        assert channel.tobytes() == from_manifest.tobytes()
+    old_scale_offset = v.astype(f32) * f32(2.0 / 255.0) + f32(-1.0)
+    assert int(np.sum(old_scale_offset != from_manifest)) > 0  # the formula the manifest used to record
+
+
+def test_build_steps_and_no_checkpoint(tmp_path, distorted_photos):
+    from PIL import Image
+
+    out = tmp_path / "b6"
+    res = runner.invoke(app, ["build", "--out", str(out), "--preset", "tiny", "--steps", "6", "--no-checkpoint"])
+    assert res.exit_code == 0, res.output
+    b = load_bundle(out)
+    assert b.manifest.pipeline.steps == 6 and len(b.manifest.pipeline.gamma) == 6
+    assert "model.safetensors" not in b.manifest.files and not (out / "model.safetensors").exists()
+    # --preset weights are reproducible from the recorded seed, so the reference still runs without a checkpoint;
+    # and its 6-step scores agree with the 6-step ONNX graphs.
+    img = distorted_photos[0]
+    ort = bundle_pipeline(b, "onnxruntime").score([img])[0].score
+    ref = bundle_pipeline(b, "torch").score([img])[0].score
+    assert ort == pytest.approx(ref, abs=1e-4)
+    loaded = load_model(preset_name="tiny")
+    from diffv2iqa_trt.reference.loading import reference_pipeline
+
+    assert ref == pytest.approx(reference_pipeline(loaded.model, ScoringConfig(), steps=6).score([img])[0].score,
+                                abs=1e-6)
+    Image.fromarray(img).save(tmp_path / "a.png")
+    res = runner.invoke(app, ["score", str(tmp_path / "a.png"), "--bundle", str(out), "--format", "json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["steps"] == 6
+
+
+def test_no_checkpoint_bundle_of_a_trained_model_refuses_the_torch_backend(tmp_path, distorted_photos):
+    from PIL import Image
+
+    out = tmp_path / "nockpt"
+    res = runner.invoke(app, ["build", "--out", str(out), "--no-checkpoint"])  # the trained demo checkpoint
+    assert res.exit_code == 0, res.output
+    Image.fromarray(distorted_photos[0]).save(tmp_path / "a.png")
+    res = runner.invoke(app, ["score", str(tmp_path / "a.png"), "--bundle", str(out), "--backend", "torch"])
+    assert res.exit_code == 2 and "holds no checkpoint" in res.stderr and "Traceback" not in res.output
+    res = runner.invoke(app, ["score", str(tmp_path / "a.png"), "--bundle", str(out)])
+    assert res.exit_code == 0, res.output
+
+
+def test_lint_failure_stops_the_build_unless_allowed(tmp_path, monkeypatch):
+    from diffv2iqa_trt import assemble
+    from diffv2iqa_trt.errors import BuildError
+    from diffv2iqa_trt.export.trt_lint import LintReport, lint_onnx
+
+    def failing(path, major):
+        report = lint_onnx(path, major)
+        # One row the parser of that TensorRT major would reject.
+        bad = dataclasses.replace(report.rows[0], status="fail", detail="not supported (injected)")
+        return dataclasses.replace(report, rows=[*report.rows, bad])
+
+    monkeypatch.setattr(assemble, "lint_onnx", failing)
+    loaded = load_model(preset_name="tiny")
+    options = BuildOptions(include_checkpoint=False)
+    with pytest.raises(BuildError, match=r"TensorRT compatibility lint failed for restore_step \(TensorRT 10\)"):
+        build_onnx_bundle(loaded.model, loaded.info, tmp_path / "refused", options)
+    assert not (tmp_path / "refused").exists()
+    result = build_onnx_bundle(loaded.model, loaded.info, tmp_path / "allowed",
+                               dataclasses.replace(options, allow_lint_failures=True))
+    assert isinstance(result.lint["vcg"][11], LintReport) and not result.lint["vcg"][11].ok
+    lint_doc = load_bundle(result.path).manifest.lint
+    assert lint_doc is not None and lint_doc["vda"]["10"]["ok"] is False
+
+
+def test_manifest_records_no_build_paths(tiny_bundle):
+    """manifest.json names files as the bundle does; the staging folder of the build must not leak into it."""
+    text = (tiny_bundle / "manifest.json").read_text()
+    assert "diffv2iqa-build-" not in text and str(tiny_bundle.parent) not in text
+    lint = load_bundle(tiny_bundle).manifest.lint
+    assert lint is not None and lint["restore_step"]["11"]["path"] == "restore_step.fp32.onnx"

@@ -1,4 +1,7 @@
-"""SR3 restorer U-Net: size, the authors' key layout, shapes, batch invariance, embedding, ONNX export."""
+"""SR3 restorer U-Net: size, the authors' key layout, shapes, batch invariance, embedding.
+
+Its ONNX export is tested through the project's exporter, as part of restore_step, in test_export.py.
+"""
 
 from __future__ import annotations
 
@@ -100,31 +103,3 @@ def test_noise_level_embedding_matches_numpy() -> None:
     g = torch.tensor(gamma, dtype=torch.float32)
     torch.testing.assert_close(model.noise_level_mlp[0](g), noise_level_embedding(g, tiny_config().unet.inner_channel))
 
-
-def test_onnx_export_dynamic_matches_torch(tmp_path: Path) -> None:
-    pytest.importorskip("onnxscript")
-    ort = pytest.importorskip("onnxruntime")
-    model = _tiny()
-    x, g = torch.randn(2, 6, 64, 64), torch.rand(2)
-    batch, h, w = torch.export.Dim("batch", min=1, max=64), torch.export.Dim.DYNAMIC, torch.export.Dim.DYNAMIC
-    path = tmp_path / "unet.onnx"
-    with torch.no_grad():
-        torch.onnx.export(
-            model,
-            (x, g),
-            str(path),
-            dynamo=True,
-            opset_version=18,
-            input_names=["x", "noise_level"],
-            output_names=["eps"],
-            dynamic_shapes={"x": {0: batch, 2: h, 3: w}, "noise_level": {0: batch}},
-            external_data=False,
-        )
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for b, hh, ww in [(1, 32, 48), (3, 64, 80)]:
-        xs, gs = torch.randn(b, 6, hh, ww), torch.rand(b)
-        with torch.no_grad():
-            ref = model(xs, gs).numpy()
-        (got,) = sess.run(None, {"x": xs.numpy(), "noise_level": gs.numpy()})
-        assert got.shape == ref.shape
-        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ def gemm_peak_macs_per_s(backend: str, n: int = 2048, repeats: int = 5, threads:
         import torch
 
         ta, tb = torch.from_numpy(a), torch.from_numpy(a.T.copy())
-        run = lambda: torch.matmul(ta, tb)  # noqa: E731
+        run: Callable[[], object] = lambda: torch.matmul(ta, tb)  # noqa: E731
     elif backend == "onnxruntime":
         import onnxruntime as ort
         from onnx import TensorProto, helper

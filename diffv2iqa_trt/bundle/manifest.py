@@ -40,9 +40,11 @@ class ModelSection:
         return self.name if self.trained else f"{self.name} (UNTRAINED: {self.description})"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "config": dict(self.config), "trained": self.trained,
-                "description": self.description, "checkpoint_sha256": self.checkpoint_sha256,
-                "checkpoint": self.checkpoint, "init_seed": self.init_seed}
+        doc = {"name": self.name, "config": dict(self.config), "trained": self.trained,
+               "description": self.description, "checkpoint_sha256": self.checkpoint_sha256}
+        # Optional in the schema: written only when set.
+        optional = {"checkpoint": self.checkpoint, "init_seed": self.init_seed}
+        return doc | {k: v for k, v in optional.items() if v is not None}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelSection:

@@ -22,7 +22,8 @@ def _f(rgb: np.ndarray) -> np.ndarray:
 
 
 def _u8(a: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    out: np.ndarray = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    return out
 
 
 def _gaussian_blur(rgb: np.ndarray, level: int, rng: np.random.Generator) -> np.ndarray:
@@ -50,7 +51,7 @@ def _white_noise(rgb: np.ndarray, level: int, rng: np.random.Generator) -> np.nd
 def _impulse_noise(rgb: np.ndarray, level: int, rng: np.random.Generator) -> np.ndarray:
     # Salt and pepper on whole pixels.
     p = (0.005, 0.015, 0.04, 0.09, 0.18)[level - 1]
-    out = rgb.copy()
+    out: np.ndarray = rgb.copy()
     u = rng.random(rgb.shape[:2])
     out[u < p / 2] = 0
     out[(u >= p / 2) & (u < p)] = 255

@@ -2,13 +2,15 @@
 
 `export_graph` traces one of the model's graph methods with `torch.onnx.export(..., dynamo=True)`, with a dynamic
 batch everywhere and dynamic height/width (multiples of the U-Net's size multiple) for restore_step; then it folds
-constants and drops dead nodes (onnxscript optimizer), renames the symbolic dimensions to the contract's
-(`batch`, `height`, `width`, and expressions of them inside the graph), checks the I/O against `graphs.graph_spec`,
-runs the ONNX checker (full check) and shape inference, and writes the file atomically.
+constants and drops dead nodes (onnxscript optimizer), names the nodes after their modules and drops the exporter's
+metadata (so the bytes depend on the model only, not on the build machine's paths), renames the symbolic dimensions
+to the contract's (`batch`, `height`, `width`, and expressions of them inside the graph), checks the I/O against
+`graphs.graph_spec`, runs the ONNX checker (full check) and shape inference, and writes the file atomically.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import logging
 import os
@@ -95,6 +97,8 @@ def export_graph(model: DiffV2IQA, graph: str, path: str | os.PathLike[str], *, 
         raise ExportError("torch.onnx.export returned no program")
     symbols = _symbol_names(program.exported_program, spec, quotients, m)
     proto = _clean(program.model)
+    _name_nodes(proto, _model_scope(module, model))
+    _strip_metadata(proto)
     _explicit_squeeze_axes(proto)
     _rename_dims(proto, symbols)
     _apply_contract_names(proto, spec)
@@ -175,10 +179,99 @@ def _clean(model: ir.Model) -> onnx.ModelProto:
     """Fold constants, inline functions, drop dead nodes and unused opsets; return a topologically sorted proto."""
     onnxscript.optimizer.optimize(model)
     for p in (ir_passes.CommonSubexpressionEliminationPass(), ir_passes.RemoveUnusedNodesPass(),
-              ir_passes.RemoveUnusedFunctionsPass(), ir_passes.RemoveUnusedOpsetsPass(),
+              ir_passes.RemoveUnusedFunctionsPass(),  # type: ignore[no-untyped-call]  # unannotated upstream
+              ir_passes.RemoveUnusedOpsetsPass(),
               ir_passes.TopologicalSortPass()):
         p(model)
     return ir.serde.serialize_model(model)
+
+
+def _model_scope(module: torch.nn.Module, model: DiffV2IQA) -> str:
+    """The attribute under which the graph wrapper holds the model ("model"): the first level of every name scope."""
+    return next(name for name, child in module.named_children() if child is model)
+
+
+def _name_nodes(proto: onnx.ModelProto, model_scope: str) -> None:
+    """Name every node `<module path>/<op type>[_k]`, the module path as in the model's state_dict keys.
+
+    The exporter's names ("node_Mul_1342") say nothing about where a node comes from; precision tools (ModelOpt,
+    AutoCast) pick nodes to keep in fp32 by name, e.g. every node matching "restore_update/". The module path is
+    read from the exporter's name-scope metadata, before `_strip_metadata` drops it. Nodes without one (made by
+    the optimizer) or outside the model (size arithmetic) are named at the root: "/Split_2". Names follow node
+    order, which the topological sort fixes, so two exports of one model name their nodes alike.
+    """
+    prefix = model_scope + "."
+    counts: dict[str, int] = {}
+    for node in proto.graph.node:
+        scopes = _name_scopes(node)
+        # The last entry is the fx node itself; the one before it is the innermost module.
+        module_path = scopes[-2] if len(scopes) >= 2 else ""
+        module_path = module_path[len(prefix):] if module_path.startswith(prefix) else ""
+        base = f"{module_path}/{node.op_type}"
+        k = counts.get(base, 0)
+        counts[base] = k + 1
+        node.name = base if k == 0 else f"{base}_{k}"
+
+
+def _name_scopes(node: onnx.NodeProto) -> list[str]:
+    raw = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
+    if raw is None:
+        return []
+    try:
+        scopes = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return []
+    return [str(s) for s in scopes] if isinstance(scopes, list) else []
+
+
+# Keys of metadata that export writes itself; everything else in metadata_props is the exporter's.
+_OWN_METADATA = "diffv2iqa."
+
+
+def _strip_metadata(proto: onnx.ModelProto) -> None:
+    """Drop the exporter's metadata and doc strings everywhere in the model.
+
+    torch writes per-node stack traces (absolute paths of the build machine's source files), fx node dumps, class
+    hierarchies, and the ExportedProgram's signature and symbol ranges (internal symbol numbers) on the graph and
+    its values. None of it is needed to run or build the graph, and it made a file's bytes (and so a bundle's
+    hashes) depend on where it was built. Everything not written by this module goes, whatever the exporter version
+    calls it; the one useful part, which module a node belongs to, is kept in the node names (`_name_nodes`).
+    """
+    _strip(proto)
+    _strip_graph(proto.graph)
+    for f in proto.functions:
+        _strip(f)
+        for v in f.value_info:
+            _strip(v)
+        for n in f.node:
+            _strip_node(n)
+
+
+def _strip_graph(g: onnx.GraphProto) -> None:
+    _strip(g)
+    for v in (*g.input, *g.output, *g.value_info, *g.initializer):
+        _strip(v)
+    for n in g.node:
+        _strip_node(n)
+
+
+def _strip_node(n: onnx.NodeProto) -> None:
+    _strip(n)
+    for a in n.attribute:  # control-flow bodies (If, Loop, Scan) are graphs of their own
+        a.doc_string = ""
+        if a.HasField("g"):
+            _strip_graph(a.g)
+        for sub in a.graphs:
+            _strip_graph(sub)
+
+
+def _strip(message: Any) -> None:
+    """Clear the doc string and drop foreign metadata of one proto message that has both fields."""
+    message.doc_string = ""
+    keep = [(p.key, p.value) for p in message.metadata_props if p.key.startswith(_OWN_METADATA)]
+    del message.metadata_props[:]
+    for key, value in keep:
+        message.metadata_props.add(key=key, value=value)
 
 
 def _explicit_squeeze_axes(proto: onnx.ModelProto) -> None:
@@ -313,7 +406,7 @@ def _file_bytes(path: Path, external: Path | None) -> int:
 
 
 def _default_opset(proto: onnx.ModelProto) -> int:
-    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    return next(int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def _tensor_spec(value: onnx.ValueInfoProto) -> TensorSpec:

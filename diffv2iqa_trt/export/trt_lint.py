@@ -99,7 +99,8 @@ def operator_list(trt_major: int = 10) -> dict[str, Any]:
     """The operator data for a TensorRT major version (see the JSON's `source` for where it comes from)."""
     if trt_major not in TRT_MAJORS:
         raise ConfigError(f"no TensorRT operator list for major version {trt_major}; have {TRT_MAJORS}")
-    text = resources.files(__package__).joinpath("data", f"tensorrt_onnx_ops_{trt_major}.json").read_text("utf-8")
+    text = resources.files(__package__).joinpath("data").joinpath(f"tensorrt_onnx_ops_{trt_major}.json").read_text(
+        "utf-8")
     data: dict[str, Any] = json.loads(text)
     return data
 
@@ -428,7 +429,7 @@ def _describe(rule: dict[str, Any]) -> str:
         return f"{rule['attr']} absent or 0..rank-1"
     if kind in ("spatial_rank", "input_rank", "max_used_outputs", "max_used_inputs"):
         return f"{kind.replace('_', ' ')} {rule.get('allowed', rule.get('count'))}"
-    return kind
+    return str(kind)
 
 
 def _names(nodes: list[onnx.NodeProto]) -> str:

@@ -34,7 +34,8 @@ class TABlock(nn.Module):
         q, k, v = self.c_q(x), self.c_k(x), self.c_v(x)
         attn = torch.softmax(q @ k.transpose(-2, -1) * self.norm_fact, dim=-1)
         out = (attn @ v).transpose(1, 2).reshape(b, c, n)
-        return x + self.proj_drop(out)
+        result: Tensor = x + self.proj_drop(out)
+        return result
 
 
 class RTABlock(nn.Module):
@@ -64,7 +65,8 @@ class RTABlock(nn.Module):
         attn = torch.softmax(q @ k.transpose(-2, -1) * self.norm_fact, dim=-1)
         # With one channel the transpose-reshape is a no-op on values; kept to mirror the TAB formulation.
         out = (attn @ v).transpose(1, 2).reshape(b, n, c)
-        return r + self.proj_drop(out)
+        result: Tensor = r + self.proj_drop(out)
+        return result
 
 
 class DropPath(nn.Module):
@@ -92,7 +94,8 @@ class Mlp(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.drop(self.act(self.fc1(x)))
-        return self.drop(self.fc2(x))
+        out: Tensor = self.drop(self.fc2(x))
+        return out
 
 
 def window_partition(x: Tensor, ws: int) -> Tensor:
@@ -171,7 +174,8 @@ class WindowAttention(nn.Module):
             attn = attn.reshape(-1, self.num_heads, n, n)
         attn = self.attn_drop(torch.softmax(attn, dim=-1))
         out = (attn @ v).transpose(1, 2).reshape(bw, n, c)
-        return self.proj_drop(self.proj(out))
+        result: Tensor = self.proj_drop(self.proj(out))
+        return result
 
 
 class SwinBlock(nn.Module):
@@ -231,7 +235,8 @@ class SwinBlock(nn.Module):
         if s > 0:
             y = torch.roll(y, shifts=(s, s), dims=(1, 2))
         x = x + self.drop_path(y.reshape(b, h * w, c))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        out: Tensor = x + self.drop_path(self.mlp(self.norm2(x)))
+        return out
 
 
 class BasicLayer(nn.Module):

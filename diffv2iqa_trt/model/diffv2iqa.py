@@ -28,22 +28,44 @@ def restore_update(eps: Tensor, y: Tensor, coef: Tensor, z: Tensor) -> Tensor:
     return c[:, 2] * y0_hat + c[:, 3] * y + c[:, 4] * z
 
 
+# The two wrappers below hold no parameters and change no numerics. They exist so that export names the nodes of
+# these steps after the module (e.g. "restore_update/Mul"): precision tools (ModelOpt, AutoCast) exclude nodes by
+# name, and both steps must stay fp32 (the uint8 rounding and the x0 clamp are precision-sensitive).
+
+class Uint8RoundTrip(nn.Module):
+    """`uint8_roundtrip` as a module."""
+
+    def forward(self, y: Tensor) -> Tensor:
+        return uint8_roundtrip(y)
+
+
+class RestoreUpdate(nn.Module):
+    """`restore_update` as a module."""
+
+    def forward(self, eps: Tensor, y: Tensor, coef: Tensor, z: Tensor) -> Tensor:
+        return restore_update(eps, y, coef, z)
+
+
 class DiffV2IQA(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
         self.unet = UNet(config.unet)
         self.iqa = IQANet(config.iqa)
+        # Parameter-free, so they add no state_dict keys: checkpoints load unchanged.
+        self.restore_update = RestoreUpdate()
+        self.snapshot_roundtrip = Uint8RoundTrip()
 
     # --- the three graphs -------------------------------------------------------------------------------------
     def restore_step(self, x: Tensor, y: Tensor, gamma: Tensor, coef: Tensor, z: Tensor) -> Tensor:
         """x, y (B,3,H,W), gamma (B,), coef (B,5), z (1,3,H,W) -> y after this step."""
         eps = self.unet(torch.cat([x, y], dim=1), gamma)
-        return restore_update(eps, y, coef, z)
+        y_next: Tensor = self.restore_update(eps, y, coef, z)
+        return y_next
 
     def _snapshots(self, y0: Tensor, yt1: Tensor, yt2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if self.config.uint8_roundtrip:
-            return uint8_roundtrip(y0), uint8_roundtrip(yt1), uint8_roundtrip(yt2)
+            return self.snapshot_roundtrip(y0), self.snapshot_roundtrip(yt1), self.snapshot_roundtrip(yt2)
         return y0, yt1, yt2
 
     def vcg(self, x: Tensor, y0: Tensor, yt1: Tensor, yt2: Tensor) -> Tensor:

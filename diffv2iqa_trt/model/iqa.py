@@ -108,7 +108,8 @@ class IQANet(nn.Module):
             # The authors called the ResNet once per image: in training BatchNorm then normalises each image set
             # with its own batch statistics, which a joint 4B batch would not reproduce.
             return torch.stack([self.res(i) for i in (x, y0, yt1, yt2)], dim=0)
-        return self.res(torch.cat((x, y0, yt1, yt2), dim=0)).unflatten(0, (4, -1))
+        out: Tensor = self.res(torch.cat((x, y0, yt1, yt2), dim=0)).unflatten(0, (4, -1))
+        return out
 
     def vda_score(self, x: Tensor, y0: Tensor, yt1: Tensor, yt2: Tensor) -> Tensor:
         """Visual Difference Analysis score, (B,)."""

@@ -34,7 +34,8 @@ class Bottleneck(nn.Module):
         y = self.relu(self.bn1(self.conv1(x)))
         y = self.relu(self.bn2(self.conv2(y)))
         y = self.bn3(self.conv3(y))
-        return self.relu(y + identity)
+        out: Tensor = self.relu(y + identity)
+        return out
 
 
 class ResNet(nn.Module):
@@ -67,4 +68,5 @@ class ResNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(self.avgpool(x).flatten(1))
+        out: Tensor = self.fc(self.avgpool(x).flatten(1))
+        return out

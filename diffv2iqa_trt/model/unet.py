@@ -65,7 +65,8 @@ class _NoiseShift(nn.Module):
         self.noise_func = nn.Sequential(nn.Linear(emb_dim, channels))
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        return x + self.noise_func(emb)[:, :, None, None]
+        out: Tensor = x + self.noise_func(emb)[:, :, None, None]
+        return out
 
 
 class _NormActConv(nn.Module):
@@ -81,7 +82,8 @@ class _NormActConv(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.block(x)
+        out: Tensor = self.block(x)
+        return out
 
 
 class _ResBlock(nn.Module):
@@ -96,7 +98,8 @@ class _ResBlock(nn.Module):
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         h = self.block2(self.noise_func(self.block1(x), emb))
-        return h + self.res_conv(x)
+        out: Tensor = h + self.res_conv(x)
+        return out
 
 
 class _SelfAttention(nn.Module):
@@ -119,7 +122,8 @@ class _SelfAttention(nn.Module):
         logits = torch.matmul(q.transpose(1, 2), k) / self.scale  # (B, HW_query, HW_key)
         attn = torch.softmax(logits, dim=-1)
         out = torch.matmul(v, attn.transpose(1, 2))  # (B, C, HW_query)
-        return self.out(out.reshape(x.shape)) + x
+        result: Tensor = self.out(out.reshape(x.shape)) + x
+        return result
 
 
 class _ResAttnBlock(nn.Module):
@@ -147,7 +151,8 @@ class _Downsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(x)
+        out: Tensor = self.conv(x)
+        return out
 
 
 class _Upsample(nn.Module):
@@ -158,7 +163,8 @@ class _Upsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        out: Tensor = self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return out
 
 
 class UNet(nn.Module):
@@ -237,4 +243,5 @@ class UNet(nn.Module):
             # ResBlocks take the concatenation with the latest unused encoder output; Upsample layers do not.
             x = layer(torch.cat((x, skips.pop()), dim=1), emb) if isinstance(layer, _ResAttnBlock) else layer(x)
 
-        return self.final_conv(x)
+        out: Tensor = self.final_conv(x)
+        return out

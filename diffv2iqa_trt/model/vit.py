@@ -23,7 +23,8 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
+        out: Tensor = self.proj(x).flatten(2).transpose(1, 2)
+        return out
 
 
 class Attention(nn.Module):
@@ -46,7 +47,8 @@ class Attention(nn.Module):
         # Explicit softmax attention (not SDPA) keeps the exported graph plain MatMul/Softmax for every backend.
         attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
         out = (attn @ v).transpose(1, 2).reshape(b, n, c)
-        return self.proj(out)
+        projected: Tensor = self.proj(out)
+        return projected
 
 
 class Mlp(nn.Module):
@@ -57,7 +59,8 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        out: Tensor = self.fc2(self.act(self.fc1(x)))
+        return out
 
 
 class Block(nn.Module):
@@ -72,7 +75,8 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        out: Tensor = x + self.mlp(self.norm2(x))
+        return out
 
 
 class VisionTransformer(nn.Module):
@@ -127,4 +131,5 @@ class VisionTransformer(nn.Module):
         x = self._tokens(x)
         for blk in self.blocks:
             x = blk(x)
-        return self.head(self.norm(x)[:, 0])
+        out: Tensor = self.head(self.norm(x)[:, 0])
+        return out

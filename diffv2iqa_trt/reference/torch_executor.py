@@ -34,7 +34,8 @@ class TorchExecutor:
         return torch.from_numpy(np.require(array, np.float32, ["C", "W"])).to(self.device)
 
     def download(self, handle: Any) -> np.ndarray:
-        return handle.detach().cpu().numpy()
+        out: np.ndarray = handle.detach().cpu().numpy()
+        return out
 
     def restore_step(self, x: Any, y: Any, gamma: Any, coef: Any, z: Any) -> Any:
         with torch.inference_mode():

@@ -29,7 +29,8 @@ class WorkUnit:
 
 def normalise(rgb: np.ndarray) -> np.ndarray:
     """uint8 (H, W, 3) -> float32 (3, H, W) by the contract's formula (the authors' (v / 255 - 0.5) / 0.5)."""
-    return normalise_uint8(rgb).transpose(2, 0, 1).copy()
+    x: np.ndarray = normalise_uint8(rgb).transpose(2, 0, 1).copy()
+    return x
 
 
 def _resize(rgb: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -1,23 +1,27 @@
 """`diffv2iqa-trt train ...`: restorer pre-training, IQA training, evaluation and loss curves of the demo weights.
 
-A typer sub-app (`train_app`); also runnable alone: `python -m diffv2iqa_trt.training.cli --help`.
+A typer sub-app (`train_app`); also runnable alone: `python -m diffv2iqa_trt.training.cli --help`. A thin layer:
+verbs parse options, call the training library and report; the library's expected failures (`DiffV2IQAError`)
+become a message and the error's exit code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import hashlib
 import json
 import shlex
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
 import typer
 
-from ..atomic import atomic_path, current_umask
+from ..atomic import atomic_path
+from ..errors import DiffV2IQAError
 
 train_app = typer.Typer(help="Train and evaluate demo weights on synthetic distortions of real photographs.",
                         no_args_is_help=True, pretty_exceptions_enable=False)
@@ -41,11 +45,14 @@ def _threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
-def _check_split(name: str) -> None:
-    from .data import SPLITS
-
-    if name not in SPLITS:
-        raise typer.BadParameter(f"unknown split {name!r}; use one of {', '.join(SPLITS)}", param_hint="--split")
+@contextlib.contextmanager
+def _expected_failures() -> Iterator[None]:
+    """A library error is reported as a message and its exit code, not a traceback (anything else is a bug)."""
+    try:
+        yield
+    except DiffV2IQAError as exc:
+        typer.echo(f"{typer.style('error:', fg='red', bold=True)} {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
@@ -70,20 +77,20 @@ def restorer(
     from .data import split_samples
     from .restorer import train_restorer
 
-    _threads(threads)
-    start = time.perf_counter()
-    samples = split_samples("train")
-    model = build_model(tiny_config(), seed=seed)
-
     def report(e: dict[str, Any]) -> None:
         if e["step"] % 50 == 0 or e["step"] == 1:
             typer.echo(f"step {e['step']:5d}  loss {e['loss']:.4f}  {e['seconds']:.0f} s", err=True)
 
-    history = train_restorer(model, samples, steps=steps, batch_size=batch_size, lr=lr, seed=seed, log=report)
-    seconds = time.perf_counter() - start
-    save_checkpoint(model, out, trained=False,
-                    description=f"tiny restorer pre-trained {steps} steps on synthetic distortions (seed {seed}); "
-                                "IQA net untrained")
+    _threads(threads)
+    start = time.perf_counter()
+    with _expected_failures():
+        samples = split_samples("train")
+        model = build_model(tiny_config(), seed=seed)
+        history = train_restorer(model, samples, steps=steps, batch_size=batch_size, lr=lr, seed=seed, log=report)
+        seconds = time.perf_counter() - start
+        save_checkpoint(model, out, trained=False,
+                        description=f"tiny restorer pre-trained {steps} steps on synthetic distortions (seed {seed}); "
+                                    "IQA net untrained")
     _write_json(log, {"command": _command("restorer"), "wall_seconds": round(seconds, 1), "steps": steps,
                       "batch_size": batch_size, "lr": lr, "seed": seed, "threads": threads, "history": history})
     typer.echo(f"wrote {out} and {log} ({seconds:.0f} s)")
@@ -121,9 +128,12 @@ def iqa(
     """Train the IQA net on the frozen restorer's snapshots toward the SSIM pseudo-MOS; keep the best epoch."""
     from ..model.checkpoint import load_checkpoint, save_checkpoint
     from ..model.diffv2iqa import build_model
+    from .crop_cache import cached_crops
     from .data import split_samples
-    from .iqa import AUGMENTATIONS, AuxTargets, CropSet, build_crops, train_iqa
+    from .iqa import AUGMENTATIONS, AuxTargets, CropSet, check_train_options, train_iqa
 
+    # The common mistakes get typer's messages, which name the option; check_train_options covers the rest
+    # (epochs, batch size) before the minutes of crop restoration.
     if augment not in AUGMENTATIONS:
         raise typer.BadParameter(f"unknown augmentation {augment!r}; use one of {', '.join(AUGMENTATIONS)}",
                                  param_hint="--augment")
@@ -133,34 +143,9 @@ def iqa(
         raise typer.BadParameter(f"--ema must be in [0, 1), got {ema}", param_hint="--ema")
     if aux_weight < 0:
         raise typer.BadParameter(f"--aux-weight must be >= 0, got {aux_weight}", param_hint="--aux-weight")
-    _threads(threads)
-    start = time.perf_counter()
-    pre, _ = load_checkpoint(restorer)
-    model = build_model(pre.config, seed=seed)  # fresh IQA initialisation, then the pre-trained U-Net
-    model.unet.load_state_dict(pre.unet.state_dict())
-    train_samples, val_samples = split_samples("train"), split_samples("val")
 
     def say(msg: str) -> None:
         typer.echo(msg, err=True)
-
-    def crops_of(name: str, samples: list[Any], per_image: int, seed: int) -> CropSet:
-        if cache is None:
-            return build_crops(model, samples, per_image, seed=seed, log=say)
-        key = hashlib.sha256(restorer.read_bytes()).hexdigest()[:12]
-        path = cache / f"{name}-{per_image}-seed{seed}-{key}.npz"
-        if path.is_file():
-            say(f"reusing restored crops {path}")
-            return CropSet.load(path)
-        crops = build_crops(model, samples, per_image, seed=seed, log=say)
-        cache.mkdir(parents=True, exist_ok=True)
-        crops.save(path)
-        return crops
-
-    train_crops = CropSet.concat([crops_of("train", train_samples, crops_per_image, s)
-                                  for s in (crop_seed or [seed])])
-    val_crops = crops_of("val", val_samples, 1, seed)
-    prep_seconds = time.perf_counter() - start
-    val_mos = np.asarray([s.pseudo_mos for s in val_samples])
 
     def report(e: dict[str, Any]) -> None:
         say(f"epoch {e['epoch']:3d}  train {e['train_loss']:.4f}  val {e['val_loss']:.4f}  "
@@ -168,15 +153,30 @@ def iqa(
             f"w_vcg {e['fusion_vcg_weight']:.1f}: {e['val_srcc_best_fusion']:.4f})  PLCC {e['val_plcc']:.4f}  "
             f"{e['seconds']:.0f} s")
 
-    history, best = train_iqa(model, train_crops, val_crops, val_mos, epochs=epochs, batch_size=batch_size,
-                              lr=lr, weight_decay=weight_decay, seed=seed, augment=augment,
-                              warmup_epochs=warmup, ema_decay=ema, fit_fusion=fit_fusion,
-                              aux=AuxTargets.of(train_crops, train_samples), aux_weight=aux_weight,
-                              time_limit_s=60 * time_limit, log=report)
-    seconds = time.perf_counter() - start
-    save_checkpoint(model, out, trained=True, description=(
-        "tiny demo weights: trained on synthetic distortions of scikit-image photographs toward an SSIM "
-        "pseudo-MOS (not human opinion scores); see weights/MODEL_CARD.md"))
+    _threads(threads)
+    start = time.perf_counter()
+    with _expected_failures():
+        check_train_options(epochs=epochs, batch_size=batch_size, augment=augment, warmup_epochs=warmup,
+                            ema_decay=ema, aux_weight=aux_weight)
+        pre, _ = load_checkpoint(restorer)
+        model = build_model(pre.config, seed=seed)  # fresh IQA initialisation, then the pre-trained U-Net
+        model.unet.load_state_dict(pre.unet.state_dict())
+        train_samples, val_samples = split_samples("train"), split_samples("val")
+        cache_args: dict[str, Any] = {"cache_dir": cache, "restorer_path": restorer, "log": say}
+        train_crops = CropSet.concat([cached_crops(model, train_samples, crops_per_image, seed=s, name="train",
+                                                   **cache_args) for s in (crop_seed or [seed])])
+        val_crops = cached_crops(model, val_samples, 1, seed=seed, name="val", **cache_args)
+        prep_seconds = time.perf_counter() - start
+        val_mos = np.asarray([s.pseudo_mos for s in val_samples])
+        history, best = train_iqa(model, train_crops, val_crops, val_mos, epochs=epochs, batch_size=batch_size,
+                                  lr=lr, weight_decay=weight_decay, seed=seed, augment=augment,
+                                  warmup_epochs=warmup, ema_decay=ema, fit_fusion=fit_fusion,
+                                  aux=AuxTargets.of(train_crops, train_samples), aux_weight=aux_weight,
+                                  time_limit_s=60 * time_limit, log=report)
+        seconds = time.perf_counter() - start
+        save_checkpoint(model, out, trained=True, description=(
+            "tiny demo weights: trained on synthetic distortions of scikit-image photographs toward an SSIM "
+            "pseudo-MOS (not human opinion scores); see weights/MODEL_CARD.md"))
     _write_json(log, {"command": _command("iqa"), "wall_seconds": round(seconds, 1),
                       "snapshot_seconds": round(prep_seconds, 1), "train_crops": len(train_crops),
                       "val_crops": len(val_crops),
@@ -201,19 +201,22 @@ def evaluate(
 ) -> None:
     """Image-level SRCC/PLCC of the pipeline's scores against the pseudo-MOS and against distortion level."""
     from ..model.checkpoint import load_checkpoint
-    from .data import SPLITS, split_samples
+    from .data import SPLITS, check_split, split_samples
     from .iqa import evaluate as run_evaluation
 
     _threads(threads)
-    model, info = load_checkpoint(checkpoint)
+    names = split or ["val", "test"]
     results: dict[str, Any] = {}
-    for name in split or ["val", "test"]:
-        _check_split(name)
-        r = run_evaluation(model, split_samples(name), crops=crops)
-        results[name] = r
-        typer.echo(f"{name}: SRCC {r['srcc_vs_pseudo_mos']:.4f}  PLCC {r['plcc_vs_pseudo_mos']:.4f}  "
-                   f"SRCC vs level {r['srcc_vs_level_pooled']:.4f} (pooled), "
-                   f"{r['srcc_vs_level_mean_over_types']:.4f} (mean over types)  [{r['images']} images]")
+    with _expected_failures():
+        for name in names:  # every split is checked before the first one is scored
+            check_split(name)
+        model, info = load_checkpoint(checkpoint)
+        for name in names:
+            r = run_evaluation(model, split_samples(name), crops=crops)
+            results[name] = r
+            typer.echo(f"{name}: SRCC {r['srcc_vs_pseudo_mos']:.4f}  PLCC {r['plcc_vs_pseudo_mos']:.4f}  "
+                       f"SRCC vs level {r['srcc_vs_level_pooled']:.4f} (pooled), "
+                       f"{r['srcc_vs_level_mean_over_types']:.4f} (mean over types)  [{r['images']} images]")
     if out is not None:
         _write_json(out, {"command": _command("evaluate"), "checkpoint": str(checkpoint),
                           "trained": info.trained, "splits": {k: list(v) for k, v in SPLITS.items()},
@@ -223,55 +226,29 @@ def evaluate(
 
 
 @train_app.command("write-split")
-def write_split(
+def write_split_command(
     split: Annotated[str, typer.Option(help="Split to write: train, val or test.")],
     out: Annotated[Path, typer.Option(help="Folder for the PNGs and labels.csv (created; must be empty).")],
 ) -> None:
     """Write a split's images as PNGs with labels.csv (image, score = pseudo-MOS), e.g. for `parity --labels`."""
-    import csv
-    import shutil
-    import tempfile
+    from .data import write_split
 
-    from PIL import Image
-
-    from .data import split_samples
-
-    _check_split(split)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise typer.BadParameter(f"{out} exists and is not an empty folder; pick a new one", param_hint="--out")
-    samples = split_samples(split)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Everything goes to a sibling temp folder that is renamed at the end: never a half-written split.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        rows = []
-        for s in samples:
-            name = f"{s.photo}-{s.kind}{s.level}.png" if s.level else f"{s.photo}-pristine.png"
-            Image.fromarray(s.image).save(tmp / name)
-            rows.append((name, f"{s.pseudo_mos:.6f}"))
-        with open(tmp / "labels.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["image", "score"])
-            w.writerows(rows)
-        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it private
-        if out.exists():
-            out.rmdir()  # checked empty above
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    typer.echo(f"wrote {len(rows)} images and labels.csv (pseudo-MOS) to {out}")
+    with _expected_failures():
+        count = write_split(split, out)
+    typer.echo(f"wrote {count} images and labels.csv (pseudo-MOS) to {out}")
 
 
 @train_app.command()
 def curves(
-    restorer_log: Annotated[Path, typer.Option(help="JSON log of `train restorer`.")],
-    iqa_log: Annotated[Path, typer.Option(help="JSON log of `train iqa`.")],
+    restorer_log: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="JSON log of `train restorer`.")],
+    iqa_log: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="JSON log of `train iqa`.")],
     out: Annotated[Path, typer.Option(help="PNG to write.")],
 ) -> None:
     """Plot the loss curves and the validation SRCC (needs matplotlib)."""
     from .plot import plot_curves
 
-    plot_curves(json.loads(restorer_log.read_text()), json.loads(iqa_log.read_text()), out)
+    with _expected_failures():
+        plot_curves(json.loads(restorer_log.read_text()), json.loads(iqa_log.read_text()), out)
     typer.echo(f"wrote {out}")
 
 

@@ -7,13 +7,21 @@ luminance) of the distorted image against its pristine photograph. It is not a h
 
 from __future__ import annotations
 
+import csv
+import os
+import shutil
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from ..atomic import current_umask
 from ..data.distortions import DISTORTIONS, LEVELS, distort
 from ..data.photos import PHOTO_NAMES, photos
+from ..errors import ConfigError
 from .ssim import luminance, ssim_map
 
 MAX_SIDE = 256  # photographs are shrunk (bicubic, aspect kept) so their long side is at most this
@@ -53,6 +61,11 @@ def make_samples(names: Iterable[str], *, include_pristine: bool = True, max_sid
     """Every listed photograph under every distortion at every level (and itself, pristine)."""
     from .ssim import ssim
 
+    names = list(names)
+    unknown = [n for n in names if n not in PHOTO_NAMES]
+    if unknown:
+        raise ConfigError(f"unknown photograph(s) {', '.join(map(repr, unknown))}; "
+                          f"use names of {', '.join(PHOTO_NAMES)}")
     library = photos(max_side)
     out: list[Sample] = []
     for name in names:
@@ -71,5 +84,50 @@ def make_samples(names: Iterable[str], *, include_pristine: bool = True, max_sid
     return out
 
 
+def check_split(split: str) -> None:
+    """Raise ConfigError unless `split` names one of SPLITS."""
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+
+
 def split_samples(split: str, **kwargs: object) -> list[Sample]:
+    check_split(split)
     return make_samples(SPLITS[split], **kwargs)  # type: ignore[arg-type]
+
+
+def sample_file_name(sample: Sample) -> str:
+    """The PNG name of a sample in a written split: `<photo>-<kind><level>.png` or `<photo>-pristine.png`."""
+    return f"{sample.photo}-{sample.kind}{sample.level}.png" if sample.level else f"{sample.photo}-pristine.png"
+
+
+def write_split(split: str, out_dir: str | os.PathLike[str]) -> int:
+    """Write a split's images as PNGs plus labels.csv (image, score = pseudo-MOS, 6 decimals) into `out_dir`.
+
+    `out_dir` must not exist or be an empty folder (ConfigError otherwise, and for an unknown split). Returns the
+    number of images written.
+    """
+    check_split(split)
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} exists and is not an empty folder; pick a new one")
+    samples = split_samples(split)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Everything goes to a sibling temp folder that is renamed at the end: never a half-written split.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        rows = []
+        for s in samples:
+            name = sample_file_name(s)
+            Image.fromarray(s.image).save(tmp / name)
+            rows.append((name, f"{s.pseudo_mos:.6f}"))
+        with open(tmp / "labels.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["image", "score"])
+            w.writerows(rows)
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it private
+        if out.exists():
+            out.rmdir()  # checked empty above
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return len(rows)

@@ -16,18 +16,19 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 
 from ..config import FusionConfig, ScoringConfig
 from ..data.distortions import DISTORTIONS, LEVELS
+from ..errors import ConfigError
 from ..metrics import plcc, srcc
 from ..model.diffv2iqa import DiffV2IQA
 from ..reference.loading import reference_pipeline
@@ -49,11 +50,12 @@ class CropSet:
     def __len__(self) -> int:
         return int(self.target.shape[0])
 
-    def save(self, path: str | Path) -> None:
-        np.savez(path, x=self.x, y0=self.y0, yt1=self.yt1, yt2=self.yt2, target=self.target, owner=self.owner)
+    def save(self, file: str | os.PathLike[str] | IO[bytes]) -> None:
+        """An .npz archive (np.savez appends `.npz` to a path without it; an open file is written as is)."""
+        np.savez(file, x=self.x, y0=self.y0, yt1=self.yt1, yt2=self.yt2, target=self.target, owner=self.owner)
 
     @classmethod
-    def load(cls, path: str | Path) -> CropSet:
+    def load(cls, path: str | os.PathLike[str]) -> CropSet:
         with np.load(path) as z:
             return cls(z["x"], z["y0"], z["yt1"], z["yt2"], z["target"], z["owner"])
 
@@ -73,7 +75,7 @@ def crop_positions(sample: Sample, index: int, per_image: int, size: int, seed: 
     by heart (a first run with the five policy's fixed positions did exactly that)."""
     h, w = sample.image.shape[:2]
     if h < size or w < size:
-        raise ValueError(f"{sample.photo} is smaller than the crop size")
+        raise ConfigError(f"{sample.photo} ({h}x{w}) is smaller than the crop size {size}; use larger images")
     if per_image == 1:
         return [crop_boxes("center", h, w, size)[0]]
     rng = np.random.default_rng([seed, index])
@@ -173,7 +175,22 @@ def augment_batch(tensors: list[torch.Tensor], kind: str, rng: np.random.Generat
                 t = torch.rot90(v[i], int(op) % 4, dims=(-2, -1))
                 o[i] = t.transpose(-2, -1) if op >= 4 else t
         return out
-    raise ValueError(f"unknown augmentation {kind!r}; use one of {', '.join(AUGMENTATIONS)}")
+    raise ConfigError(f"unknown augmentation {kind!r}; use one of {', '.join(AUGMENTATIONS)}")
+
+
+def check_train_options(*, epochs: int, batch_size: int, augment: str, warmup_epochs: float, ema_decay: float,
+                        aux_weight: float) -> None:
+    """Raise ConfigError for option values `train_iqa` cannot work with (checked before any training starts)."""
+    if epochs < 1 or batch_size < 1:
+        raise ConfigError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
+    if augment not in AUGMENTATIONS:
+        raise ConfigError(f"unknown augmentation {augment!r}; use one of {', '.join(AUGMENTATIONS)}")
+    if not 0 <= warmup_epochs < epochs:
+        raise ConfigError(f"warm-up must be in [0, epochs) = [0, {epochs}) epochs, got {warmup_epochs}")
+    if not 0.0 <= ema_decay < 1.0:
+        raise ConfigError(f"EMA decay must be in [0, 1), got {ema_decay}")
+    if aux_weight < 0:
+        raise ConfigError(f"auxiliary loss weight must be >= 0, got {aux_weight}")
 
 
 def train_iqa(model: DiffV2IQA, train: CropSet, val: CropSet, val_mos: np.ndarray, *, epochs: int,
@@ -203,8 +220,10 @@ def train_iqa(model: DiffV2IQA, train: CropSet, val: CropSet, val_mos: np.ndarra
     (the pseudo-MOS is mostly a function of type and level). The heads are discarded; the checkpoint keeps the
     authors' architecture.
 
-    Returns the per-epoch history and the best epoch.
+    Returns the per-epoch history and the best epoch. Bad option values raise ConfigError (`check_train_options`).
     """
+    check_train_options(epochs=epochs, batch_size=batch_size, augment=augment, warmup_epochs=warmup_epochs,
+                        ema_decay=ema_decay, aux_weight=aux_weight)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)  # dropout
     for p in model.unet.parameters():

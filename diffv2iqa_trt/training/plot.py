@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import DependencyError
+
 
 def _smooth(v: np.ndarray, n: int) -> np.ndarray:
     if len(v) < n:
@@ -15,7 +17,10 @@ def _smooth(v: np.ndarray, n: int) -> np.ndarray:
 
 
 def plot_curves(restorer_log: dict[str, Any], iqa_log: dict[str, Any], out: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise DependencyError("the loss curves need matplotlib: pip install matplotlib (or the 'dev' extra)") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

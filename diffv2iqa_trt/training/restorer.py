@@ -26,7 +26,8 @@ def training_gammas(schedule: ScheduleConfig) -> np.ndarray:
     """sqrt(abar_t) for t = 0 ... T on the training schedule, with abar_0 = 1 (length T + 1, decreasing)."""
     b = betas(schedule.schedule, schedule.train_steps, cosine_s=schedule.cosine_s,
               linear_start=schedule.linear_start, linear_end=schedule.linear_end)
-    return np.sqrt(np.concatenate([[1.0], np.cumprod(1.0 - b)]))
+    out: np.ndarray = np.sqrt(np.concatenate([[1.0], np.cumprod(1.0 - b)]))
+    return out
 
 
 def sample_gammas(table: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -63,7 +64,8 @@ def restorer_loss(model: DiffV2IQA, x: Tensor, y: Tensor, gamma: Tensor, eps: Te
     """The SR3 objective: L1 between the noise and the U-Net's estimate of it."""
     g = gamma[:, None, None, None]
     noisy = g * y + torch.sqrt(1.0 - g * g) * eps
-    return (eps - model.unet(torch.cat([x, noisy], dim=1), gamma)).abs().mean()
+    loss: Tensor = (eps - model.unet(torch.cat([x, noisy], dim=1), gamma)).abs().mean()
+    return loss
 
 
 def train_restorer(model: DiffV2IQA, samples: Sequence[Sample], *, steps: int, batch_size: int, lr: float,

@@ -27,7 +27,8 @@ def luminance(rgb: np.ndarray) -> np.ndarray:
 def gaussian_taps(sigma: float = SIGMA, truncate: float = TRUNCATE) -> np.ndarray:
     radius = int(truncate * sigma + 0.5)
     k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-    return k / k.sum()
+    taps: np.ndarray = k / k.sum()
+    return taps
 
 
 def _blur(img: np.ndarray, taps: np.ndarray) -> np.ndarray:
@@ -35,7 +36,8 @@ def _blur(img: np.ndarray, taps: np.ndarray) -> np.ndarray:
     r = len(taps) // 2
     p = np.pad(img, r, mode="symmetric")
     rows = sum(w * p[:, i:i + img.shape[1]] for i, w in enumerate(taps))
-    return sum(w * rows[i:i + img.shape[0], :] for i, w in enumerate(taps))
+    out: np.ndarray = sum(w * rows[i:i + img.shape[0], :] for i, w in enumerate(taps))
+    return out
 
 
 def ssim_map(a: np.ndarray, b: np.ndarray, data_range: float = DATA_RANGE) -> np.ndarray:
@@ -50,7 +52,9 @@ def ssim_map(a: np.ndarray, b: np.ndarray, data_range: float = DATA_RANGE) -> np
     var_a = _blur(a * a, taps) - mu_a * mu_a
     var_b = _blur(b * b, taps) - mu_b * mu_b
     cov = _blur(a * b, taps) - mu_a * mu_b
-    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    ssim_map: np.ndarray = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / (
+        (mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return ssim_map
 
 
 def ssim(a: np.ndarray, b: np.ndarray, data_range: float = DATA_RANGE) -> float:
