@@ -163,9 +163,11 @@ def build_onnx_bundle(model: DiffV2IQA, info: CheckpointInfo, out_dir: str | os.
     say = progress or (lambda _msg: None)
     with tempfile.TemporaryDirectory(prefix="diffv2iqa-build-") as tmp:
         stage = Path(tmp)
-        builds = {graph: export_checked_graph(model, graph, stage, options, say) for graph in GRAPH_NAMES}
+        builds: dict[str, GraphBuild] = {}
+        for graph in GRAPH_NAMES:
+            builds[graph] = export_checked_graph(model, graph, stage, options, say)
+            _check_lint({graph: builds[graph].lint}, options.allow_lint_failures)  # stop at the first failure
         lint = {g: b.lint for g, b in builds.items()}
-        _check_lint(lint, options.allow_lint_failures)
         files = {name: path for b in builds.values() for name, path in b.files.items()}
         # Gates that `diffv2iqa-trt parity` enforces for each precision of this bundle.
         parity: dict[str, Any] = {"reference": "torch fp32 (cpu)", "fp32": {g: b.check for g, b in builds.items()},

@@ -116,3 +116,24 @@ def test_paper_layout_of_the_authors_loads_and_a_wrong_one_fails():
     assert "missing keys (1): tablock1.0.c_q.weight" in msg
     assert "unexpected keys (1): extra.weight" in msg
     assert "qa.c_q.weight (784, 999) != (784, 1000)" in msg
+
+
+def test_saved_checkpoints_are_byte_identical_across_processes(tmp_path):
+    """safetensors orders its header by hash map, randomly per process; the saved bytes must not depend on that
+    (a bundle embeds the checkpoint and records its sha256)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from diffv2iqa_trt.config import tiny_config; "
+            "from diffv2iqa_trt.model.diffv2iqa import build_model; "
+            "from diffv2iqa_trt.model.checkpoint import save_checkpoint; "
+            "save_checkpoint(build_model(tiny_config(), seed=3), sys.argv[1], trained=False, description='d')")
+    paths = [tmp_path / f"c{i}.safetensors" for i in range(3)]
+    for p in paths:
+        subprocess.run([sys.executable, "-c", code, str(p)], check=True, timeout=300)
+    assert len({p.read_bytes() for p in paths}) == 1
+    model, info = load_checkpoint(paths[0])
+    reference = build_model(tiny_config(), seed=3)
+    assert not info.trained and info.description == "d"
+    for (k, a), (k2, b) in zip(model.state_dict().items(), reference.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(a, b)

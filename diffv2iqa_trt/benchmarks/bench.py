@@ -25,7 +25,7 @@ from ..bundle import Bundle
 from ..errors import ConfigError
 from ..runtime.from_bundle import bundle_pipeline
 from ..runtime.images import load_image
-from ..runtime.pipeline import Pipeline
+from ..runtime.pipeline import Pipeline, PipelineSpec
 from . import roofline
 
 
@@ -90,12 +90,13 @@ def latency_stats(times: Sequence[float]) -> dict[str, float]:
 
 def run_bench(bundle: Bundle, image_paths: Sequence[Path], settings: BenchSettings,
               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Single-stream latency, offline throughput and the roofline of every backend, side by side."""
     say = progress or (lambda _m: None)
     if not image_paths:
         raise ConfigError("bench needs at least one image")
     decoded = [load_image(p) for p in image_paths]
-    pipes: dict[str, Pipeline] = {}
     timers: dict[str, TimedExecutor] = {}
+    pipes: dict[str, Pipeline] = {}
     for b in settings.backends:
         plain = bundle_pipeline(bundle, b, batch_size=1, threads=settings.threads)
         timers[b] = TimedExecutor(plain.executor)
@@ -104,49 +105,16 @@ def run_bench(bundle: Bundle, image_paths: Sequence[Path], settings: BenchSettin
     crops_per_image = pipes[settings.backends[0]].score(decoded[:1])[0].crops
 
     results: dict[str, Any] = {b: {"executor": timers[b].name} for b in settings.backends}
-    # Single stream, on decoded pixels and with decoding from the file.
     for b in settings.backends:
         say(f"single-stream {b}")
-        decode_seconds = [0.0]
-
-        def one_with_decode(b: str = b, decode_seconds: list[float] = decode_seconds) -> None:
-            t0 = time.perf_counter()
-            img = load_image(image_paths[0])
-            decode_seconds[0] += time.perf_counter() - t0
-            pipes[b].score([img])
-
-        t_plain = _repeat(partial(pipes[b].score, decoded[:1]), settings, timers[b].seconds.clear)
-        stages = {k: v / len(t_plain) for k, v in timers[b].seconds.items()}
-        stages["host (crops, noise, fusion)"] = max(0.0, float(np.mean(t_plain)) - sum(stages.values()))
-        t_decode = _repeat(one_with_decode, settings, partial(decode_seconds.__setitem__, 0, 0.0))
-        stages = {"decode + preprocess": decode_seconds[0] / len(t_decode), **stages}
-        results[b]["single_stream"] = {"no_decode": latency_stats(t_plain), "with_decode": latency_stats(t_decode),
-                                       "latencies_no_decode": t_plain, "stage_mean_s": stages}
-    # Offline: throughput against batch size.
+        results[b]["single_stream"] = _single_stream(pipes[b], timers[b], image_paths[0], decoded[0], settings)
+    for b in settings.backends:
+        results[b]["offline"] = []
     for bs in settings.batch_sizes:
-        n = max(bs, settings.offline_images)
-        batch_imgs = [decoded[i % len(decoded)] for i in range(n)]
         for b in settings.backends:
             say(f"offline {b} batch {bs}")
-            pipes[b].batch_size = bs
-            t = _repeat(partial(pipes[b].score, batch_imgs), settings)
-            med = float(np.median(t))
-            results[b].setdefault("offline", []).append(
-                {"batch": bs, "images": n, "median_s": med, "images_per_s": n / med,
-                 "crops_per_s": n * crops_per_image / med})
-            pipes[b].batch_size = 1
-    # Roofline.
-    macs = roofline.stage_macs(dict(bundle.manifest.model.config), spec.steps)
-    roof: dict[str, Any] = {"stage_macs": macs}
-    if macs is not None:
-        for b in settings.backends:
-            say(f"GEMM peak {b}")
-            peak = roofline.gemm_peak_macs_per_s(b, threads=settings.threads)
-            stages = results[b]["single_stream"]["stage_mean_s"]
-            ran = {"VCG": spec.vcg_weight != 0, "VDA": spec.vda_weight != 0, "restoration steps": True}
-            roof[b] = {"gemm_peak_gmacs": peak / 1e9, "fraction_of_peak": {
-                k: (macs[k] * crops_per_image / stages[k] / peak) if ran[k] and stages.get(k) else None
-                for k in macs}}
+            results[b]["offline"].append(_offline(pipes[b], decoded, bs, crops_per_image, settings))
+    roof = _roofline(bundle, spec, results, crops_per_image, settings, say)
     base = settings.backends[0]
     for b in settings.backends:
         results[b]["speedup_vs_" + base] = (results[base]["single_stream"]["no_decode"]["median"] /
@@ -155,6 +123,57 @@ def run_bench(bundle: Bundle, image_paths: Sequence[Path], settings: BenchSettin
             "steps": spec.steps, "crops": spec.crops, "crops_per_image": crops_per_image,
             "crop_size": spec.crop_size, "images": [Path(p).name for p in image_paths],
             "settings": {k: v for k, v in settings.__dict__.items()}, "backends": results, "roofline": roof}
+
+
+def _single_stream(pipe: Pipeline, timer: TimedExecutor, path: Path, decoded: np.ndarray,
+                   settings: BenchSettings) -> dict[str, Any]:
+    """One image at a time: latency on decoded pixels and from the file, and the mean time of each stage."""
+    decode_seconds = [0.0]
+
+    def one_with_decode() -> None:
+        t0 = time.perf_counter()
+        img = load_image(path)
+        decode_seconds[0] += time.perf_counter() - t0
+        pipe.score([img])
+
+    t_plain = _repeat(partial(pipe.score, [decoded]), settings, timer.seconds.clear)
+    stages = {k: v / len(t_plain) for k, v in timer.seconds.items()}
+    stages["host (crops, noise, fusion)"] = max(0.0, float(np.mean(t_plain)) - sum(stages.values()))
+    t_decode = _repeat(one_with_decode, settings, partial(decode_seconds.__setitem__, 0, 0.0))
+    stages = {"decode + preprocess": decode_seconds[0] / len(t_decode), **stages}
+    return {"no_decode": latency_stats(t_plain), "with_decode": latency_stats(t_decode),
+            "latencies_no_decode": t_plain, "stage_mean_s": stages}
+
+
+def _offline(pipe: Pipeline, decoded: Sequence[np.ndarray], batch: int, crops_per_image: int,
+             settings: BenchSettings) -> dict[str, Any]:
+    """Throughput of scoring max(batch, offline_images) images with `batch` crops per graph call."""
+    n = max(batch, settings.offline_images)
+    images = [decoded[i % len(decoded)] for i in range(n)]
+    pipe.batch_size = batch
+    try:
+        med = float(np.median(_repeat(partial(pipe.score, images), settings)))
+    finally:
+        pipe.batch_size = 1
+    return {"batch": batch, "images": n, "median_s": med, "images_per_s": n / med,
+            "crops_per_s": n * crops_per_image / med}
+
+
+def _roofline(bundle: Bundle, spec: PipelineSpec, results: dict[str, Any], crops_per_image: int,
+              settings: BenchSettings, say: Callable[[str], None]) -> dict[str, Any]:
+    """MACs per stage against each backend's measured FP32 GEMM peak."""
+    macs = roofline.stage_macs(dict(bundle.manifest.model.config), spec.steps)
+    roof: dict[str, Any] = {"stage_macs": macs}
+    if macs is None:
+        return roof
+    ran = {"VCG": spec.vcg_weight != 0, "VDA": spec.vda_weight != 0, "restoration steps": True}
+    for b in settings.backends:
+        say(f"GEMM peak {b}")
+        peak = roofline.gemm_peak_macs_per_s(b, threads=settings.threads)
+        stages = results[b]["single_stream"]["stage_mean_s"]
+        roof[b] = {"gemm_peak_gmacs": peak / 1e9, "fraction_of_peak": {
+            k: (macs[k] * crops_per_image / stages[k] / peak) if ran[k] and stages.get(k) else None for k in macs}}
+    return roof
 
 
 def markdown(r: dict[str, Any]) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +77,25 @@ def save_checkpoint(model: DiffV2IQA, path: str | os.PathLike[str], *, trained: 
     }
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
+        with atomic_path(tmp) as canonical:
+            _write_canonical(tmp, canonical)
+
+
+def _write_canonical(src: Path, dst: Path) -> None:
+    """Copy a .safetensors file with its JSON header re-serialised with sorted keys.
+
+    safetensors writes the header (tensor entries and metadata) in hash-map order, which differs from one process to
+    the next, so the same weights gave different bytes (and a bundle's checkpoint a different sha256) per build.
+    Offsets in the header are relative to the data, so only the header changes; it is padded with spaces to a
+    multiple of 8 bytes, as the format expects.
+    """
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        (size,) = struct.unpack("<Q", fin.read(8))
+        header = json.dumps(json.loads(fin.read(size)), sort_keys=True, separators=(",", ":")).encode()
+        header += b" " * (-len(header) % 8)
+        fout.write(struct.pack("<Q", len(header)))
+        fout.write(header)
+        shutil.copyfileobj(fin, fout, 1 << 20)
 
 
 def read_checkpoint_config(path: str | os.PathLike[str]) -> tuple[ModelConfig, CheckpointInfo]:

@@ -288,26 +288,12 @@ def train_iqa(model: DiffV2IQA, train: CropSet, val: CropSet, val_mos: np.ndarra
         if ema is not None:  # validate the averaged weights; the live ones resume training afterwards
             live = copy.deepcopy(model.iqa.state_dict())
             model.iqa.load_state_dict(ema)
-        vcg, vda = branch_scores(model, val)
-        f = model.config.fusion
-        fused_crop = f.vcg_weight * vcg + f.vda_weight * vda
-        # Image score: the mean over an image's crops of each branch, then the configured fusion.
-        vcg_image, vda_image = _per_image(vcg, val.owner, len(val_mos)), _per_image(vda, val.owner, len(val_mos))
-        scores = f.vcg_weight * vcg_image + f.vda_weight * vda_image
-        fusion_w, fusion_srcc = best_fusion(vcg_image, vda_image, val_mos)
         entry: dict[str, Any] = {
             "epoch": epoch,
             "train_loss": float(np.mean(losses)),
             "train_step_losses": losses,
             "train_aux_loss": float(np.mean(aux_losses)),
-            "val_loss": float(np.mean((vcg - val.target) ** 2) + np.mean((vda - val.target) ** 2)),
-            "val_fused_mse": float(np.mean((fused_crop - val.target) ** 2)),
-            "val_srcc": srcc(scores, val_mos),
-            "val_srcc_vcg": srcc(vcg_image, val_mos),
-            "val_srcc_vda": srcc(vda_image, val_mos),
-            "val_plcc": plcc(scores, val_mos),
-            "fusion_vcg_weight": fusion_w,
-            "val_srcc_best_fusion": fusion_srcc,
+            **validation_metrics(model, val, val_mos),
             "lr": float(sched.get_last_lr()[0]),
             "seconds": round(time.perf_counter() - start, 1),
         }
@@ -330,6 +316,27 @@ def train_iqa(model: DiffV2IQA, train: CropSet, val: CropSet, val_mos: np.ndarra
         model.config = dataclasses.replace(model.config, fusion=FusionConfig(vcg_weight=w, vda_weight=1.0 - w))
     model.eval()
     return history, best[1]
+
+
+def validation_metrics(model: DiffV2IQA, val: CropSet, val_mos: np.ndarray) -> dict[str, Any]:
+    """Crop losses and image-level SRCC/PLCC of the model on the validation crops, and the best fusion weight."""
+    vcg, vda = branch_scores(model, val)
+    f = model.config.fusion
+    fused_crop = f.vcg_weight * vcg + f.vda_weight * vda
+    # Image score: the mean over an image's crops of each branch, then the configured fusion.
+    vcg_image, vda_image = _per_image(vcg, val.owner, len(val_mos)), _per_image(vda, val.owner, len(val_mos))
+    scores = f.vcg_weight * vcg_image + f.vda_weight * vda_image
+    fusion_w, fusion_srcc = best_fusion(vcg_image, vda_image, val_mos)
+    return {
+        "val_loss": float(np.mean((vcg - val.target) ** 2) + np.mean((vda - val.target) ** 2)),
+        "val_fused_mse": float(np.mean((fused_crop - val.target) ** 2)),
+        "val_srcc": srcc(scores, val_mos),
+        "val_srcc_vcg": srcc(vcg_image, val_mos),
+        "val_srcc_vda": srcc(vda_image, val_mos),
+        "val_plcc": plcc(scores, val_mos),
+        "fusion_vcg_weight": fusion_w,
+        "val_srcc_best_fusion": fusion_srcc,
+    }
 
 
 def _keep_first(store: dict[str, torch.Tensor], name: str, _module: torch.nn.Module, _inputs: Any,
