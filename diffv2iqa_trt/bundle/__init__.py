@@ -13,7 +13,7 @@ from .schema import (
     to_plain_json,
     validate_manifest,
 )
-from .store import Bundle, load_bundle, read_manifest, write_bundle
+from .store import Bundle, BundleRecoveredWarning, load_bundle, read_manifest, write_bundle
 
 __all__ = [
     "MANIFEST_NAME",
@@ -21,6 +21,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Bundle",
     "BundleError",
+    "BundleRecoveredWarning",
     "EngineEntry",
     "GraphEntry",
     "Manifest",

@@ -13,7 +13,9 @@ import functools
 import hashlib
 import importlib.metadata
 import importlib.resources
+import itertools
 import json
+import math
 import os
 import platform
 import re
@@ -24,7 +26,19 @@ from typing import Any
 import jsonschema
 import numpy as np
 
-from ..contract import COEF_NAMES, GRAPH_INPUTS, GRAPH_NAMES, GRAPH_OUTPUTS, NORM_DIVISOR, NORM_MEAN, NORM_STD
+from ..contract import (
+    BRANCH_GRAPHS,
+    COEF_NAMES,
+    COEF_WIDTH,
+    GRAPH_INPUTS,
+    GRAPH_NAMES,
+    GRAPH_OUTPUTS,
+    NORM_DIVISOR,
+    NORM_MEAN,
+    NORM_STD,
+    TensorSpec,
+    graph_spec,
+)
 from ..errors import BundleError
 
 SCHEMA_NAME = "diffv2iqa-trt-bundle"
@@ -34,7 +48,23 @@ SCHEMA_FILE = "manifest.schema.json"
 
 REBUILD = "rebuild the bundle with `diffv2iqa-trt build`"
 _MAX_ERRORS = 8
+_MAX_SCHEMA_ERRORS = 64  # collected before sorting: a hostile array can hold millions of wrong items
 _CHUNK = 1 << 20
+
+# --- What a reader accepts -------------------------------------------------------------------------------------------
+# A manifest comes from a file anyone may have written, so its size and the pipeline it describes are bounded before
+# anything is allocated from it. Measured on a tiny bundle's manifest: 76.5 kB, 2,397 JSON values, nesting depth 7
+# (a paper bundle's adds ~40 coef rows); the caps leave a factor of 50 or more.
+MAX_MANIFEST_BYTES = 4 << 20  # read at most this (+1 byte to notice more); parsing it takes < 0.3 s and < 100 MB
+MAX_MANIFEST_VALUES = 200_000  # JSON values in all; the JSON Schema check takes ~4 us per value
+MAX_MANIFEST_DEPTH = 32  # nesting of arrays and objects; deeper ones would end in a RecursionError downstream
+# Bounds of the pipeline a bundle may describe (the model config's own caps are the same or tighter).
+MAX_STEPS = 10_000  # restoration steps [paper: 50]
+MAX_CROP_SIZE = 4096  # crop side in pixels [paper: 224]
+MAX_SIZE_MULTIPLE = 256  # U-Net size multiple, a power of two [paper: 16]
+MAX_CROP_GRID = 64  # grid:N crop policy: N x N crops per image
+MAX_NOISE_BANK_BYTES = 4 << 30  # the noise bank at crop size, (steps + 1) x 3 x crop x crop float32 [paper: 30 MB]
+_FLOAT32_MAX = float(np.finfo(np.float32).max)  # gamma and coef are fed to the graphs as float32
 
 
 @functools.lru_cache(maxsize=1)
@@ -114,8 +144,35 @@ def _short(message: str, limit: int = 240) -> str:
 
 
 def _schema_problems(doc: Any) -> list[str]:
-    errors = sorted(_validator().iter_errors(doc), key=lambda e: e.json_path)
-    return [f"at {e.json_path}: {_short(e.message)}" for e in errors]
+    errors = itertools.islice(_validator().iter_errors(doc), _MAX_SCHEMA_ERRORS)
+    return [f"at {e.json_path}: {_short(e.message)}" for e in sorted(errors, key=lambda e: e.json_path)]
+
+
+def _size_problem(doc: Any) -> str | None:
+    """Whether the parsed document is too large or too deep to validate safely (iterative: no recursion)."""
+    count, stack = 0, [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if count > MAX_MANIFEST_VALUES:
+            return f"it holds more than {MAX_MANIFEST_VALUES} JSON values"
+        if depth > MAX_MANIFEST_DEPTH:
+            return f"it nests arrays or objects more than {MAX_MANIFEST_DEPTH} deep"
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+    return None
+
+
+def _finite(value: Any, limit: float = math.inf) -> bool:
+    """A JSON number within +-limit. JSON has no NaN, but 1e999 parses as inf and a 400-digit integer overflows."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(float(value)) and abs(float(value)) <= limit
+    except OverflowError:
+        return False
 
 
 def _relpath_problem(name: str) -> str | None:
@@ -138,6 +195,7 @@ def _semantic_problems(doc: dict[str, Any]) -> list[str]:
 
     p = doc["pipeline"]
     steps = p["steps"]
+    problems += _pipeline_problems(p)
     for key in ("gamma", "coef"):
         if len(p[key]) != steps:
             problems.append(f"at $.pipeline.{key}: {len(p[key])} rows, but steps is {steps} (one row per step)")
@@ -145,6 +203,9 @@ def _semantic_problems(doc: dict[str, Any]) -> list[str]:
         if not 0 < p[key] < steps:
             problems.append(f"at $.pipeline.{key}: step {p[key]} is outside the {steps}-step schedule "
                             f"(must be in [1, {steps - 1}])")
+    if p["capture_t1"] == p["capture_t2"]:
+        problems.append(f"at $.pipeline.capture_t2: the two snapshots must come from distinct steps, both are "
+                        f"{p['capture_t1']}")
 
     if tuple(p["coef_names"]) != COEF_NAMES:
         problems.append(f"at $.pipeline.coef_names: {p['coef_names']} is not the restore_step contract's "
@@ -168,11 +229,77 @@ def _semantic_problems(doc: dict[str, Any]) -> list[str]:
         g = doc["graphs"][gname]
         where = f"$.graphs.{gname}"
         problems += _io_problems(gname, g, where, p)
+        problems += _contract_problems(gname, g, where, p["crop_size"])
         problems += _profile_problems(g, where)
         for kind in ("variants", "engines"):
             for precision, entry in g[kind].items():
                 if entry["file"] not in files:
                     problems.append(f"at {where}.{kind}.{precision}.file: {entry['file']!r} is not listed in $.files")
+    return problems
+
+
+def _pipeline_problems(p: dict[str, Any]) -> list[str]:
+    """Bounds and consistency of the numbers the runtime allocates and computes from."""
+    problems: list[str] = []
+    steps, crop, multiple = p["steps"], p["crop_size"], p["size_multiple"]
+    if steps > MAX_STEPS:
+        problems.append(f"at $.pipeline.steps: {steps} steps, at most {MAX_STEPS} are supported")
+    if multiple > MAX_SIZE_MULTIPLE or multiple & (multiple - 1):
+        problems.append(f"at $.pipeline.size_multiple: {multiple} is not a power of two up to {MAX_SIZE_MULTIPLE} "
+                        f"(the U-Net halves the image once per level)")
+    if crop > MAX_CROP_SIZE:
+        problems.append(f"at $.pipeline.crop_size: {crop} is larger than the supported {MAX_CROP_SIZE}")
+    elif crop % multiple:
+        problems.append(f"at $.pipeline.crop_size: {crop} is not a multiple of size_multiple {multiple}")
+    elif steps <= MAX_STEPS and (bank := (steps + 1) * 3 * crop * crop * 4) > MAX_NOISE_BANK_BYTES:
+        problems.append(f"at $.pipeline: {steps} steps at crop size {crop} need a {bank / 2**30:.1f} GiB noise bank, "
+                        f"more than the supported {MAX_NOISE_BANK_BYTES / 2**30:.0f} GiB")
+    grid = p["crops"].removeprefix("grid:")
+    if grid != p["crops"] and (len(grid) > 6 or int(grid) > MAX_CROP_GRID):
+        problems.append(f"at $.pipeline.crops: {_short(p['crops'], 40)} has more than the supported "
+                        f"{MAX_CROP_GRID} x {MAX_CROP_GRID} crops")
+    bad_gamma = [i for i, v in enumerate(p["gamma"]) if not _finite(v, _FLOAT32_MAX)]
+    if bad_gamma:
+        problems.append(f"at $.pipeline.gamma[{bad_gamma[0]}]: not a finite float32 value "
+                        f"({len(bad_gamma)} such entries)")
+    for i, row in enumerate(p["coef"]):
+        if len(row) != COEF_WIDTH:
+            problems.append(f"at $.pipeline.coef[{i}]: {len(row)} columns, coef_names has {COEF_WIDTH}")
+            break
+        if not all(_finite(v, _FLOAT32_MAX) for v in row):
+            problems.append(f"at $.pipeline.coef[{i}]: not all finite float32 values")
+            break
+    for key in ("vcg_weight", "vda_weight"):
+        if not _finite(p["fusion"][key]):
+            problems.append(f"at $.pipeline.fusion.{key}: not a finite number")
+    return problems
+
+
+def _contract_problems(gname: str, g: dict[str, Any], where: str, crop: int) -> list[str]:
+    """Each described tensor against the runtime contract: dtype, rank and the dimensions the contract fixes (a
+    symbolic dimension in the manifest is allowed; the ONNX file itself is compared when a session is created)."""
+    problems: list[str] = []
+    spec = graph_spec(gname, crop)
+    wanted: dict[str, TensorSpec] = {t.name: t for t in (*spec.inputs, *spec.outputs)}
+    for kind in ("inputs", "outputs"):
+        for t in g[kind]:
+            want = wanted.get(t["name"])
+            if want is None:
+                continue
+            shape = t["shape"]
+            if t["dtype"] != want.dtype:
+                problems.append(f"at {where}.{kind}: {t['name']} is {t['dtype']}, the runtime contract says "
+                                f"{want.dtype}")
+            if len(shape) != len(want.shape):
+                problems.append(f"at {where}.{kind}: {t['name']} has rank {len(shape)} ({shape}), the runtime "
+                                f"contract says rank {len(want.shape)} ({list(want.shape)})")
+                continue
+            for axis, (got, need) in enumerate(zip(shape, want.shape, strict=True)):
+                # Spatial sizes of the branch graphs are reported with crop_size below; coef's width likewise.
+                reported = (gname in BRANCH_GRAPHS and axis >= 2) or (t["name"] == "coef" and axis == 1)
+                if isinstance(got, int) and isinstance(need, int) and got != need and not reported:
+                    problems.append(f"at {where}.{kind}: {t['name']} axis {axis} is {got}, the runtime contract "
+                                    f"says {need} ({list(want.shape)})")
     return problems
 
 
@@ -258,14 +385,19 @@ def check_header(doc: Any, *, source: str | os.PathLike[str] | None = None) -> N
 def validate_manifest(doc: Any, *, source: str | os.PathLike[str] | None = None, hint: str = REBUILD) -> None:
     """Raise BundleError unless `doc` (parsed JSON) is a valid manifest of this schema version.
 
-    Checks the schema name and version, then the JSON Schema, then the cross-field rules (gamma/coef have `steps`
-    rows, capture steps lie in the schedule, every variant, engine and checkpoint file is in files, profiles name real
-    inputs and bound every dynamic one, graph I/O names follow the runtime contract). `source` names the file in
-    messages; `hint` is the advice appended to them.
+    Checks the schema name and version, the document's size (MAX_MANIFEST_VALUES values, MAX_MANIFEST_DEPTH deep),
+    then the JSON Schema, then the cross-field rules: gamma/coef have `steps` finite float32 rows of COEF_WIDTH
+    columns, the two capture steps are distinct and lie in the schedule, steps, crop size (a multiple of the size
+    multiple, itself a power of two), crop grid and noise bank stay within the MAX_* bounds, fusion weights are
+    finite, every variant, engine and checkpoint file is in files, profiles name real inputs and bound every dynamic
+    one, and graph I/O follows the runtime contract (names, dtypes, ranks, fixed dimensions, branch crops of
+    crop_size). `source` names the file in messages; `hint` is the advice appended to them.
     """
     src = Path(source) if source is not None else None
     where = f"{src}" if src is not None else "the manifest"
     check_header(doc, source=source)
+    if (too_big := _size_problem(doc)) is not None:
+        raise BundleError(f"{where} is not a valid bundle manifest ({hint}): {too_big}", path=src, problems=[too_big])
     problems = _schema_problems(doc)
     if not problems:
         problems = _semantic_problems(doc)
