@@ -9,14 +9,16 @@ atomically: an interrupted or failed build never leaves a directory that looks c
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .bundle import write_bundle
+from .bundle import MANIFEST_NAME, write_bundle
 from .bundle.gates import DEFAULT_GATES
 from .bundle.manifest import (
     FusionSection,
@@ -29,7 +31,7 @@ from .bundle.manifest import (
     VariantEntry,
 )
 from .bundle.schema import sha256_file
-from .config import ModelConfig, ScoringConfig
+from .config import MAX_STEPS, ModelConfig, ScoringConfig
 from .contract import (
     BRANCH_INPUTS,
     COEF_NAMES,
@@ -54,6 +56,11 @@ from .runtime.pipeline import PipelineSpec
 
 CHECKPOINT_FILE = "model.safetensors"
 CHECK_BATCH = 2  # batch of the torch-vs-ONNX Runtime check of each exported graph
+# Disk a build needs on each file system it writes (the output's and the staging TMPDIR), in multiples of the model's
+# state-dict bytes: the fp32 ONNX graphs (about 1x), the checkpoint (1x), and staging/move headroom (1x); plus slack
+# for manifest, lint reports and file-system overhead.
+SPACE_FACTOR = 3
+SPACE_SLACK = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,8 @@ class BuildOptions:
         if self.max_size < crop_size or self.max_size % size_multiple:
             raise ConfigError(f"--max-size {self.max_size} must be at least the crop size {crop_size} and a "
                               f"multiple of {size_multiple}")
+        if self.steps is not None and not 1 <= self.steps <= MAX_STEPS:
+            raise ConfigError(f"--steps {self.steps} must be in [1, {MAX_STEPS}]")
 
 
 @dataclass(frozen=True)
@@ -149,18 +158,110 @@ def _check_lint(lint: dict[str, dict[int, LintReport]], allow_failures: bool) ->
                          "; see the lint table, or pass --allow-lint-failures to write the bundle anyway")
 
 
+def _mb(n: int) -> str:
+    return f"{n / 2**20:,.0f} MB" if n >= 2**20 else f"{n / 2**10:,.1f} KB"
+
+
+def _nearest_existing(path: Path) -> Path:
+    """`path` or its closest ancestor that exists (where a build would create directories)."""
+    while not (path.exists() or path.is_symlink()) and path.parent != path:
+        path = path.parent
+    return path
+
+
+def _refuse_non_bundle(out: Path) -> None:
+    """The rule of bundle.write_bundle for `overwrite`, applied before the export: only a bundle or an empty
+    directory is ever replaced (so `--out ~ --overwrite` cannot wipe a home directory)."""
+    if not out.is_dir():
+        raise BundleError(f"{out} exists and is not a directory; choose another --out", path=out)
+    if not ((out / MANIFEST_NAME).is_file() or not any(out.iterdir())):
+        raise BundleError(f"{out} exists and is not a bundle (no {MANIFEST_NAME}); refusing to replace it even with "
+                          "--overwrite: choose another --out or remove it yourself", path=out)
+
+
+def check_output(out_dir: str | os.PathLike[str], overwrite: bool) -> Path:
+    """Refuse an output the build could not write, before minutes of export: an existing path (unless it is a bundle
+    or an empty directory and `overwrite`), a parent below a file, or a location where no file can be created
+    (read-only file system, permissions; probed by creating and removing a temporary file). Returns the absolute
+    output path."""
+    out = Path(os.path.abspath(out_dir))
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise BundleError(f"{out_dir} already exists; choose another --out or pass --overwrite to replace it",
+                              path=out)
+        _refuse_non_bundle(out)
+    base = _nearest_existing(out.parent)
+    if not base.is_dir():
+        raise BundleError(f"cannot create {out}: {base} is not a directory; choose another --out", path=out)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".diffv2iqa-write-test-", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise BundleError(f"cannot write the bundle {out}: {base} is not writable ({exc.strerror or exc}); choose "
+                          "another --out or fix the permissions", path=out) from None
+    return out
+
+
+def check_free_space(out: Path, weight_bytes: int) -> None:
+    """Refuse a build that cannot fit on the output's or the staging file system (estimate: SPACE_FACTOR times the
+    weights plus SPACE_SLACK on each)."""
+    need = SPACE_FACTOR * weight_bytes + SPACE_SLACK
+    places = ((_nearest_existing(out.parent), "--out"), (Path(tempfile.gettempdir()), "TMPDIR, for staging"))
+    for where, role in places:
+        try:
+            free = shutil.disk_usage(where).free
+        except OSError:
+            continue  # cannot tell (an exotic file system): the writes themselves will say
+        if free < need:
+            raise BundleError(
+                f"not enough free space in {where} ({role}): {_mb(free)} free, the build needs about {_mb(need)} "
+                f"({SPACE_FACTOR}x the model's {_mb(weight_bytes)} of weights: ONNX graphs, checkpoint, staging); "
+                "free some space or choose another location", path=where)
+
+
+def _os_failure(exc: OSError, out: Path, step: str) -> BuildError:
+    """An OSError during the build as a message: the file, the cause, and what to do."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        advice = "free some space (where --out points, and TMPDIR) or choose another --out"
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        advice = "choose a writable --out (and TMPDIR)"
+    else:
+        advice = "check the file system and try again"
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    where = f"{exc.filename}: " if exc.filename is not None else ""  # the file the OS refused, when it says
+    return BuildError(f"building {out} failed while {step}: {where}{cause}; no bundle was written: {advice}")
+
+
 def build_onnx_bundle(model: DiffV2IQA, info: CheckpointInfo, out_dir: str | os.PathLike[str], options: BuildOptions,
                       *, init_seed: int | None = None, checkpoint_path: str | os.PathLike[str] | None = None,
                       progress: Progress | None = None) -> BuildResult:
     config = model.config
+    # Cheap checks first: each of these used to fail only after minutes of export.
+    config.validate()
     options.check(config.crop_size, config.unet.size_multiple)
-    if not options.overwrite and Path(out_dir).exists():  # fail before minutes of export, not after
-        raise BundleError(f"{out_dir} already exists; choose another --out or pass --overwrite to replace it",
-                          path=Path(out_dir))
+    out = check_output(out_dir, options.overwrite)
     if options.steps is not None:
         config = config.replace(schedule=dataclasses.replace(config.schedule, steps=options.steps))
     spec = PipelineSpec.from_config(config, options.scoring)  # also checks the step count and capture steps
-    say = progress or (lambda _msg: None)
+    check_free_space(out, sum(t.numel() * t.element_size() for t in model.state_dict().values()))
+    step = ["starting"]
+
+    def say(msg: str) -> None:
+        step[0] = msg
+        if progress is not None:
+            progress(msg)
+
+    try:
+        return _build(model, info, config, spec, out_dir, options, say, init_seed, checkpoint_path)
+    except OSError as exc:  # disk full, read-only, ... while exporting or writing: a message, not a traceback
+        raise _os_failure(exc, out, step[0]) from exc
+
+
+def _build(model: DiffV2IQA, info: CheckpointInfo, config: ModelConfig, spec: PipelineSpec,
+           out_dir: str | os.PathLike[str], options: BuildOptions, say: Progress, init_seed: int | None,
+           checkpoint_path: str | os.PathLike[str] | None) -> BuildResult:
+    """Export, check and write; everything is staged in a temporary directory that is removed on any outcome."""
     with tempfile.TemporaryDirectory(prefix="diffv2iqa-build-") as tmp:
         stage = Path(tmp)
         builds: dict[str, GraphBuild] = {}
@@ -178,6 +279,8 @@ def build_onnx_bundle(model: DiffV2IQA, info: CheckpointInfo, out_dir: str | os.
             save_checkpoint(model, stage / CHECKPOINT_FILE, trained=info.trained, description=info.description)
             files[CHECKPOINT_FILE] = stage / CHECKPOINT_FILE
             checkpoint_file = CHECKPOINT_FILE
+        if checkpoint_path:
+            say("hashing the source checkpoint")
         model_section = ModelSection(
             name=config.name, config=config.to_dict(), trained=info.trained, description=info.description,
             checkpoint_sha256=sha256_file(checkpoint_path) if checkpoint_path else None,

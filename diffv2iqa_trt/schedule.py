@@ -11,11 +11,12 @@ y0_hat = y / sqrt(alphabar_i) - sqrt(1/alphabar_i - 1) * eps. sigma_0 is 0: the 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
-from .config import ScheduleConfig
+from .config import MAX_STEPS, ScheduleConfig
 from .contract import COEF_WIDTH
 from .errors import ConfigError
 
@@ -25,8 +26,13 @@ LOG_VARIANCE_FLOOR = 1e-20  # SR3 clips the posterior variance before the log
 def betas(schedule: str, n_timestep: int, *, cosine_s: float = 8e-3, linear_start: float = 1e-6,
           linear_end: float = 1e-2) -> np.ndarray:
     """Beta table of length n_timestep (float64)."""
+    if isinstance(n_timestep, bool) or not isinstance(n_timestep, numbers.Integral):
+        raise ConfigError(f"the number of schedule steps must be an integer, got {n_timestep!r}")
     if n_timestep < 1:
         raise ConfigError(f"the schedule needs at least one step, got {n_timestep}")
+    if n_timestep > MAX_STEPS:  # the tables (and a bundle's manifest) grow with the step count
+        raise ConfigError(f"{n_timestep} schedule steps is more than the {MAX_STEPS} this toolkit supports; "
+                          "choose fewer steps (--steps)")
     if schedule == "cosine":
         # Nichol & Dhariwal cosine schedule, normalised to alphabar(0) = 1, betas capped at 0.999.
         t = np.arange(n_timestep + 1, dtype=np.float64) / n_timestep + cosine_s

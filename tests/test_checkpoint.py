@@ -58,6 +58,29 @@ def test_native_errors(tmp_path, tiny_model):
     with pytest.raises(CheckpointError, match=r"missing keys \(1\): iqa.res.fc.bias") as info:
         load_checkpoint(tmp_path / "shape.safetensors")
     assert "iqa.res.fc.weight (3, 3) != (64, 256)" in str(info.value)
+    assert str(info.value).startswith(str(tmp_path / "shape.safetensors"))  # the message names the file
+
+
+def test_every_native_failure_names_the_file_and_says_what_to_do(tmp_path, tiny_model):
+    """Directories, missing files, non-safetensors files and invalid configs: CheckpointError naming the file, before
+    any model is built (see tests/test_hostile_build.py for the hostile configs)."""
+    (tmp_path / "bundle_dir").mkdir()
+    cases = {
+        tmp_path / "bundle_dir": "is a directory, not a checkpoint",
+        tmp_path / "missing.safetensors": "not found; check the path",
+    }
+    (tmp_path / "notes.safetensors").write_text("not a checkpoint")
+    cases[tmp_path / "notes.safetensors"] = "not a native safetensors checkpoint"
+    tensors = {k: v.contiguous() for k, v in tiny_model.state_dict().items()}
+    config = tiny_model.config.to_dict()
+    config["unet"]["norm_groups"] = 0
+    meta = {"format": ckpt.FORMAT_NAME, "format_version": "1", "config": json.dumps(config)}
+    save_file(tensors, str(tmp_path / "groups0.safetensors"), metadata=meta)
+    cases[tmp_path / "groups0.safetensors"] = "unet.norm_groups = 0 is invalid: must be in [1, 16]"
+    for path, expected in cases.items():
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(path)
+        assert str(info.value).startswith(str(path)) and expected in str(info.value), str(info.value)
 
 
 def _authors_files(tmp_path: Path, model: DiffV2IQA) -> tuple[Path, Path]:

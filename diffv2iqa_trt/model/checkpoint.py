@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..atomic import atomic_path
 from ..config import ModelConfig
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from .diffv2iqa import DiffV2IQA
 
 FORMAT_NAME = "diffv2iqa-trt-checkpoint"
@@ -32,6 +32,8 @@ SR3_SCHEDULE_BUFFERS = frozenset({
     "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
 })
 _LIST_LIMIT = 20
+# torch dtype -> the dtype name a safetensors header uses, for the dtypes a DiffV2IQA state dict holds.
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.int64: "I64"}
 
 
 @dataclass(frozen=True)
@@ -46,23 +48,30 @@ def _listing(title: str, items: list[str]) -> str:
     return f"\n  {title} ({len(items)}): {shown}{more}"
 
 
+def _mismatch(expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]],
+              source: str) -> str | None:
+    """The message listing missing, unexpected and mis-shaped keys of `found` against `expected`; None if none."""
+    missing = sorted(k for k in expected if k not in found)
+    unexpected = sorted(k for k in found if k not in expected)
+    misshaped = sorted(f"{k} {found[k]} != {v}" for k, v in expected.items() if k in found and found[k] != v)
+    if not (missing or unexpected or misshaped):
+        return None
+    msg = f"{source} does not match the model architecture"
+    if missing:
+        msg += _listing("missing keys", missing)
+    if unexpected:
+        msg += _listing("unexpected keys", unexpected)
+    if misshaped:
+        msg += _listing("mis-shaped keys (checkpoint != model)", misshaped)
+    return msg + "\n  Check that the preset (--preset) matches the checkpoint, or that this is the right file."
+
+
 def load_state_strict(module: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
     """Load `state` into `module`, or raise CheckpointError listing missing, unexpected and mis-shaped keys."""
-    expected = module.state_dict()
-    missing = sorted(k for k in expected if k not in state)
-    unexpected = sorted(k for k in state if k not in expected)
-    misshaped = sorted(f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
-                       if k in state and tuple(state[k].shape) != tuple(v.shape))
-    if missing or unexpected or misshaped:
-        msg = f"{source} does not match the model architecture"
-        if missing:
-            msg += _listing("missing keys", missing)
-        if unexpected:
-            msg += _listing("unexpected keys", unexpected)
-        if misshaped:
-            msg += _listing("mis-shaped keys (checkpoint != model)", misshaped)
-        msg += "\n  Check that the preset (--preset) matches the checkpoint, or that this is the right file."
-        raise CheckpointError(msg)
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    problem = _mismatch(expected, {k: tuple(v.shape) for k, v in state.items()}, source)
+    if problem:
+        raise CheckpointError(problem)
     module.load_state_dict(dict(state), strict=True)
 
 
@@ -98,16 +107,32 @@ def _write_canonical(src: Path, dst: Path) -> None:
         shutil.copyfileobj(fin, fout, 1 << 20)
 
 
-def read_checkpoint_config(path: str | os.PathLike[str]) -> tuple[ModelConfig, CheckpointInfo]:
-    p = Path(path)
+_REWRITE_HINT = ("the file is damaged or was not written by this toolkit: re-convert the weights with "
+                 "`diffv2iqa-trt convert` or use another checkpoint")
+
+
+def _check_file(p: Path, what: str) -> None:
+    """Refuse paths that cannot be a checkpoint before any reader opens them (a FIFO would block the read)."""
+    if p.is_dir():
+        raise CheckpointError(f"{p}: is a directory, not a {what} file; pass the path of the file itself")
+    if not p.exists():
+        raise CheckpointError(f"{p}: checkpoint file not found; check the path")
     if not p.is_file():
-        raise CheckpointError(f"{p}: checkpoint file not found")
+        raise CheckpointError(f"{p}: is not a regular file; pass the path of a {what} file")
+
+
+def read_checkpoint_config(path: str | os.PathLike[str]) -> tuple[ModelConfig, CheckpointInfo]:
+    """The validated model config and the label of a native checkpoint, read from its header only."""
+    p = Path(path)
+    _check_file(p, "checkpoint (.safetensors)")
     try:
         with safe_open(str(p), framework="pt") as f:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
         hint = (" It looks like a PyTorch pickle: authors' checkpoints are converted with "
-                "`diffv2iqa-trt convert`." if p.suffix in (".pth", ".pt", ".ckpt") else "")
+                "`diffv2iqa-trt convert`." if p.suffix in (".pth", ".pt", ".ckpt") else
+                " Pass a checkpoint written by this toolkit (`diffv2iqa-trt convert`, training, or a bundle's "
+                "model.safetensors).")
         raise CheckpointError(f"{p}: not a native safetensors checkpoint ({exc}).{hint}") from None
     if meta.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{p}: safetensors file without {FORMAT_NAME} metadata; convert it with "
@@ -116,27 +141,71 @@ def read_checkpoint_config(path: str | os.PathLike[str]) -> tuple[ModelConfig, C
     if version != str(FORMAT_VERSION):
         raise CheckpointError(f"{p}: checkpoint format version {version}, this toolkit reads version "
                               f"{FORMAT_VERSION}; use the toolkit release that wrote it or re-convert the weights")
+    if "config" not in meta:
+        raise CheckpointError(f"{p}: the checkpoint metadata holds no model config; {_REWRITE_HINT}")
     try:
-        config = ModelConfig.from_dict(json.loads(meta["config"]))
-        info = CheckpointInfo(trained=bool(json.loads(meta.get("trained", "false"))),
-                              description=meta.get("description", ""))
-    except (KeyError, ValueError, TypeError) as exc:
-        raise CheckpointError(f"{p}: checkpoint config is unreadable ({exc})") from None
-    return config, info
+        data = json.loads(meta["config"])
+        trained = json.loads(meta.get("trained", "false"))
+    except (ValueError, RecursionError) as exc:  # RecursionError: deeply nested JSON
+        raise CheckpointError(f"{p}: the checkpoint metadata is not valid JSON ({type(exc).__name__}: "
+                              f"{str(exc)[:200]}); {_REWRITE_HINT}") from None
+    if not isinstance(trained, bool):
+        raise CheckpointError(f"{p}: the checkpoint metadata 'trained' must be true or false; {_REWRITE_HINT}")
+    try:
+        config = ModelConfig.from_dict(data)  # validates: nothing is built from an impossible config
+    except ConfigError as exc:
+        raise CheckpointError(f"{p}: the model config in the checkpoint metadata is invalid: {exc}. In a checkpoint "
+                              f"this means {_REWRITE_HINT}") from None
+    return config, CheckpointInfo(trained=trained, description=meta.get("description", ""))
+
+
+def _expected_state(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Key -> (shape, dtype) of the state dict of `DiffV2IQA(config)`, from a model on the meta device (no memory)."""
+    with torch.device("meta"):
+        skeleton = DiffV2IQA(config)
+    return {k: (tuple(v.shape), v.dtype) for k, v in skeleton.state_dict().items()}
+
+
+def check_checkpoint_tensors(path: str | os.PathLike[str], config: ModelConfig) -> None:
+    """Compare the tensors a native checkpoint's header declares with those the model of `config` holds: same keys,
+    shapes and dtypes. Reads no tensor data, so an implausible file is refused before anything is allocated."""
+    p = Path(path)
+    expected = _expected_state(config)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            slices = {k: f.get_slice(k) for k in f.keys()}  # noqa: SIM118 (a safetensors handle, not a dict)
+            found = {k: (tuple(sl.get_shape()), sl.get_dtype()) for k, sl in slices.items()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{p}: cannot read the checkpoint's tensor list ({exc}); {_REWRITE_HINT}") from None
+    problem = _mismatch({k: s for k, (s, _) in expected.items()}, {k: s for k, (s, _) in found.items()}, str(p))
+    if problem:
+        raise CheckpointError(problem)
+    wanted = {k: _SAFETENSORS_DTYPES.get(dtype, str(dtype)) for k, (_, dtype) in expected.items()}
+    mistyped = sorted(f"{k} {found[k][1]} != {wanted[k]}" for k in expected if found[k][1] != wanted[k])
+    if mistyped:
+        raise CheckpointError(f"{p}: tensors of another dtype than the model's" +
+                              _listing("keys (checkpoint != model)", mistyped) + f"\n  Probably {_REWRITE_HINT}.")
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[DiffV2IQA, CheckpointInfo]:
-    """A native checkpoint -> model in eval mode, with its label."""
+    """A native checkpoint -> model in eval mode, with its label.
+
+    Order matters for hostile files: the config is read and validated, then the header's keys, shapes and dtypes are
+    compared with the model's, and only then is the model built and the tensor data read."""
     config, info = read_checkpoint_config(path)
+    check_checkpoint_tensors(path, config)
     model = DiffV2IQA(config)
-    load_state_strict(model, load_file(str(path)), str(path))
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot read the checkpoint's tensors ({exc}); {_REWRITE_HINT}") from None
+    load_state_strict(model, state, str(path))
     return model.eval(), info
 
 
 def _torch_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{p}: checkpoint file not found")
+    _check_file(p, "PyTorch state dict (.pth)")
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for pickles it refuses or cannot parse
@@ -172,6 +241,7 @@ def div2iqa_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 def load_authors(config: ModelConfig, sr3_path: str | os.PathLike[str],
                  div2iqa_path: str | os.PathLike[str]) -> DiffV2IQA:
     """The authors' two checkpoints (SR3 generator and DIV2IQA) -> our model, strictly checked."""
+    config.validate()
     model = DiffV2IQA(config)
     load_state_strict(model.unet, sr3_unet_state(_torch_state_dict(sr3_path)), f"SR3 checkpoint {sr3_path}")
     load_state_strict(model.iqa, div2iqa_state(_torch_state_dict(div2iqa_path)),

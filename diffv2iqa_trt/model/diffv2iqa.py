@@ -106,8 +106,10 @@ def build_model(config: ModelConfig, seed: int | None = 0) -> DiffV2IQA:
 
     The last layer of each score MLP starts with bias 0.5: with PyTorch's default init the final ReLU clamps almost
     every untrained score to exactly 0, which would make untrained models (tests, the embedded default) score every
-    image alike.
+    image alike. The config is validated first (ConfigError naming the field), so an impossible or huge config never
+    reaches the layer constructors.
     """
+    config.validate()
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..config import ScoringConfig, preset
 from ..errors import CheckpointError
-from ..model.checkpoint import CheckpointInfo, load_checkpoint
+from ..model.checkpoint import CheckpointInfo, load_checkpoint, read_checkpoint_config
 from ..model.diffv2iqa import DiffV2IQA, build_model
 from ..runtime.pipeline import Pipeline, PipelineSpec
 from .torch_executor import TorchExecutor
@@ -39,11 +39,15 @@ def load_model(checkpoint: str | os.PathLike[str] | None = None, preset_name: st
     checkpoint (`tiny`, trained on synthetic distortions of real photographs)."""
     if checkpoint is None and preset_name is None:
         checkpoint = DEMO_WEIGHTS
+    if preset_name is not None:
+        preset(preset_name)  # an unknown name is a ConfigError before any file is read
     if checkpoint is not None:
+        if preset_name is not None:  # refuse a mismatch from the header, before the weights are read
+            config, _ = read_checkpoint_config(checkpoint)
+            if preset_name != config.name:
+                raise CheckpointError(f"{checkpoint} holds a {config.name!r} model but --preset {preset_name} was "
+                                      "given; drop --preset or pick the matching checkpoint")
         model, info = load_checkpoint(checkpoint)
-        if preset_name is not None and preset_name != model.config.name:
-            raise CheckpointError(f"{checkpoint} holds a {model.config.name!r} model but --preset {preset_name} "
-                                  "was given; drop --preset or pick the matching checkpoint")
         return LoadedModel(model, info, path=Path(checkpoint))
     name = preset_name or DEFAULT_PRESET
     model = build_model(preset(name), seed=DEFAULT_SEED)
