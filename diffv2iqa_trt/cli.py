@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import shlex
+import tempfile
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,8 +26,51 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# No emoji codes either: a file named ":smile:.png" must print as itself, in tables and in JSON alike.
+out = Console(highlight=False, soft_wrap=True, emoji=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+
+# Characters that would act on the terminal rather than print: C0/C1 controls (ESC starts colour and hyperlink
+# sequences) and the bidirectional overrides that reorder what is shown.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_CONTROL_IN_MESSAGE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _text(value: object) -> str:
+    """Valid Unicode text of a value: the bytes of a file name that are not UTF-8 (surrogate escapes) as \\xNN."""
+    text = os.fsdecode(value) if isinstance(value, os.PathLike) else str(value)
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _show(value: object, *, message: bool = False) -> str:
+    """A file name, label or message as it must be printed through rich: verbatim, never as markup, never as
+    terminal control sequences (controls become \\xNN; a message keeps its line breaks and tabs)."""
+    pattern = _CONTROL_IN_MESSAGE if message else _CONTROL
+    text = pattern.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), _text(value))
+    return escape(text)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinity become null, so the JSON printed is JSON (json.dumps(allow_nan=False) holds)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _print_json(doc: Any) -> None:
+    out.print(json.dumps(_json_safe(doc), indent=2, allow_nan=False), markup=False)
+
+
+MAX_BATCH = 1024  # crops per graph call (and bench's images per iteration): beyond this only memory grows
+MAX_THREADS = 1024
+DEFAULT_MAX_PIXELS = 100_000_000  # runtime.images.DEFAULT_MAX_PIXELS (not imported: `--help` stays NumPy-free)
 
 
 class OutputFormat(str, Enum):
@@ -39,7 +85,7 @@ class PresetName(str, Enum):
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {escape(message)}")
+    err.print(f"[bold red]error:[/] {_show(message, message=True)}")
     return typer.Exit(code)
 
 
@@ -94,14 +140,18 @@ def score(
                                                    "fixed by the bundle).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the deterministic noise bank (default: the bundle's, "
                                                   "else 0).")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Crops per batch.")] = 8,
+    batch_size: Annotated[int, typer.Option(min=1, max=MAX_BATCH, help="Crops per batch.")] = 8,
     device: Annotated[str, typer.Option(help="cpu or cuda (torch); cpu, cuda or tensorrt (onnxruntime EPs).")]
     = "cpu",
-    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for onnxruntime.")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, max=MAX_THREADS, help="CPU threads for onnxruntime.")]
+    = None,
+    max_pixels: Annotated[int, typer.Option(min=1, help="Refuse images whose header declares more pixels than this "
+                                                        "(checked before decoding; default 100 megapixels).")]
+    = DEFAULT_MAX_PIXELS,
     fmt: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = OutputFormat.table,
 ) -> None:
     """Score images. Bad files are reported and skipped; the exit code is 1 if any file could not be scored."""
-    from .runtime.images import expand_paths
+    from .runtime.images import allow_pillow_pixels, expand_paths
     from .runtime.scoring import results_csv, results_json, score_files
     from .scorers import ScoreOptions, open_scorer
 
@@ -109,6 +159,7 @@ def score(
                            checkpoint=checkpoint, preset=preset.value if preset else None, crops=crops, mode=mode,
                            steps=steps, seed=seed, batch_size=batch_size, device=device, threads=threads)
     try:
+        allow_pillow_pixels(max_pixels)
         scorer = open_scorer(options)
     except DiffV2IQAError as exc:
         raise _failed(exc) from None
@@ -116,14 +167,15 @@ def score(
     if not files:
         raise _fail("no images found in the given paths")
     if not scorer.trained:
-        err.print(f"[yellow]warning:[/] model {escape(scorer.label)}: scores are not meaningful quality ratings")
+        err.print(f"[yellow]warning:[/] model {_show(scorer.label)}: scores are not meaningful quality ratings")
 
     progress = Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         console=err, disable=len(files) < 2, transient=True)
     with progress:
         task = progress.add_task("score", total=len(files))
         try:
-            results = score_files(scorer.pipeline, files, progress=lambda n: progress.advance(task, n))
+            results = score_files(scorer.pipeline, files, max_pixels=max_pixels,
+                                  progress=lambda n: progress.advance(task, n))
         except DiffV2IQAError as exc:
             raise _failed(exc) from None
 
@@ -131,32 +183,33 @@ def score(
     if fmt is OutputFormat.json:
         header = {"model": {"label": scorer.label, "trained": scorer.trained}, "backend": scorer.backend,
                   "crops": spec.crops, "mode": spec.mode, "steps": spec.steps, "noise_seed": spec.noise_seed}
-        out.print(json.dumps(results_json(results, header), indent=2), markup=False)
+        _print_json(results_json(results, header))
     elif fmt is OutputFormat.csv:
         out.print(results_csv(results, scorer.label), end="", markup=False)
     else:
         _print_scores(results, scorer.label, scorer.backend, spec)
     failed = [r for r in results if r.error is not None]
     for r in failed:
-        err.print(f"[bold red]error:[/] {escape(str(r.path))}: {escape(r.error or '')}")
+        err.print(f"[bold red]error:[/] {_show(r.path)}: {_show(r.error or '', message=True)}")
     if failed:
         err.print(f"{len(failed)} of {len(files)} file(s) could not be scored")
         raise typer.Exit(EXIT_FAILED)
 
 
 def _print_scores(results: list[Any], label: str, backend: str, spec: Any) -> None:
-    table = Table(title=f"DiffV2IQA scores, model {escape(label)}", caption=f"backend={backend} crops={spec.crops} "
-                  f"mode={spec.mode} steps={spec.steps} seed={spec.noise_seed}")
+    table = Table(title=f"DiffV2IQA scores, model {_show(label)}",
+                  caption=_show(f"backend={backend} crops={spec.crops} mode={spec.mode} steps={spec.steps} "
+                                f"seed={spec.noise_seed}"))
     table.add_column("image", overflow="fold")
     for col in ("score", "VCG", "VDA", "crops"):
         table.add_column(col, justify="right")
     for r in results:
         row = r.row()
         if r.error is None:
-            table.add_row(escape(row["path"]), _fmt(row["score"]), _fmt(row["vcg"]), _fmt(row["vda"]),
+            table.add_row(_show(row["path"]), _fmt(row["score"]), _fmt(row["vcg"]), _fmt(row["vda"]),
                           str(row["crops"]))
         else:
-            table.add_row(escape(row["path"]), "[red]error[/]", "", "", "")
+            table.add_row(_show(row["path"]), "[red]error[/]", "", "", "")
     out.print(table)
 
 
@@ -205,11 +258,11 @@ def build(
     except DiffV2IQAError as exc:
         raise _failed(exc) from None
     if not loaded.info.trained:
-        err.print(f"[yellow]warning:[/] model {escape(loaded.label)}")
+        err.print(f"[yellow]warning:[/] model {_show(loaded.label)}")
     with err.status("building") as status:
         try:
             result = build_onnx_bundle(loaded.model, loaded.info, out_dir, options, init_seed=loaded.init_seed,
-                                       checkpoint_path=loaded.path, progress=lambda m: status.update(m))
+                                       checkpoint_path=loaded.path, progress=lambda m: status.update(_show(m)))
         except DiffV2IQAError as exc:
             raise _failed(exc) from None
     _print_lint(result.lint)
@@ -219,9 +272,9 @@ def build(
     for graph, entry in result.parity["fp32"].items():
         for name, err_ in entry.items():
             if isinstance(err_, dict):
-                table.add_row(graph, name, f"{err_['max_abs']:.3g}", f"{err_['max_rel']:.3g}")
+                table.add_row(_show(graph), _show(name), f"{err_['max_abs']:.3g}", f"{err_['max_rel']:.3g}")
     out.print(table)
-    out.print(f"wrote bundle {result.path}")
+    out.print(f"wrote bundle {_show(result.path)}")
 
 
 def _print_lint(lint: dict[str, Any]) -> None:
@@ -232,7 +285,8 @@ def _print_lint(lint: dict[str, Any]) -> None:
         for major, report in by_major.items():
             bad = [r for r in report.rows if r.status != "ok"]
             text = "; ".join(f"{r.status}: {r.subject}: {r.detail}" for r in bad[:5]) or "-"
-            table.add_row(graph, f"{major}.x", "[green]ok[/]" if report.ok else "[red]FAIL[/]", text)
+            table.add_row(_show(graph), _show(f"{major}.x"), "[green]ok[/]" if report.ok else "[red]FAIL[/]",
+                          _show(text))
     out.print(table)
 
 
@@ -252,7 +306,7 @@ def inspect(
         raise _failed(exc) from None
     summary = bundle_summary(b)
     if as_json:
-        out.print(json.dumps(summary, indent=2), markup=False)
+        _print_json(summary)
         return
     _print_summary(summary)
 
@@ -260,10 +314,10 @@ def inspect(
 def _print_summary(summary: dict[str, Any], prefix: str = "") -> None:
     for key, value in summary.items():
         if isinstance(value, dict):
-            out.print(f"{prefix}[bold]{escape(str(key))}[/]")
+            out.print(f"{prefix}[bold]{_show(key)}[/]")
             _print_summary(value, prefix + "  ")
         else:
-            out.print(f"{prefix}{key}: {value}", markup=False)
+            out.print(f"{prefix}{_show(key)}: {_show(value)}")
 
 
 def _invocation(ctx: typer.Context) -> str:
@@ -278,7 +332,7 @@ def _invocation(ctx: typer.Context) -> str:
             parts.append(flag)
             continue
         for v in value if isinstance(value, list | tuple) else [value]:
-            parts += [flag, str(v.value if isinstance(v, Enum) else v)]
+            parts += [flag, _text(v.value if isinstance(v, Enum) else v)]  # valid text even for non-UTF-8 names
     return shlex.join(parts)
 
 
@@ -291,8 +345,9 @@ def parity(
                                                      "against these labels.")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Report directory (JSON, Markdown, PNG).")]
     = Path("parity-report"),
-    batch_size: Annotated[int, typer.Option(min=1, help="Crops per batch.")] = 8,
-    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for onnxruntime.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, max=MAX_BATCH, help="Crops per batch.")] = 8,
+    threads: Annotated[int | None, typer.Option(min=1, max=MAX_THREADS, help="CPU threads for onnxruntime.")]
+    = None,
 ) -> None:
     """Score parity of every backend x precision in the bundle against the torch fp32 reference. Exits 1 when a
     variant breaks a gate of the manifest."""
@@ -301,12 +356,13 @@ def parity(
     from .runtime.images import expand_paths
 
     try:
+        _check_out_dir(out_dir)  # before the run, not after it
         b = load_bundle(bundle)
         label_map = read_labels(labels) if labels else None
         files = expand_paths(list(images))
         with err.status("parity") as status:
             report = run_parity(b, files, label_map, batch_size=batch_size, threads=threads,
-                                progress=lambda m: status.update(f"parity: {m}"))
+                                progress=lambda m: status.update(f"parity: {_show(m)}"))
         paths = write_report(report, out_dir, invocation=_invocation(ctx))
     except DiffV2IQAError as exc:
         raise _failed(exc) from None
@@ -315,12 +371,12 @@ def parity(
         table.add_column(col)
     for name, v in report["variants"].items():
         m = v["metrics"]
-        table.add_row(name, f"{m['abs_error']['max']:.3g}", f"{m['srcc']:.6f}", str(m["rank_flips"]),
-                      "[green]PASS[/]" if v["passed"] else f"[red]FAIL[/] {escape('; '.join(v['failures']))}")
+        table.add_row(_show(name), f"{m['abs_error']['max']:.3g}", f"{m['srcc']:.6f}", _show(m["rank_flips"]),
+                      "[green]PASS[/]" if v["passed"] else f"[red]FAIL[/] {_show('; '.join(v['failures']))}")
     out.print(table)
-    out.print("wrote " + ", ".join(str(p) for p in paths))
+    out.print("wrote " + ", ".join(_show(p) for p in paths))
     if not report["passed"]:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()
@@ -337,8 +393,9 @@ def bench(
     warmup: Annotated[int, typer.Option(min=0, help="Warm-up iterations per measurement.")] = 1,
     min_iters: Annotated[int, typer.Option(min=1, help="Minimum timed iterations per measurement.")] = 5,
     min_seconds: Annotated[float, typer.Option(min=0, help="Minimum timed seconds per measurement.")] = 2.0,
-    offline_images: Annotated[int, typer.Option(min=1, help="Images per offline iteration.")] = 8,
-    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads (torch and onnxruntime).")] = None,
+    offline_images: Annotated[int, typer.Option(min=1, max=MAX_BATCH, help="Images per offline iteration.")] = 8,
+    threads: Annotated[int | None, typer.Option(min=1, max=MAX_THREADS, help="CPU threads (torch and "
+                                                                              "onnxruntime).")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Report directory (JSON, Markdown, PNG).")]
     = Path("bench-report"),
     name: Annotated[str | None, typer.Option(help="Report file stem (default: bench_<model>).")] = None,
@@ -349,32 +406,33 @@ def bench(
     from .runtime.images import expand_paths
 
     try:
-        b = load_bundle(bundle)
+        _check_out_dir(out_dir)  # before the run, not after it
         settings = BenchSettings(backends=tuple(backends.split(",")),
                                  batch_sizes=_int_list(batch_sizes, "--batch-sizes"), warmup=warmup,
                                  min_iters=min_iters, min_seconds=min_seconds, threads=threads,
                                  offline_images=offline_images)
+        b = load_bundle(bundle)
         if threads:
             import torch
 
             torch.set_num_threads(threads)
         files = expand_paths(list(images)) if images else [_synthetic_image(out_dir)]
         with err.status("bench") as status:
-            report = run_bench(b, files, settings, progress=lambda m: status.update(f"bench: {m}"))
+            report = run_bench(b, files, settings, progress=lambda m: status.update(f"bench: {_show(m)}"))
         paths = write_report(report, out_dir, name or f"bench_{report['model']}", invocation=_invocation(ctx))
     except DiffV2IQAError as exc:
         raise _failed(exc) from None
-    table = Table(title=f"Single-stream latency, model {report['model']}")
+    table = Table(title=f"Single-stream latency, model {_show(report['model'])}")
     for col in ("backend", "median s", "p99 s", "speed-up", "best images/s (offline)"):
         table.add_column(col)
     base = settings.backends[0]
     for v in report["backends"].values():
         s = v["single_stream"]["no_decode"]
         best = max(o["images_per_s"] for o in v["offline"])
-        table.add_row(v["executor"], f"{s['median']:.4f}", f"{s['p99']:.4f}", f"{v['speedup_vs_' + base]:.2f}x",
-                      f"{best:.3f}")
+        table.add_row(_show(v["executor"]), f"{s['median']:.4f}", f"{s['p99']:.4f}",
+                      f"{v['speedup_vs_' + base]:.2f}x", f"{best:.3f}")
     out.print(table)
-    out.print("wrote " + ", ".join(str(p) for p in paths))
+    out.print("wrote " + ", ".join(_show(p) for p in paths))
 
 
 def _int_list(text: str, option: str) -> tuple[int, ...]:
@@ -382,9 +440,30 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
         values = tuple(int(v) for v in text.split(","))
     except ValueError:
         raise ConfigError(f"{option} {text!r} is not a comma-separated list of integers, e.g. 1,2,4,8") from None
-    if any(v < 1 for v in values):
-        raise ConfigError(f"{option} {text!r}: every value must be at least 1")
+    if any(not 1 <= v <= MAX_BATCH for v in values):
+        raise ConfigError(f"{option} {text!r}: every value must be between 1 and {MAX_BATCH}")
     return values
+
+
+def _check_out_dir(folder: Path) -> None:
+    """A report folder that can be created and written, checked before a run that may take hours: a probe file is
+    created and removed (permission bits alone say nothing when running as root), and so are the folders made for
+    it (the report creates them again when it is written)."""
+    missing = [p for p in (folder, *folder.parents) if not os.path.lexists(p)]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the report to --out {_text(folder)} ({exc.strerror or exc}); choose a "
+                          "folder you can write to") from None
+    finally:
+        for p in missing:  # deepest first
+            try:
+                p.rmdir()
+            except OSError:
+                break
 
 
 def _synthetic_image(folder: Path) -> Path:
@@ -401,40 +480,111 @@ def _synthetic_image(folder: Path) -> Path:
 
 
 @app.command()
+def calibrate(
+    bundle: Annotated[Path, typer.Option(help="Bundle whose FP32 graphs record the calibration inputs.")],
+    images: Annotated[list[Path], typer.Option(help="Image files or folders (searched recursively; repeatable): "
+                                                    "at least 8 distinct images that decode.")],
+    crops: Annotated[str | None, typer.Option(help="Crop policy: center, five, grid:N or resize224 "
+                                                   "(default: the bundle's).")] = None,
+    mode: Annotated[str | None, typer.Option(help="crops or faithful (default: the bundle's).")] = None,
+    max_crops: Annotated[int, typer.Option(help="Crops recorded at most, taken round-robin over the images "
+                                                "(at least 8). Paper size: about 32 MB per crop.")] = 64,
+    rows_per_step: Annotated[int | None, typer.Option(min=1, help="Keep at most this many restore_step rows per "
+                                                                  "step (default: every crop at every step).")]
+    = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Cache folder (default: $XDG_CACHE_HOME/diffv2iqa-trt/"
+                                                        "calibration, else ~/.cache/...).")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Record again; read and write no cache.")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, max=MAX_BATCH, help="Crops per batch while recording.")] = 8,
+    device: Annotated[str, typer.Option(help="cpu or cuda (onnxruntime).")] = "cpu",
+    threads: Annotated[int | None, typer.Option(min=1, max=MAX_THREADS, help="CPU threads for onnxruntime.")]
+    = None,
+    max_pixels: Annotated[int, typer.Option(min=1, help="Refuse images whose header declares more pixels than this "
+                                                        "(default 100 megapixels).")] = DEFAULT_MAX_PIXELS,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary and per-step ranges as JSON.")] = False,
+) -> None:
+    """Record (or reuse) the calibration set of a bundle: restore_step inputs at every step, branch snapshot crops."""
+    from .bundle import load_bundle
+    from .calibration import calibration_set, step_ranges
+    from .runtime.images import allow_pillow_pixels
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        console=err, transient=True)
+    try:
+        allow_pillow_pixels(max_pixels)
+        b = load_bundle(bundle)
+        with progress:
+            task = progress.add_task("calibration", total=None)
+            cs, reused = calibration_set(
+                b, list(images), crops=crops, mode=mode, max_crops=max_crops, rows_per_step=rows_per_step,
+                max_pixels=max_pixels, cache_dir=cache_dir, use_cache=not no_cache, device=device,
+                batch_size=batch_size, threads=threads,
+                progress=lambda stage, done, total: progress.update(task, description=stage, completed=done,
+                                                                    total=total))
+    except DiffV2IQAError as exc:
+        raise _failed(exc) from None
+    for skipped in cs.meta.get("skipped", []):
+        err.print(f"[yellow]skipped:[/] {_show(skipped['file'])}: {_show(skipped['reason'], message=True)}")
+    ranges = step_ranges(cs)
+    counts = cs.meta["counts"]
+    if as_json:
+        _print_json({"key": cs.key, "reused": reused, "counts": counts, "pipeline": cs.meta["pipeline"],
+                     "settings": cs.meta["settings"], "bytes": cs.nbytes,
+                     "step_ranges": [r.__dict__ for r in ranges]})
+        return
+    table = Table(title="restore_step input y per step (one INT8 range serves every step)")
+    for col in ("step", "gamma", "rows", "min", "max", "|max|", "share of largest |max|"):
+        table.add_column(col, justify="right")
+    for r in ranges:
+        table.add_row(str(r.step), f"{r.gamma:.4f}", str(r.rows), f"{r.y_min:.3f}", f"{r.y_max:.3f}",
+                      f"{r.y_absmax:.3f}", f"{r.share:.2f}")
+    out.print(table)
+    how = "reused cached" if reused else "recorded"
+    out.print(f"{how} calibration set {cs.key[:16]}: {counts['images']} images, {counts['crops']} crops, "
+              f"{counts['restore_rows']} restore_step rows, {cs.nbytes / 1e6:.1f} MB")
+# --- end of snippet ---------------------------------------------------------------------------------------------------
+
+
+@app.command()
 def info(
     preset: Annotated[PresetName, typer.Option(help="Model preset.")] = PresetName.tiny,
-    crop_size: Annotated[int | None, typer.Option(help="Crop size for the MAC count (default: the preset's).")] = None,
+    crop_size: Annotated[int | None, typer.Option(min=1, help="Crop size for the MAC count (default: the "
+                                                           "preset's).")] = None,
     image_size: Annotated[str | None, typer.Option(help="Restoration size HxW, e.g. 384x512 (default: one crop).")]
     = None,
-    steps: Annotated[int | None, typer.Option(help="Denoising steps (default: the preset's schedule).")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Denoising steps (default: the preset's schedule).")]
+    = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Model summary: parameters and MACs per stage for a preset."""
     from .config import preset as make_preset
     from .model.summary import summarize
+    from .runtime.pipeline import check_steps
 
     config = make_preset(preset.value)
     try:
+        if steps is not None:
+            check_steps(steps)
         restore_hw = _parse_hw(image_size) if image_size else None
         summary = summarize(config, crop_size=crop_size, restore_hw=restore_hw, steps=steps)
     except DiffV2IQAError as exc:
         raise _failed(exc) from None
     if as_json:
-        out.print(json.dumps(summary.to_dict(), indent=2), markup=False)
+        _print_json(summary.to_dict())
         return
-    params = Table(title=f"Parameters, preset {config.name}")
+    params = Table(title=f"Parameters, preset {_show(config.name)}")
     params.add_column("part")
     params.add_column("parameters", justify="right")
     params.add_column("M", justify="right")
     for name, count in summary.params.items():
-        params.add_row(name, f"{count:,}", f"{count / 1e6:.2f}")
+        params.add_row(_show(name), f"{count:,}", f"{count / 1e6:.2f}")
     out.print(params)
     macs = Table(title=f"MACs per stage, crop {summary.crop_size}x{summary.crop_size}, restoration "
                       f"{summary.restore_hw[0]}x{summary.restore_hw[1]}, {summary.steps} steps")
     macs.add_column("stage")
     macs.add_column("GMAC", justify="right")
     for name, count in summary.macs.items():
-        macs.add_row(name, f"{count / 1e9:.3f}")
+        macs.add_row(_show(name), f"{count / 1e9:.3f}")
     out.print(macs)
 
 
@@ -467,7 +617,7 @@ def convert(
         convert_authors(config, sr3, div2iqa, out_path)
     except DiffV2IQAError as exc:
         raise _failed(exc) from None
-    out.print(f"wrote {escape(str(out_path))}")
+    out.print(f"wrote {_show(out_path)}")
 
 
 def _register_training() -> None:

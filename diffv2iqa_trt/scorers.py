@@ -12,7 +12,9 @@ from pathlib import Path
 
 from .config import ScoringConfig
 from .errors import ConfigError
-from .runtime.pipeline import Pipeline
+from .runtime.crops import grid_size
+from .runtime.noise import check_seed
+from .runtime.pipeline import Pipeline, check_steps
 
 DEFAULT_CROPS = "center"
 DEFAULT_MODE = "crops"
@@ -46,7 +48,23 @@ class Scorer:
         return str(getattr(self.pipeline.executor, "name", "?"))
 
 
+def check_options(o: ScoreOptions) -> None:
+    """The cheap checks, before a model or bundle is loaded and before any table is allocated: every option that
+    would make the work unbounded or crash later is refused here with a ConfigError that names the option."""
+    if o.steps is not None:
+        check_steps(o.steps)
+    if o.seed is not None:
+        check_seed(o.seed)
+    if o.crops is not None:
+        grid_size(o.crops)
+    if o.mode is not None and o.mode not in ("crops", "faithful"):
+        raise ConfigError(f"unknown mode {o.mode!r}; use crops or faithful (--mode)")
+    if isinstance(o.batch_size, bool) or not isinstance(o.batch_size, int) or o.batch_size < 1:
+        raise ConfigError(f"--batch-size must be a positive integer, got {o.batch_size!r}")
+
+
 def open_scorer(o: ScoreOptions) -> Scorer:
+    check_options(o)
     if o.bundle is not None:
         return _bundle_scorer(o)
     if o.backend not in (None, "torch"):

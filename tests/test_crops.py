@@ -39,3 +39,50 @@ def test_modes():
     tiny = rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)
     assert prepare(tiny, "center", "crops", 64, 16)[0].x.shape == (3, 64, 64)
     assert prepare(tiny, "center", "faithful", 64, 16)[0].x.shape == (3, 64, 64)
+
+
+def test_grid_is_bounded():
+    from diffv2iqa_trt.errors import ConfigError
+    from diffv2iqa_trt.runtime.crops import MAX_GRID, grid_size
+
+    assert grid_size("grid:64") == MAX_GRID == 64 and grid_size("five") is None
+    assert len(crop_boxes("grid:64", 200, 200, 64)) == 4096
+    for bad in ("grid:65", "grid:0", "grid:100000000", "grid:" + "9" * 10_000, "grid:-1", "grid:x"):
+        with pytest.raises(ConfigError):
+            crop_boxes(bad, 200, 200, 64)
+
+
+def test_upscale_is_bounded():
+    """1 x 60000 would become 64 x 3840000 (2.5 GB); the refusal is the image's own error (ImageSizeError)."""
+    from diffv2iqa_trt.runtime.crops import MAX_UPSCALE, MAX_UPSCALE_ASPECT, ImageSizeError
+
+    with pytest.raises(ImageSizeError, match="too small"):
+        upscale_to_fit(np.zeros((1, 60_000, 3), np.uint8), 64)
+    with pytest.raises(ImageSizeError, match="too small.*at least 4 pixels"):
+        upscale_to_fit(np.zeros((3, 3, 3), np.uint8), 64)
+    assert upscale_to_fit(np.zeros((4, 4, 3), np.uint8), 64).shape == (64, 64, 3)  # exactly MAX_UPSCALE
+    with pytest.raises(ImageSizeError, match="too thin"):
+        upscale_to_fit(np.zeros((8, 8 * MAX_UPSCALE_ASPECT + 1, 3), np.uint8), 64)
+    out = upscale_to_fit(np.zeros((8, 8 * MAX_UPSCALE_ASPECT, 3), np.uint8), 64)
+    assert out.shape == (64, 64 * MAX_UPSCALE_ASPECT, 3) and MAX_UPSCALE == 16
+    # a long image that needs no upscale is not bounded by the aspect rule (the pixel cap bounds it)
+    assert prepare(np.zeros((64, 64 * 40, 3), np.uint8), "center", "crops", 64, 16)[0].x.shape == (3, 64, 64)
+    # resize224 squashes whatever the shape
+    assert prepare(np.zeros((1, 60_000, 3), np.uint8), "resize224", "crops", 64, 16)[0].x.shape == (3, 64, 64)
+
+
+def test_faithful_restoration_is_bounded():
+    from diffv2iqa_trt.runtime.crops import MAX_FAITHFUL_PIXELS, ImageSizeError
+
+    side = int(MAX_FAITHFUL_PIXELS ** 0.5)
+    assert prepare(np.zeros((side, side, 3), np.uint8), "center", "faithful", 64, 16)[0].shape == (3, side, side)
+    with pytest.raises(ImageSizeError, match="too large for faithful mode"):
+        prepare(np.zeros((side + 16, side, 3), np.uint8), "center", "faithful", 64, 16)
+
+
+def test_work_units_stay_uint8_until_restored():
+    """Crops mode keeps views of the decoded image; the float copy is made when the unit's batch is restored."""
+    rgb = np.random.default_rng(1).integers(0, 256, (100, 90, 3), dtype=np.uint8)
+    units = prepare(rgb, "grid:4", "crops", 64, 16)
+    assert len(units) == 16 and all(u.pixels.dtype == np.uint8 and np.shares_memory(u.pixels, rgb) for u in units)
+    assert units[5].shape == (3, 64, 64) and units[5].x.dtype == np.float32

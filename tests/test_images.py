@@ -108,3 +108,25 @@ def test_expand_paths(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     found = expand_paths([tmp_path, tmp_path / "explicit.bin"])
     assert [p.name for p in found] == ["a.JPG", "b.png", "c.webp", "explicit.bin"]
+
+
+def test_pixel_cap(tmp_path):
+    Image.fromarray(_gradient(20, 30)).save(tmp_path / "a.png")
+    assert load_image(tmp_path / "a.png", max_pixels=600).shape == (20, 30, 3)
+    with pytest.raises(ImageDecodeError, match=r"30x20 = 0\.0 megapixels, above the limit .*\(at least 600\)"):
+        load_image(tmp_path / "a.png", max_pixels=599)
+    from diffv2iqa_trt.errors import ConfigError
+
+    for bad in (0, -5, 1.5, True):
+        with pytest.raises(ConfigError, match="--max-pixels"):
+            load_image(tmp_path / "a.png", max_pixels=bad)
+
+
+def test_expand_paths_keeps_odd_entries_and_searches_image_named_folders(tmp_path):
+    (tmp_path / "dir.png").mkdir()
+    Image.fromarray(_gradient()).save(tmp_path / "dir.png" / "inner.png")
+    (tmp_path / "broken.png").symlink_to(tmp_path / "nowhere.png")
+    found = expand_paths([tmp_path])
+    assert [p.name for p in found] == ["broken.png", "inner.png"]
+    with pytest.raises(ImageDecodeError, match="file not found"):
+        load_image(found[0])

@@ -15,6 +15,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "diffv2iqa_trt"
 DEPLOYMENT = [*sorted((PACKAGE / "runtime").rglob("*.py")), *sorted((PACKAGE / "bundle").rglob("*.py")),
+              *sorted((PACKAGE / "calibration").rglob("*.py")),
               *(PACKAGE / name for name in ("contract.py", "errors.py", "config.py", "schedule.py", "metrics.py"))]
 FORBIDDEN = ("torch", "diffv2iqa_trt.model", "diffv2iqa_trt.export", "diffv2iqa_trt.benchmarks",
              "diffv2iqa_trt.reference", "diffv2iqa_trt.training", "diffv2iqa_trt.assemble", "diffv2iqa_trt.cli",

@@ -228,11 +228,15 @@ def write_report(r: dict[str, Any], out_dir: Path, name: str, invocation: str | 
 
     paths = list(write(out_dir, name, r, markdown(r), invocation=invocation))
     names = {b: v["executor"] for b, v in r["backends"].items()}
-    paths.append(plots.throughput_vs_batch({names[b]: [(o["batch"], o["images_per_s"]) for o in v["offline"]]
-                                            for b, v in r["backends"].items()}, out_dir / f"{name}_throughput.png",
-                                           "images per second"))
-    paths.append(plots.latency_cdf({names[b]: np.asarray(v["single_stream"]["latencies_no_decode"])
-                                    for b, v in r["backends"].items()}, out_dir / f"{name}_latency_cdf.png"))
-    paths.append(plots.stage_bars({names[b]: v["single_stream"]["stage_mean_s"] for b, v in r["backends"].items()},
-                                  out_dir / f"{name}_stages.png"))
+    try:
+        paths.append(plots.throughput_vs_batch({names[b]: [(o["batch"], o["images_per_s"]) for o in v["offline"]]
+                                                for b, v in r["backends"].items()},
+                                               out_dir / f"{name}_throughput.png", "images per second"))
+        paths.append(plots.latency_cdf({names[b]: np.asarray(v["single_stream"]["latencies_no_decode"])
+                                        for b, v in r["backends"].items()}, out_dir / f"{name}_latency_cdf.png"))
+        paths.append(plots.stage_bars({names[b]: v["single_stream"]["stage_mean_s"]
+                                       for b, v in r["backends"].items()}, out_dir / f"{name}_stages.png"))
+    except OSError as exc:  # the folder was checked before the run, but a disk can still fill up
+        raise ConfigError(f"cannot write the plots to {out_dir} ({exc.strerror or exc}); choose a writable --out"
+                          ) from exc
     return paths

@@ -26,6 +26,7 @@ from ..runtime.from_bundle import bundle_pipeline
 from ..runtime.images import load_image
 from ..runtime.noise import noise_bank
 from ..runtime.pipeline import Pipeline
+from ..runtime.scoring import path_text
 
 
 @dataclass
@@ -93,9 +94,9 @@ def run_parity(bundle: Bundle, image_paths: Sequence[Path], labels: dict[str, fl
     for p in image_paths:
         try:
             images.append(load_image(p))
-            names.append(Path(p).name)
+            names.append(path_text(Path(p).name))  # reports are UTF-8: undecodable name bytes become \xNN
         except ImageDecodeError as exc:
-            errors[str(p)] = exc.reason
+            errors[path_text(p)] = exc.reason
     if len(images) < 2:
         raise ConfigError(f"parity needs at least 2 readable images, found {len(images)}")
     say("torch fp32 reference")
@@ -188,6 +189,11 @@ def write_report(report: dict[str, Any], out_dir: Path, name: str = "parity", in
     json_path, md_path = write(out_dir, name, report, markdown(report), invocation=invocation)
     ref = np.array([r["reference"] for r in report["per_image"]])
     scores = {v: np.array([r[v] for r in report["per_image"]]) for v in report["variants"]}
-    pngs = [plots.scatter_vs_reference(ref, scores, out_dir / f"{name}_scatter.png"),
-            plots.error_histogram({v: np.abs(s - ref) for v, s in scores.items()}, out_dir / f"{name}_errors.png")]
+    try:
+        pngs = [plots.scatter_vs_reference(ref, scores, out_dir / f"{name}_scatter.png"),
+                plots.error_histogram({v: np.abs(s - ref) for v, s in scores.items()},
+                                      out_dir / f"{name}_errors.png")]
+    except OSError as exc:  # the folder was checked before the run, but a disk can still fill up
+        raise ConfigError(f"cannot write the plots to {out_dir} ({exc.strerror or exc}); choose a writable --out"
+                          ) from exc
     return [json_path, md_path, *pngs]

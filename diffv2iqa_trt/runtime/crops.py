@@ -8,23 +8,58 @@ A prepared image is a list of work units: a restoration input (3, H, W) in [-1, 
 Policy `resize224` squashes the whole image to the crop size (the authors' KonIQ/LIVEC handling): one unit, one crop,
 the same in both modes.
 Images whose short side is below the crop size are first upscaled (bicubic, aspect kept) so the short side equals it.
+
+Work per image is bounded (an ImageSizeError refuses the image, not the run): upscaling at most MAX_UPSCALE times and
+only images whose long side is at most MAX_UPSCALE_ASPECT times the short side (a 1 x 60000 strip would become
+64 x 3840000); faithful restoration of at most MAX_FAITHFUL_PIXELS; grid:N with N at most MAX_GRID.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
+from ..config import MAX_GRID  # grid:N at most 64 x 64 = 4096 crops per image (ScoringConfig checks it too)
 from ..contract import normalise_uint8
-from ..errors import ConfigError
+from ..errors import EXIT_FAILED, ConfigError, DiffV2IQAError
+
+MAX_UPSCALE = 16  # a 64-pixel crop needs a short side of at least 4 pixels, a 224-pixel crop at least 14
+MAX_UPSCALE_ASPECT = 32  # an upscaled image is at most crop x 32 crop pixels
+# Faithful mode restores the whole image, and the noise bank holds (steps + 1) images of that size: 2048 x 2048 with
+# 50 steps is already 2.6 GB of noise. Larger images are refused there (crops mode handles them).
+MAX_FAITHFUL_PIXELS = 2048 * 2048
+
+_POLICY = re.compile(r"^(center|five|resize224|grid:([0-9]{1,12}))$")
+
+
+class ImageSizeError(DiffV2IQAError, ValueError):
+    """An image whose size the pipeline refuses (too small or thin to upscale, too large for faithful mode); it is
+    that image's error, the others are still scored."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
 
 
 @dataclass(frozen=True)
 class WorkUnit:
-    x: np.ndarray  # (3, H, W) float32 in [-1, 1]
+    pixels: np.ndarray  # (H, W, 3) uint8, often a view of the decoded image: normalised only when restored
     boxes: tuple[tuple[int, int], ...]  # (top, left) of each crop_size x crop_size crop in x
+
+    @property
+    def x(self) -> np.ndarray:
+        """(3, H, W) float32 in [-1, 1]; computed on each access, so a unit waiting for its batch stays uint8."""
+        return normalise(self.pixels)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        h, w = self.pixels.shape[:2]
+        return 3, int(h), int(w)
 
 
 def normalise(rgb: np.ndarray) -> np.ndarray:
@@ -33,24 +68,58 @@ def normalise(rgb: np.ndarray) -> np.ndarray:
     return x
 
 
+def grid_size(policy: str) -> int | None:
+    """N of a `grid:N` policy (None for the other policies); ConfigError for an unknown policy or N out of range."""
+    m = _POLICY.match(policy) if isinstance(policy, str) else None
+    if m is None:
+        shown = repr(policy) if len(repr(policy)) <= 40 else repr(policy)[:37] + "..."  # it may be 10**5 digits
+        raise ConfigError(f"unknown crop policy {shown}; use center, five, grid:N or resize224")
+    if m.group(2) is None:
+        return None
+    n = int(m.group(2))
+    if not 1 <= n <= MAX_GRID:
+        raise ConfigError(f"crop policy {policy!r}: N must be between 1 and {MAX_GRID} ({MAX_GRID ** 2} crops per "
+                          "image)")
+    return n
+
+
 def _resize(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     if rgb.shape[:2] == (height, width):
         return rgb
     return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BICUBIC))
 
 
+def check_upscale(height: int, width: int, size: int) -> None:
+    """ImageSizeError when an image this small or thin cannot be upscaled to `size` within the bounds."""
+    short, long = min(height, width), max(height, width)
+    if short >= size:
+        return
+    if short * MAX_UPSCALE < size:
+        raise ImageSizeError(f"image of {width}x{height} pixels is too small: its short side must be at least "
+                             f"{-(-size // MAX_UPSCALE)} pixels (it is upscaled to the {size}-pixel crop, at most "
+                             f"{MAX_UPSCALE}x)")
+    if long > short * MAX_UPSCALE_ASPECT:
+        raise ImageSizeError(f"image of {width}x{height} pixels is too thin to upscale to the {size}-pixel crop: "
+                             f"its long side may be at most {MAX_UPSCALE_ASPECT} times its short side; crop it or use "
+                             "--crops resize224")
+
+
 def upscale_to_fit(rgb: np.ndarray, size: int) -> np.ndarray:
-    """Upscale so the short side is at least `size` (aspect kept); larger images are returned unchanged."""
+    """Upscale so the short side is at least `size` (aspect kept); larger images are returned unchanged.
+
+    ImageSizeError for images too small or thin to upscale within the bounds (see check_upscale)."""
     h, w = rgb.shape[:2]
     short = min(h, w)
     if short >= size:
         return rgb
+    check_upscale(h, w, size)
     scale = size / short
     return _resize(rgb, max(size, round(h * scale)), max(size, round(w * scale)))
 
 
 def crop_boxes(policy: str, height: int, width: int, size: int) -> tuple[tuple[int, int], ...]:
     """Top-left corners of the crops of `policy` in an image of at least size x size."""
+    n = grid_size(policy)
     if height < size or width < size:
         raise ConfigError(f"image {height}x{width} is smaller than the crop size {size}")
     bottom, right = height - size, width - size
@@ -59,26 +128,30 @@ def crop_boxes(policy: str, height: int, width: int, size: int) -> tuple[tuple[i
         return (center,)
     if policy == "five":
         return ((0, 0), (0, right), (bottom, 0), (bottom, right), center)
-    if policy.startswith("grid:"):
-        n = int(policy.split(":", 1)[1])
-        tops = np.rint(np.linspace(0, bottom, n)).astype(int) if n > 1 else [bottom // 2]
-        lefts = np.rint(np.linspace(0, right, n)).astype(int) if n > 1 else [right // 2]
-        return tuple((int(t), int(left)) for t in tops for left in lefts)
-    raise ConfigError(f"unknown crop policy {policy!r}; use center, five, grid:N or resize224")
+    assert n is not None  # grid_size accepted only these policies
+    tops = np.rint(np.linspace(0, bottom, n)).astype(int) if n > 1 else [bottom // 2]
+    lefts = np.rint(np.linspace(0, right, n)).astype(int) if n > 1 else [right // 2]
+    return tuple((int(t), int(left)) for t in tops for left in lefts)
 
 
 def prepare(rgb: np.ndarray, policy: str, mode: str, crop_size: int, size_multiple: int) -> list[WorkUnit]:
-    """Turn a decoded image into work units for the pipeline."""
-    if crop_size % size_multiple:
-        raise ConfigError(f"crop size {crop_size} must be a multiple of {size_multiple}")
+    """Turn a decoded image into work units for the pipeline (ImageSizeError for an image it refuses)."""
+    if crop_size < 1 or size_multiple < 1 or crop_size % size_multiple:
+        raise ConfigError(f"crop size {crop_size} must be a positive multiple of {size_multiple}")
+    grid_size(policy)
+    if mode not in ("crops", "faithful"):
+        raise ConfigError(f"unknown mode {mode!r}; use crops or faithful")
     if policy == "resize224":
-        return [WorkUnit(normalise(_resize(rgb, crop_size, crop_size)), ((0, 0),))]
+        return [WorkUnit(_resize(rgb, crop_size, crop_size), ((0, 0),))]
     rgb = upscale_to_fit(rgb, crop_size)
     if mode == "crops":
         boxes = crop_boxes(policy, rgb.shape[0], rgb.shape[1], crop_size)
-        return [WorkUnit(normalise(rgb[t:t + crop_size, left:left + crop_size]), ((0, 0),)) for t, left in boxes]
-    if mode == "faithful":
-        h, w = rgb.shape[:2]
-        rgb = _resize(rgb, h // size_multiple * size_multiple, w // size_multiple * size_multiple)
-        return [WorkUnit(normalise(rgb), crop_boxes(policy, rgb.shape[0], rgb.shape[1], crop_size))]
-    raise ConfigError(f"unknown mode {mode!r}; use crops or faithful")
+        return [WorkUnit(rgb[t:t + crop_size, left:left + crop_size], ((0, 0),)) for t, left in boxes]
+    h, w = rgb.shape[:2]
+    h, w = h // size_multiple * size_multiple, w // size_multiple * size_multiple
+    if h * w > MAX_FAITHFUL_PIXELS:
+        raise ImageSizeError(f"image of {rgb.shape[1]}x{rgb.shape[0]} pixels is too large for faithful mode (it "
+                             f"restores the whole image; at most {MAX_FAITHFUL_PIXELS / 1e6:.1f} megapixels); use "
+                             "--mode crops or downscale the image")
+    rgb = _resize(rgb, h, w)
+    return [WorkUnit(rgb, crop_boxes(policy, h, w, crop_size))]

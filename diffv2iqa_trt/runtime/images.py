@@ -6,21 +6,71 @@ Conversions (documented in the README):
   by their nominal range (65535 -> 255), float images are clipped to [0, 255];
 - alpha (RGBA, LA, PA, palette with transparency) is composited over white, as a viewer would show it;
 - palette, CMYK, YCbCr and other modes go through Pillow's RGB conversion.
+
+Work per file is bounded: the pixel count declared in the header is checked against `max_pixels` before anything is
+decoded (a 300 kB PNG can declare 50000 x 50000), and every failure of Pillow on a hostile file becomes an
+ImageDecodeError naming the file.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import stat
+import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import ImageDecodeError
+from ..errors import ConfigError, ImageDecodeError
 
-__all__ = ["IMAGE_SUFFIXES", "ImageDecodeError", "expand_paths", "load_image"]
+__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "ImageDecodeError", "allow_pillow_pixels", "check_max_pixels",
+           "expand_paths", "load_image"]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm"})
+
+# Largest image decoded by default: 100 megapixels (a 12000 x 8000 photograph) is ~300 MB as RGB uint8.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+# What Pillow's decoders raise on malformed input besides OSError (its "cannot identify/decode" error): parsers index
+# past short tables, unpack short structs, divide by zero-sized fields, ... On a hostile file each of these is a bad
+# file, not a bug of ours, so they are reported as that file's error.
+_DECODER_ERRORS: tuple[type[Exception], ...] = (
+    OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError, TypeError, ZeroDivisionError,
+    OverflowError, NotImplementedError, AttributeError)
+
+
+def check_max_pixels(max_pixels: int) -> int:
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise ConfigError(f"--max-pixels must be a positive integer, got {max_pixels!r}")
+    return max_pixels
+
+
+def allow_pillow_pixels(max_pixels: int) -> None:
+    """Raise Pillow's own decompression-bomb limit (process-wide) so that it does not refuse images `max_pixels`
+    allows; it is never lowered. Pillow refuses above twice `PIL.Image.MAX_IMAGE_PIXELS` before our check runs."""
+    current = Image.MAX_IMAGE_PIXELS
+    if current is not None and 2 * current < check_max_pixels(max_pixels):
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def _too_large(width: int, height: int, max_pixels: int) -> str:
+    return (f"image is {width}x{height} = {width * height / 1e6:,.1f} megapixels, above the limit of "
+            f"{max_pixels / 1e6:,.1f} megapixels; if the file is trusted, raise the limit with --max-pixels "
+            f"(at least {width * height})")
+
+
+def _bomb_reason(pillow_message: str, max_pixels: int) -> str:
+    """Our reason for an image Pillow refused inside Image.open (it says only the pixel count, not the size)."""
+    m = re.search(r"Image size \((\d+) pixels\)", pillow_message)
+    if m is None or int(m.group(1)) <= max_pixels:  # above Pillow's limit although --max-pixels allows it
+        return (f"image too large for Pillow's own limit ({pillow_message}); raise PIL.Image.MAX_IMAGE_PIXELS or "
+                "use --max-pixels, which raises it")
+    pixels = int(m.group(1))
+    return (f"image declares {pixels / 1e6:,.1f} megapixels, above the limit of {max_pixels / 1e6:,.1f} "
+            f"megapixels; if the file is trusted, raise the limit with --max-pixels (at least {pixels})")
 
 
 def _to_rgb(img: Image.Image) -> np.ndarray:
@@ -37,7 +87,7 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
         gray = np.clip(np.rint(a), 0, 255).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
     if mode == "F":
-        gray = np.clip(np.rint(np.asarray(img, dtype=np.float64)), 0, 255).astype(np.uint8)
+        gray = np.clip(np.rint(np.nan_to_num(np.asarray(img, dtype=np.float64))), 0, 255).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
     if mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
@@ -49,33 +99,82 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def load_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Decode one file to an upright RGB uint8 array (H, W, 3); raises ImageDecodeError naming the file."""
-    p = Path(path)
-    if not p.exists():
-        raise ImageDecodeError(p, "file not found")
-    if p.is_dir():
-        raise ImageDecodeError(p, "is a directory, not an image")
-    try:
+def _decode(p: Path, max_pixels: int) -> Image.Image:
+    """Pillow's part, on untrusted bytes: the header, the size check, the pixels and the EXIF orientation."""
+    with warnings.catch_warnings():
+        # The size check below decides; Pillow's warning (above MAX_IMAGE_PIXELS) would only print noise.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # Pillow warns about defects it works around (corrupt EXIF, short TIFF reads); a defect that matters fails the
+        # decode and is reported as the file's error, so these would only be noise (or tracebacks under -W error).
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
         with Image.open(p) as opened:
+            width, height = opened.size  # from the header: nothing is decoded yet
+            if width * height > max_pixels:
+                raise ImageDecodeError(p, _too_large(width, height, max_pixels))
             opened.load()  # decode now so truncated files fail here, not later
-            rgb = _to_rgb(ImageOps.exif_transpose(opened))
+            if opened.size[0] * opened.size[1] > max_pixels:  # a decoder that changed its mind about the size
+                raise ImageDecodeError(p, _too_large(opened.size[0], opened.size[1], max_pixels))
+            return ImageOps.exif_transpose(opened)  # a copy: independent of the file closed here
+
+
+def load_image(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode one file to an upright RGB uint8 array (H, W, 3); raises ImageDecodeError naming the file.
+
+    Images whose header declares more than `max_pixels` pixels are refused before decoding."""
+    check_max_pixels(max_pixels)
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise ImageDecodeError(p, "file not found") from None
+    except OSError as exc:  # name too long, permission denied on a parent, a loop of links, ...
+        raise ImageDecodeError(p, f"cannot read the file ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageDecodeError(p, "is a directory, not an image")
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
+        raise ImageDecodeError(p, "is not a regular file (a pipe, socket or device?)")
+    if st.st_size == 0:
+        raise ImageDecodeError(p, "not an image file Pillow can read (the file is empty)")
+    try:
+        upright = _decode(p, max_pixels)
+    except ImageDecodeError:
+        raise
+    except Image.DecompressionBombError as exc:  # above twice Pillow's own limit, checked inside Image.open
+        raise ImageDecodeError(p, _bomb_reason(str(exc), max_pixels)) from None
     except UnidentifiedImageError:
         raise ImageDecodeError(p, "not an image file Pillow can read (unknown or corrupt format)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageDecodeError(p, f"corrupt or truncated image ({exc})") from None
+    except PermissionError as exc:
+        raise ImageDecodeError(p, f"cannot read the file ({exc.strerror or exc})") from None
+    except MemoryError:  # a decoder's own buffers for a corrupt header; the pixels themselves are capped above
+        raise ImageDecodeError(p, "decoding needs more memory than is available (corrupt header?)") from None
+    except _DECODER_ERRORS as exc:
+        raise ImageDecodeError(p, f"corrupt or truncated image ({exc or type(exc).__name__})") from None
+    try:
+        rgb = _to_rgb(upright)
+    except (ValueError, OSError) as exc:  # a mode Pillow cannot convert to RGB
+        raise ImageDecodeError(p, f"image mode {upright.mode} cannot be converted to RGB ({exc})") from None
     if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise ImageDecodeError(p, f"empty image of shape {rgb.shape}")
     return rgb
 
 
 def expand_paths(paths: list[str | os.PathLike[str]]) -> list[Path]:
-    """Files are kept as given (so bad ones get reported); directories expand to their images, sorted, recursively."""
+    """Files are kept as given (so bad ones get reported); directories expand to their images, sorted, recursively.
+
+    In a directory, every entry with an image suffix that is not itself a directory is kept, so a broken link or a
+    pipe named x.png is reported rather than silently skipped."""
     out: list[Path] = []
     for path in paths:
         p = Path(path)
-        if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+        if _is_dir(p):
+            out.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and not _is_dir(f)))
         else:
             out.append(p)
     return out
+
+
+def _is_dir(p: Path) -> bool:
+    try:
+        return p.is_dir()
+    except OSError:  # e.g. a name too long: load_image reports it as that file's error
+        return False

@@ -15,14 +15,21 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..config import SEED_LIMIT  # 2**64: a seed is one 64-bit word of the Philox key
 from ..errors import ConfigError
 
 GENERATOR = "numpy-philox4x64-key(seed,row)-standard_normal-float32"
 
 
+def check_seed(seed: object) -> int:
+    """The seed as an int in [0, 2**64); ConfigError otherwise (a float such as 1e23 or 5.5 is no seed)."""
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= int(seed) < SEED_LIMIT:
+        raise ConfigError(f"noise seed {seed!r} is out of range; use an integer in [0, 2**64) (--seed)")
+    return int(seed)
+
+
 def noise_row(seed: int, row: int, height: int, width: int) -> np.ndarray:
-    if not 0 <= seed < 2**64:
-        raise ConfigError(f"noise seed must be in [0, 2**64), got {seed}")
+    seed = check_seed(seed)
     key = np.array([seed, row], dtype=np.uint64)
     rng = np.random.Generator(np.random.Philox(key=key))
     return rng.standard_normal((3, height, width), dtype=np.float32)

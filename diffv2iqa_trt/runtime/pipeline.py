@@ -14,17 +14,25 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..bundle.manifest import PipelineSection
-from ..config import ModelConfig, ScoringConfig
+from ..config import MAX_STEPS, ModelConfig, ScoringConfig
 from ..contract import COEF_WIDTH
 from ..errors import ConfigError
 from ..schedule import check_capture_steps, step_tables
 from .crops import WorkUnit, prepare
 from .executor import Executor, Handle
-from .noise import noise_bank
+from .noise import check_seed, noise_bank
 
 # Noise banks kept per resolution (LRU). A paper-size 512x512 bank is ~160 MB on the host plus its device copy, and
 # faithful mode meets a new resolution with every image size, so the cache must be bounded.
 DEFAULT_NOISE_BANKS = 4
+
+
+def check_steps(steps: int) -> int:
+    """A step count the pipeline accepts (ConfigError otherwise), checked before any table is allocated: at most
+    config.MAX_STEPS, since the step tables, the noise bank and the run time all grow with it."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise ConfigError(f"--steps must be an integer between 1 and {MAX_STEPS}, got {steps!r}")
+    return steps
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,10 @@ class PipelineSpec:
     vcg_weight: float = 1.0
     vda_weight: float = 1.0
 
+    def __post_init__(self) -> None:
+        check_steps(int(self.gamma.shape[0]) if self.gamma.ndim == 1 else -1)
+        check_seed(self.noise_seed)
+
     @property
     def steps(self) -> int:
         return int(self.gamma.shape[0])
@@ -48,9 +60,7 @@ class PipelineSpec:
     @classmethod
     def from_config(cls, config: ModelConfig, scoring: ScoringConfig, steps: int | None = None) -> PipelineSpec:
         """The pipeline of a model config (the reference, and what `build` writes into a bundle)."""
-        n = config.schedule.steps if steps is None else steps
-        if n < 1:
-            raise ConfigError(f"--steps must be at least 1, got {n}")
+        n = check_steps(config.schedule.steps if steps is None else steps)
         check_capture_steps(config.schedule, n)
         tables = step_tables(config.schedule, n)
         return cls(gamma=tables.gamma.astype(np.float32), coef=tables.coef.astype(np.float32),
@@ -153,23 +163,39 @@ class Pipeline:
         vda = ex.download(ex.vda(*handles)) if self.spec.vda_weight != 0 else None
         return vcg, vda
 
+    def prepare(self, rgb: np.ndarray) -> list[WorkUnit]:
+        """One decoded image's work units (ImageSizeError for an image the crop rules refuse)."""
+        s = self.spec
+        return prepare(rgb, s.crops, s.mode, s.crop_size, s.size_multiple)
+
     def work_units(self, images: Sequence[np.ndarray]) -> list[tuple[int, WorkUnit]]:
         """Every image's work units, tagged with the image's index."""
-        s = self.spec
-        units: list[tuple[int, WorkUnit]] = []
-        for index, rgb in enumerate(images):
-            units.extend((index, u) for u in prepare(rgb, s.crops, s.mode, s.crop_size, s.size_multiple))
-        return units
+        return [(index, u) for index, rgb in enumerate(images) for u in self.prepare(rgb)]
 
-    def restored_crops(self, units: Sequence[tuple[int, WorkUnit]]) -> tuple[list[int], list[list[np.ndarray]]]:
-        """Restore the units (those of one resolution batched together) and cut their crops: (the owning image of
-        each crop, [x, y0, y_t1, y_t2] crop lists)."""
+    def crop_scores(self, units: Sequence[tuple[int, WorkUnit]]) -> tuple[list[int], np.ndarray, np.ndarray]:
+        """Restore the units (those of one resolution batched together), cut their crops and score them: (the owning
+        image of each crop, VCG per crop, VDA per crop; NaN for a branch with fusion weight 0, which is not run).
+
+        Crops are scored as soon as a batch of them is ready, so memory holds one restoration batch and one branch
+        batch, not every crop of the list; the branch batches are the same consecutive runs of `batch_size` crops
+        as if all crops were collected first."""
         s = self.spec
         by_shape: dict[tuple[int, ...], list[tuple[int, WorkUnit]]] = defaultdict(list)
         for item in units:
-            by_shape[item[1].x.shape].append(item)
+            by_shape[item[1].shape].append(item)
         owners: list[int] = []
-        crop_sets: list[list[np.ndarray]] = [[], [], [], []]
+        pending: list[list[np.ndarray]] = [[], [], [], []]
+        vcg_all: list[np.ndarray] = []
+        vda_all: list[np.ndarray] = []
+
+        def flush(count: int) -> None:
+            batch = [np.stack(c[:count]) for c in pending]
+            for c in pending:
+                del c[:count]
+            vcg, vda = self._branch_scores(*batch)
+            vcg_all.append(vcg if vcg is not None else np.full(count, np.nan, np.float32))
+            vda_all.append(vda if vda is not None else np.full(count, np.nan, np.float32))
+
         for group in by_shape.values():
             for start in range(0, len(group), self.batch_size):
                 chunk = group[start:start + self.batch_size]
@@ -179,29 +205,26 @@ class Pipeline:
                     for top, left in unit.boxes:
                         window = (slice(None), slice(top, top + s.crop_size), slice(left, left + s.crop_size))
                         for k, arr in enumerate((x, snaps.y0, snaps.yt1, snaps.yt2)):
-                            crop_sets[k].append(arr[j][window])
+                            pending[k].append(arr[j][window])
                         owners.append(owner)
-        return owners, crop_sets
-
-    def branch_scores(self, crop_sets: list[list[np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-        """VCG and VDA per crop, in batches (NaN for a branch with fusion weight 0, which is not run)."""
-        vcg_all: list[np.ndarray] = []
-        vda_all: list[np.ndarray] = []
-        for start in range(0, len(crop_sets[0]), self.batch_size):
-            batch = [np.stack(c[start:start + self.batch_size]) for c in crop_sets]
-            vcg, vda = self._branch_scores(*batch)
-            n = batch[0].shape[0]
-            vcg_all.append(vcg if vcg is not None else np.full(n, np.nan, np.float32))
-            vda_all.append(vda if vda is not None else np.full(n, np.nan, np.float32))
-        return np.concatenate(vcg_all), np.concatenate(vda_all)
+                        if len(pending[0]) >= self.batch_size:
+                            flush(self.batch_size)
+        if pending[0]:
+            flush(len(pending[0]))
+        if not vcg_all:
+            return owners, np.zeros(0, np.float32), np.zeros(0, np.float32)
+        return owners, np.concatenate(vcg_all), np.concatenate(vda_all)
 
     def score(self, images: Sequence[np.ndarray]) -> list[ImageScore]:
         """Score decoded RGB uint8 images (H, W, 3); one ImageScore per image, in order."""
-        if not images:
+        return self.score_prepared([self.prepare(rgb) for rgb in images])
+
+    def score_prepared(self, prepared: Sequence[Sequence[WorkUnit]]) -> list[ImageScore]:
+        """Score images already turned into work units (`prepare`); one ImageScore per image, in order."""
+        if not prepared:
             return []
-        owners, crop_sets = self.restored_crops(self.work_units(images))
-        vcg, vda = self.branch_scores(crop_sets)
-        return _aggregate(owners, vcg, vda, len(images), self.spec.vcg_weight, self.spec.vda_weight)
+        owners, vcg, vda = self.crop_scores([(index, u) for index, units in enumerate(prepared) for u in units])
+        return _aggregate(owners, vcg, vda, len(prepared), self.spec.vcg_weight, self.spec.vda_weight)
 
 
 def _aggregate(owner: list[int], vcg: np.ndarray, vda: np.ndarray, count: int, vcg_weight: float,

@@ -1,0 +1,188 @@
+"""The calibration cache: a set is recorded once and reused while nothing it depends on has changed.
+
+Key: sha256 of a canonical JSON document (sorted keys, no whitespace) holding
+- `format` (FORMAT_VERSION) and the toolkit version (what is recorded and how);
+- per graph, the sha256 (from the manifest) of the fp32 ONNX file and of its external-data files: the weights;
+- the manifest's whole pipeline section (steps, gamma/coef tables, capture steps, noise generator and seed, crop size,
+  size multiple, normalisation), and the crop policy, mode and noise seed actually used;
+- the sorted sha256s of the distinct readable image files;
+- the settings that shape the set: max_crops, rows_per_step, max_pixels.
+Not in the key: file names and order (images are processed in sha256 order), the device, batch size and threads
+(the same FP32 arithmetic, up to float rounding).
+
+One file per key, `<cache_dir>/<key>.npz` (uncompressed; the metadata as JSON bytes under `meta`), written atomically:
+a reader sees the old file, the new file or none, never half of one. A file that does not load or does not match its
+key is rebuilt and replaced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..atomic import atomic_path
+from ..bundle.schema import utc_timestamp
+from ..bundle.store import Bundle
+from ..config import ScoringConfig
+from ..contract import GRAPH_NAMES
+from ..errors import ConfigError
+from ..runtime.crops import WorkUnit, prepare
+from ..runtime.images import DEFAULT_MAX_PIXELS, check_max_pixels
+from ..runtime.pipeline import PipelineSpec
+from . import record as recording
+from .dataset import DEFAULT_MAX_CROPS, FORMAT_VERSION, MIN_IMAGES, CalibrationSet
+from .record import Progress, check_enough, image_files, plan_crops
+
+CACHE_ENV = "DIFFV2IQA_TRT_CACHE"  # overrides the cache root (its `calibration` folder holds the sets)
+
+
+def default_cache_dir() -> Path:
+    """$DIFFV2IQA_TRT_CACHE/calibration, else $XDG_CACHE_HOME/diffv2iqa-trt/calibration, else
+    ~/.cache/diffv2iqa-trt/calibration."""
+    root = os.environ.get(CACHE_ENV)
+    if root:
+        return Path(root) / "calibration"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "diffv2iqa-trt" / "calibration"
+
+
+def weight_hashes(bundle: Bundle) -> dict[str, dict[str, str]]:
+    """Per graph, bundle file name -> sha256 of the fp32 ONNX file and every external-data file it loads."""
+    out: dict[str, dict[str, str]] = {}
+    files = bundle.manifest.files
+    for graph in GRAPH_NAMES:
+        main = bundle.graph(graph).variants["fp32"].file if "fp32" in bundle.graph(graph).variants else None
+        if main is None:
+            raise ConfigError(f"bundle {bundle.root}: graph {graph!r} has no fp32 ONNX variant to calibrate from")
+        names = [main, *bundle.check_onnx_references(graph, "fp32")]
+        out[graph] = {name: files[name].sha256 for name in names}
+    return out
+
+
+def key_document(bundle: Bundle, scoring: ScoringConfig, image_sha256: Sequence[str], *, max_crops: int,
+                 rows_per_step: int | None, max_pixels: int) -> dict[str, Any]:
+    """What the key is a hash of (see the module docstring)."""
+    return {
+        "format": FORMAT_VERSION,
+        "toolkit": __version__,
+        "weights": weight_hashes(bundle),
+        "pipeline": bundle.manifest.pipeline.to_dict(),
+        "scoring": {"crops": scoring.crops, "mode": scoring.mode, "noise_seed": int(scoring.noise_seed)},
+        "images": sorted(image_sha256),
+        "settings": {"max_crops": max_crops, "rows_per_step": rows_per_step, "max_pixels": max_pixels},
+    }
+
+
+def cache_key(document: dict[str, Any]) -> str:
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def cache_path(cache_dir: str | os.PathLike[str], key: str) -> Path:
+    return Path(cache_dir) / f"{key}.npz"
+
+
+def load_cached(path: Path, key: str) -> CalibrationSet | None:
+    """The set stored at path if it loads and carries `key`; None when missing, corrupt, of another key or format."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+        meta = json.loads(arrays.pop("meta").tobytes().decode("utf-8"))
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION or meta.get("key") != key:
+            return None
+        return CalibrationSet.from_arrays(arrays, meta)
+    except Exception:  # whatever a damaged file raises (zip, npy, JSON, shapes), it is a cache miss
+        return None
+
+
+def save(cs: CalibrationSet, path: Path) -> None:
+    """Write atomically (temp file in the same folder, then rename)."""
+    meta = np.frombuffer(json.dumps(dict(cs.meta), allow_nan=False).encode("utf-8"), dtype=np.uint8)
+    arrays: dict[str, Any] = {"meta": meta, **cs.arrays()}
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
+        np.savez(f, **arrays)
+
+
+def _check_settings(max_crops: int, rows_per_step: int | None, batch_size: int) -> None:
+    def positive_int(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    if not positive_int(max_crops) or max_crops < MIN_IMAGES:
+        raise ConfigError(f"--max-crops must be an integer of at least {MIN_IMAGES} (one crop from each of the "
+                          f"{MIN_IMAGES} images a calibration set needs at least), got {max_crops!r}")
+    if rows_per_step is not None and not positive_int(rows_per_step):
+        raise ConfigError(f"--rows-per-step must be a positive integer, got {rows_per_step!r}")
+    if not positive_int(batch_size):
+        raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
+
+
+def calibration_set(bundle: Bundle, image_paths: Sequence[str | os.PathLike[str]], *, crops: str | None = None,
+                    mode: str | None = None, max_crops: int = DEFAULT_MAX_CROPS, rows_per_step: int | None = None,
+                    max_pixels: int = DEFAULT_MAX_PIXELS, cache_dir: str | os.PathLike[str] | None = None,
+                    use_cache: bool = True, device: str = "cpu", batch_size: int = 8, threads: int | None = None,
+                    progress: Progress | None = None) -> tuple[CalibrationSet, bool]:
+    """The calibration set of `bundle` on the images (files or folders, searched recursively), and whether it came
+    from the cache (True) or was recorded now (False).
+
+    crops / mode: the crop policy and restoration mode (default: the bundle's). max_crops: crops recorded at most
+    (round-robin over the images). rows_per_step: keep at most this many restore_step rows per step (default: every
+    crop at every step). progress(stage, done, total) is called as work advances (the library does not print).
+    ConfigError for bad settings, a missing or unreadable folder, or fewer than MIN_IMAGES distinct images that
+    decode. With use_cache=False nothing is read from or written to the cache. A reused set's meta (image_files,
+    created, bundle root) describes the run that recorded it: names and paths are not part of the key."""
+    say: Progress = progress or (lambda _s, _d, _t: None)
+    _check_settings(max_crops, rows_per_step, batch_size)
+    check_max_pixels(max_pixels)
+    p = bundle.manifest.pipeline
+    scoring = ScoringConfig(crops=crops if crops is not None else p.crops, mode=mode if mode is not None else p.mode,
+                            noise_seed=p.noise.seed)
+    files, skipped = image_files(image_paths, say)
+    check_enough(len(files), "distinct readable files:", skipped)
+
+    document = key_document(bundle, scoring, [f.sha256 for f in files], max_crops=max_crops,
+                            rows_per_step=rows_per_step, max_pixels=max_pixels)
+    key = cache_key(document)
+    path = cache_path(cache_dir if cache_dir is not None else default_cache_dir(), key)
+    if use_cache:
+        cached = load_cached(path, key)
+        if cached is not None:
+            return cached, True
+
+    spec = PipelineSpec.from_manifest(p, scoring)
+    plan = plan_crops(files, lambda rgb: _prepare(spec, rgb), max_crops, max_pixels, skipped, say)
+    recorded = recording.record(bundle, scoring, plan, rows_per_step=rows_per_step, device=device,
+                                     batch_size=batch_size, threads=threads, progress=say)
+    meta = {
+        "format": FORMAT_VERSION, "key": key, "toolkit": __version__, "created": utc_timestamp(),
+        "bundle": {"root": str(bundle.root), "model": bundle.model_name, "trained": bundle.trained,
+                   "weights": document["weights"]},
+        "pipeline": {"steps": p.steps, "capture_t1": p.capture_t1, "capture_t2": p.capture_t2,
+                     "crop_size": p.crop_size, "crops": scoring.crops, "mode": scoring.mode,
+                     "noise_seed": int(scoring.noise_seed)},
+        "settings": document["settings"],
+        "images": [f.sha256 for f in plan.images],
+        "image_files": [str(f.path) for f in plan.images],
+        "skipped": [{"file": name, "reason": reason} for name, reason in plan.skipped],
+        "counts": {"files": len(files), "images": len(plan.images), "crops": plan.crops,
+                   "restore_rows": int(len(recorded.arrays["y"])), "noise_rows": int(len(recorded.arrays["z"]))},
+        "recorded_with": recorded.executor,
+    }
+    cs = CalibrationSet.from_arrays(recorded.arrays, meta)
+    if use_cache:
+        save(cs, path)
+    return cs, False
+
+
+def _prepare(spec: PipelineSpec, rgb: np.ndarray) -> list[WorkUnit]:
+    """The work units of one image under the spec's policy and mode (what Pipeline.prepare does)."""
+    return prepare(rgb, spec.crops, spec.mode, spec.crop_size, spec.size_multiple)
