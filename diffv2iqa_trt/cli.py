@@ -244,7 +244,7 @@ def build(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle at --out.")] = False,
 ) -> None:
     """Export the three graphs, lint them for TensorRT, check them against torch and write a bundle."""
-    from .assemble import BuildOptions, build_onnx_bundle
+    from .assemble import BuildOptions, build_onnx_bundle, check_output
     from .config import ScoringConfig
     from .reference.loading import load_model
 
@@ -253,6 +253,7 @@ def build(
                                opt_batch=opt_batch, max_batch=max_batch, max_size=max_size, steps=steps,
                                include_checkpoint=not no_checkpoint, allow_lint_failures=allow_lint_failures,
                                overwrite=overwrite)
+        check_output(out_dir, overwrite)  # seconds, before a paper checkpoint takes minutes to load
         loaded = load_model(checkpoint, preset.value if preset else None)
         options.check(loaded.model.config.crop_size, loaded.model.config.unet.size_multiple)
     except DiffV2IQAError as exc:
