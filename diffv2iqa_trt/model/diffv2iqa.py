@@ -58,7 +58,7 @@ class DiffV2IQA(nn.Module):
 
     # --- the three graphs -------------------------------------------------------------------------------------
     def restore_step(self, x: Tensor, y: Tensor, gamma: Tensor, coef: Tensor, z: Tensor) -> Tensor:
-        """x, y (B,3,H,W), gamma (B,), coef (B,5), z (1,3,H,W) -> y after this step."""
+        """x, y (B,3,H,W), gamma (B,), coef (B, COEF_WIDTH), z (1,3,H,W) -> y after this step."""
         eps = self.unet(torch.cat([x, y], dim=1), gamma)
         y_next: Tensor = self.restore_update(eps, y, coef, z)
         return y_next

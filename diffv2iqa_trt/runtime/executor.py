@@ -28,7 +28,7 @@ class Executor(Protocol):
         ...
 
     def restore_step(self, x: Handle, y: Handle, gamma: Handle, coef: Handle, z: Handle) -> Handle:
-        """x, y (B,3,H,W); gamma (B,); coef (B,5); z (1,3,H,W) -> y_next (B,3,H,W)."""
+        """x, y (B,3,H,W); gamma (B,); coef (B, contract.COEF_WIDTH); z (1,3,H,W) -> y_next (B,3,H,W)."""
         ...
 
     def vcg(self, x: Handle, y0: Handle, yt1: Handle, yt2: Handle) -> Handle:
