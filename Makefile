@@ -1,5 +1,6 @@
 # Two commands on a fresh machine: `make demo` (score sample photos with the embedded default model) and `make test`.
-# `make lint` runs ruff and mypy (strict; see [tool.mypy] in pyproject.toml); CI runs `make lint test`.
+# `make lint` runs ruff and mypy (strict; see [tool.mypy] in pyproject.toml).
+# CI (`.ci/run`) runs `make lint`, then `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin

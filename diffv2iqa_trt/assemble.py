@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .bundle import MANIFEST_NAME, write_bundle
+from .bundle import write_bundle
 from .bundle.gates import DEFAULT_GATES
 from .bundle.manifest import (
     FusionSection,
@@ -31,6 +31,7 @@ from .bundle.manifest import (
     VariantEntry,
 )
 from .bundle.schema import sha256_file
+from .bundle.store import check_replaceable
 from .config import MAX_STEPS, ModelConfig, ScoringConfig
 from .contract import (
     BRANCH_INPUTS,
@@ -169,16 +170,6 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-def _refuse_non_bundle(out: Path) -> None:
-    """The rule of bundle.write_bundle for `overwrite`, applied before the export: only a bundle or an empty
-    directory is ever replaced (so `--out ~ --overwrite` cannot wipe a home directory)."""
-    if not out.is_dir():
-        raise BundleError(f"{out} exists and is not a directory; choose another --out", path=out)
-    if not ((out / MANIFEST_NAME).is_file() or not any(out.iterdir())):
-        raise BundleError(f"{out} exists and is not a bundle (no {MANIFEST_NAME}); refusing to replace it even with "
-                          "--overwrite: choose another --out or remove it yourself", path=out)
-
-
 def check_output(out_dir: str | os.PathLike[str], overwrite: bool) -> Path:
     """Refuse an output the build could not write, before minutes of export: an existing path (unless it is a bundle
     or an empty directory and `overwrite`), a parent below a file, or a location where no file can be created
@@ -189,7 +180,7 @@ def check_output(out_dir: str | os.PathLike[str], overwrite: bool) -> Path:
         if not overwrite:
             raise BundleError(f"{out_dir} already exists; choose another --out or pass --overwrite to replace it",
                               path=out)
-        _refuse_non_bundle(out)
+        check_replaceable(out, elsewhere="choose another --out")
     base = _nearest_existing(out.parent)
     if not base.is_dir():
         raise BundleError(f"cannot create {out}: {base} is not a directory; choose another --out", path=out)

@@ -564,8 +564,33 @@ def preset(name: str) -> ModelConfig:
     return config
 
 
-CROP_POLICY = re.compile(r"^(center|five|resize224|grid:[1-9][0-9]*)$")
+CROP_POLICY = re.compile(r"^(center|five|resize224|grid:[0-9]+)$")
 MODES = ("faithful", "crops")
+
+
+def grid_size(policy: object) -> int | None:
+    """N of a `grid:N` crop policy, None for center, five and resize224; ConfigError for any other policy or an N
+    outside [1, MAX_GRID]. The one parser of the crop-policy grammar (config, runtime and scorer all use it)."""
+    if not isinstance(policy, str) or not CROP_POLICY.match(policy):
+        raise ConfigError(f"unknown crop policy {_show(policy)}; use center, five, grid:N or resize224")
+    if not policy.startswith("grid:"):
+        return None
+    digits = policy.removeprefix("grid:")
+    n = int(digits) if len(digits) <= len(str(MAX_GRID)) else MAX_GRID + 1  # no int() of 10**5 digits
+    if n < 1:
+        raise ConfigError(f"crop policy {_show(policy)} has no crops: N must be between 1 and {MAX_GRID}")
+    if n > MAX_GRID:
+        raise ConfigError(f"crop policy {_show(policy)} asks for too many crops; use grid:N with N at most {MAX_GRID} "
+                          f"(N must be between 1 and {MAX_GRID}: {MAX_GRID ** 2} crops per image)")
+    return n
+
+
+def check_seed(seed: object) -> int:
+    """A noise seed as an int in [0, 2**64); ConfigError otherwise (bools and floats such as 1e23 are no seeds).
+    NumPy integers are accepted."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= int(seed) < SEED_LIMIT:
+        raise ConfigError(f"noise seed {_show(seed)} is out of range; use an integer in [0, 2**64) (--seed)")
+    return int(seed)
 
 
 @dataclass(frozen=True)
@@ -577,16 +602,7 @@ class ScoringConfig:
     noise_seed: int = 0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.crops, str) or not CROP_POLICY.match(self.crops):
-            raise ConfigError(f"unknown crop policy {_show(self.crops)}; use center, five, grid:N or resize224")
-        if self.crops.startswith("grid:"):
-            digits = self.crops.split(":", 1)[1]
-            if len(digits) > len(str(MAX_GRID)) or int(digits) > MAX_GRID:  # length first: int() of 10**5 digits
-                raise ConfigError(f"crop policy {_show(self.crops)} asks for too many crops; use grid:N with N at "
-                                  f"most {MAX_GRID} ({MAX_GRID ** 2} crops per image)")
+        grid_size(self.crops)
         if not isinstance(self.mode, str) or self.mode not in MODES:
             raise ConfigError(f"unknown mode {_show(self.mode)}; use one of {', '.join(MODES)}")
-        seed = self.noise_seed  # NumPy integers too, as runtime/noise.py accepts them
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= int(seed) < SEED_LIMIT:
-            raise ConfigError(f"noise seed {_show(self.noise_seed)} is out of range; use an integer in [0, 2**64) "
-                              "(--seed)")
+        check_seed(self.noise_seed)

@@ -61,9 +61,10 @@ class TensorSpec:
         return True
 
 
-@dataclass(frozen=True)
-class GraphSpec:
-    name: str
+class GraphIO:
+    """The tensor names of anything that holds a graph's `inputs` and `outputs` (the contract's GraphSpec, a
+    manifest's graph entry)."""
+
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
 
@@ -74,6 +75,13 @@ class GraphSpec:
     @property
     def output_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.outputs)
+
+
+@dataclass(frozen=True)
+class GraphSpec(GraphIO):
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
 
     def to_dict(self) -> dict[str, object]:
         return {"name": self.name, "inputs": [t.to_dict() for t in self.inputs],

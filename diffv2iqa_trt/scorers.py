@@ -10,10 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ScoringConfig
+from .config import ScoringConfig, check_seed, grid_size
 from .errors import ConfigError
-from .runtime.crops import grid_size
-from .runtime.noise import check_seed
 from .runtime.pipeline import Pipeline, check_steps
 
 DEFAULT_CROPS = "center"

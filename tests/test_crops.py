@@ -42,8 +42,8 @@ def test_modes():
 
 
 def test_grid_is_bounded():
+    from diffv2iqa_trt.config import MAX_GRID, grid_size
     from diffv2iqa_trt.errors import ConfigError
-    from diffv2iqa_trt.runtime.crops import MAX_GRID, grid_size
 
     assert grid_size("grid:64") == MAX_GRID == 64 and grid_size("five") is None
     assert len(crop_boxes("grid:64", 200, 200, 64)) == 4096

@@ -473,19 +473,25 @@ def _second_build(tmp_path: Path) -> tuple[dict[str, Any], dict[str, Path]]:
     return manifest, fake_files(manifest, tmp_path / "src2")
 
 
+def _rename_failing(monkeypatch: pytest.MonkeyPatch, failure: Any) -> None:
+    """Patch the store's os.rename: call n (1-based) raises `failure(n)` when that returns an exception."""
+    real_rename = os.rename
+    calls = [0]
+
+    def rename(src: Any, dst: Any) -> None:
+        calls[0] += 1
+        if (exc := failure(calls[0])) is not None:
+            raise exc
+        real_rename(src, dst)
+
+    monkeypatch.setattr(store_module.os, "rename", rename)
+
+
 def test_overwrite_interrupted_between_renames_is_recovered(tmp_path: Path, built: Bundle,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     manifest, files = _second_build(tmp_path)
-    real_rename = os.rename
-    calls: list[Any] = []
-
-    def dies_after_first(src: Any, dst: Any) -> None:
-        calls.append(src)
-        if len(calls) > 1:  # the process "dies": no later rename happens either
-            raise KeyboardInterrupt("killed")
-        real_rename(src, dst)
-
-    monkeypatch.setattr(store_module.os, "rename", dies_after_first)
+    # The process "dies" after the first rename: no later rename happens either.
+    _rename_failing(monkeypatch, lambda n: KeyboardInterrupt("killed") if n > 1 else None)
     with pytest.raises(KeyboardInterrupt):
         write_bundle(built.root, manifest, files, overwrite=True)
     monkeypatch.undo()
@@ -506,16 +512,7 @@ def test_overwrite_interrupted_between_renames_is_recovered(tmp_path: Path, buil
 def test_failed_second_rename_puts_the_old_bundle_back(tmp_path: Path, built: Bundle,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     manifest, files = _second_build(tmp_path)
-    real_rename = os.rename
-    calls: list[Any] = []
-
-    def second_fails(src: Any, dst: Any) -> None:
-        calls.append(src)
-        if len(calls) == 2:
-            raise OSError(5, "Input/output error")
-        real_rename(src, dst)
-
-    monkeypatch.setattr(store_module.os, "rename", second_fails)
+    _rename_failing(monkeypatch, lambda n: OSError(5, "Input/output error") if n == 2 else None)
     with pytest.raises(OSError, match="Input/output error"):
         write_bundle(built.root, manifest, files, overwrite=True)
     monkeypatch.undo()

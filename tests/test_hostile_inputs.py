@@ -259,7 +259,8 @@ def no_model(monkeypatch):
     (["--steps", "100000000"], "--steps must be an integer between 1 and 10000"),  # before: ArrayMemoryError
     (["--steps", "0"], "--steps must be an integer between 1 and 10000"),
     (["--crops", "grid:100000000"], "N must be between 1 and 64"),  # before: 7 GB, then MemoryError
-    (["--crops", "grid:" + "9" * 5000], "unknown crop policy"),
+    # One crop-policy parser now (config.grid_size): an N of 5000 digits is "too many crops", like ScoringConfig says.
+    (["--crops", "grid:" + "9" * 5000], "asks for too many crops"),
     (["--crops", "grid:0"], "N must be between 1 and 64"),
     (["--mode", "[red]fast"], "unknown mode '[red]fast'"),
     (["--batch-size", "100000000"], "Invalid value for '--batch-size'"),

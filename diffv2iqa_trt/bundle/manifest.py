@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..contract import GRAPH_NAMES, PRECISIONS, TensorSpec
+from ..contract import GRAPH_NAMES, PRECISIONS, GraphIO, TensorSpec
 from .schema import validate_manifest
 
 
@@ -182,20 +182,12 @@ def _tensor(d: Mapping[str, Any]) -> TensorSpec:
 
 
 @dataclass(frozen=True)
-class GraphEntry:
+class GraphEntry(GraphIO):
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     profiles: Profiles
     variants: Mapping[str, VariantEntry]
     engines: Mapping[str, EngineEntry] = field(default_factory=dict)
-
-    @property
-    def input_names(self) -> tuple[str, ...]:
-        return tuple(t.name for t in self.inputs)
-
-    @property
-    def output_names(self) -> tuple[str, ...]:
-        return tuple(t.name for t in self.outputs)
 
     @property
     def precisions(self) -> tuple[str, ...]:

@@ -26,6 +26,7 @@ from typing import Any
 import jsonschema
 import numpy as np
 
+from ..config import MAX_GRID, MAX_STEPS, grid_size  # the toolkit's bounds, defined once
 from ..contract import (
     BRANCH_GRAPHS,
     COEF_NAMES,
@@ -39,7 +40,7 @@ from ..contract import (
     TensorSpec,
     graph_spec,
 )
-from ..errors import BundleError
+from ..errors import BundleError, ConfigError
 
 SCHEMA_NAME = "diffv2iqa-trt-bundle"
 SCHEMA_VERSION = 2
@@ -58,11 +59,9 @@ _CHUNK = 1 << 20
 MAX_MANIFEST_BYTES = 4 << 20  # read at most this (+1 byte to notice more); parsing it takes < 0.3 s and < 100 MB
 MAX_MANIFEST_VALUES = 200_000  # JSON values in all; the JSON Schema check takes ~4 us per value
 MAX_MANIFEST_DEPTH = 32  # nesting of arrays and objects; deeper ones would end in a RecursionError downstream
-# Bounds of the pipeline a bundle may describe (the model config's own caps are the same or tighter).
-MAX_STEPS = 10_000  # restoration steps [paper: 50]
+# Bounds of the pipeline a bundle may describe (steps and grid:N: config.MAX_STEPS and config.MAX_GRID).
 MAX_CROP_SIZE = 4096  # crop side in pixels [paper: 224]
 MAX_SIZE_MULTIPLE = 256  # U-Net size multiple, a power of two [paper: 16]
-MAX_CROP_GRID = 64  # grid:N crop policy: N x N crops per image
 MAX_NOISE_BANK_BYTES = 4 << 30  # the noise bank at crop size, (steps + 1) x 3 x crop x crop float32 [paper: 30 MB]
 _FLOAT32_MAX = float(np.finfo(np.float32).max)  # gamma and coef are fed to the graphs as float32
 
@@ -254,10 +253,11 @@ def _pipeline_problems(p: dict[str, Any]) -> list[str]:
     elif steps <= MAX_STEPS and (bank := (steps + 1) * 3 * crop * crop * 4) > MAX_NOISE_BANK_BYTES:
         problems.append(f"at $.pipeline: {steps} steps at crop size {crop} need a {bank / 2**30:.1f} GiB noise bank, "
                         f"more than the supported {MAX_NOISE_BANK_BYTES / 2**30:.0f} GiB")
-    grid = p["crops"].removeprefix("grid:")
-    if grid != p["crops"] and (len(grid) > 6 or int(grid) > MAX_CROP_GRID):
+    try:
+        grid_size(p["crops"])  # the schema's pattern already holds: only N can be out of range
+    except ConfigError:
         problems.append(f"at $.pipeline.crops: {_short(p['crops'], 40)} has more than the supported "
-                        f"{MAX_CROP_GRID} x {MAX_CROP_GRID} crops")
+                        f"{MAX_GRID} x {MAX_GRID} crops")
     bad_gamma = [i for i, v in enumerate(p["gamma"]) if not _finite(v, _FLOAT32_MAX)]
     if bad_gamma:
         problems.append(f"at $.pipeline.gamma[{bad_gamma[0]}]: not a finite float32 value "

@@ -596,14 +596,15 @@ def _copy_hashing(src: Path, dst: Path) -> str:
     return h.hexdigest()
 
 
-def _check_replaceable(out_dir: Path) -> None:
-    # overwrite=True must never wipe a directory that is not a bundle (e.g. `--out ~`).
+def check_replaceable(out_dir: Path, *, elsewhere: str = "choose another output directory") -> None:
+    """Refuse to replace an existing `out_dir` that is not a bundle or an empty directory: overwriting must never
+    wipe other data (e.g. `--out ~`). `elsewhere` is the advice in the message (the CLI names its option)."""
     if not out_dir.is_dir():
-        raise BundleError(f"{out_dir} exists and is not a directory; choose another output path", path=out_dir)
+        raise BundleError(f"{out_dir} exists and is not a directory; {elsewhere}", path=out_dir)
     if (out_dir / MANIFEST_NAME).is_file() or not any(out_dir.iterdir()):
         return
-    raise BundleError(f"{out_dir} exists and is not a bundle (no {MANIFEST_NAME}); refusing to replace it: choose "
-                      f"another output directory or remove it yourself", path=out_dir)
+    raise BundleError(f"{out_dir} exists and is not a bundle (no {MANIFEST_NAME}); refusing to replace it even with "
+                      f"--overwrite: {elsewhere} or remove it yourself", path=out_dir)
 
 
 def _refuse_existing(out_dir: Path, overwrite: bool) -> None:
@@ -611,7 +612,7 @@ def _refuse_existing(out_dir: Path, overwrite: bool) -> None:
         if not overwrite:
             raise BundleError(f"{out_dir} already exists; choose another output directory or allow overwriting "
                               f"(`--overwrite`)", path=out_dir)
-        _check_replaceable(out_dir)
+        check_replaceable(out_dir)
 
 
 def write_bundle(out_dir: str | os.PathLike[str], manifest: Mapping[str, Any],

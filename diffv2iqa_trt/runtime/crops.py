@@ -11,18 +11,17 @@ Images whose short side is below the crop size are first upscaled (bicubic, aspe
 
 Work per image is bounded (an ImageSizeError refuses the image, not the run): upscaling at most MAX_UPSCALE times and
 only images whose long side is at most MAX_UPSCALE_ASPECT times the short side (a 1 x 60000 strip would become
-64 x 3840000); faithful restoration of at most MAX_FAITHFUL_PIXELS; grid:N with N at most MAX_GRID.
+64 x 3840000); faithful restoration of at most MAX_FAITHFUL_PIXELS; grid:N with N at most config.MAX_GRID.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
-from ..config import MAX_GRID  # grid:N at most 64 x 64 = 4096 crops per image (ScoringConfig checks it too)
+from ..config import grid_size
 from ..contract import normalise_uint8
 from ..errors import EXIT_FAILED, ConfigError, DiffV2IQAError
 
@@ -32,7 +31,6 @@ MAX_UPSCALE_ASPECT = 32  # an upscaled image is at most crop x 32 crop pixels
 # 50 steps is already 2.6 GB of noise. Larger images are refused there (crops mode handles them).
 MAX_FAITHFUL_PIXELS = 2048 * 2048
 
-_POLICY = re.compile(r"^(center|five|resize224|grid:([0-9]{1,12}))$")
 
 
 class ImageSizeError(DiffV2IQAError, ValueError):
@@ -66,21 +64,6 @@ def normalise(rgb: np.ndarray) -> np.ndarray:
     """uint8 (H, W, 3) -> float32 (3, H, W) by the contract's formula (the authors' (v / 255 - 0.5) / 0.5)."""
     x: np.ndarray = normalise_uint8(rgb).transpose(2, 0, 1).copy()
     return x
-
-
-def grid_size(policy: str) -> int | None:
-    """N of a `grid:N` policy (None for the other policies); ConfigError for an unknown policy or N out of range."""
-    m = _POLICY.match(policy) if isinstance(policy, str) else None
-    if m is None:
-        shown = repr(policy) if len(repr(policy)) <= 40 else repr(policy)[:37] + "..."  # it may be 10**5 digits
-        raise ConfigError(f"unknown crop policy {shown}; use center, five, grid:N or resize224")
-    if m.group(2) is None:
-        return None
-    n = int(m.group(2))
-    if not 1 <= n <= MAX_GRID:
-        raise ConfigError(f"crop policy {policy!r}: N must be between 1 and {MAX_GRID} ({MAX_GRID ** 2} crops per "
-                          "image)")
-    return n
 
 
 def _resize(rgb: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -15,17 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..config import SEED_LIMIT  # 2**64: a seed is one 64-bit word of the Philox key
-from ..errors import ConfigError
+from ..config import check_seed  # a seed is one 64-bit word of the Philox key: [0, 2**64)
 
 GENERATOR = "numpy-philox4x64-key(seed,row)-standard_normal-float32"
-
-
-def check_seed(seed: object) -> int:
-    """The seed as an int in [0, 2**64); ConfigError otherwise (a float such as 1e23 or 5.5 is no seed)."""
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= int(seed) < SEED_LIMIT:
-        raise ConfigError(f"noise seed {seed!r} is out of range; use an integer in [0, 2**64) (--seed)")
-    return int(seed)
 
 
 def noise_row(seed: int, row: int, height: int, width: int) -> np.ndarray:

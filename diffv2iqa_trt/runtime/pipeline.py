@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..bundle.manifest import PipelineSection
-from ..config import MAX_STEPS, ModelConfig, ScoringConfig
+from ..config import MAX_STEPS, ModelConfig, ScoringConfig, check_seed
 from ..contract import COEF_WIDTH
 from ..errors import ConfigError
 from ..schedule import check_capture_steps, step_tables
 from .crops import WorkUnit, prepare
 from .executor import Executor, Handle
-from .noise import check_seed, noise_bank
+from .noise import noise_bank
 
 # Noise banks kept per resolution (LRU). A paper-size 512x512 bank is ~160 MB on the host plus its device copy, and
 # faithful mode meets a new resolution with every image size, so the cache must be bounded.
