@@ -9,7 +9,7 @@ $(BIN)/diffv2iqa-trt: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[cpu,dev]'
+	$(BIN)/pip install --quiet -e '.[cpu,precision,dev]'
 	touch $@
 
 .PHONY: install demo lint test test-all

@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .bundle import write_bundle
 from .bundle.gates import DEFAULT_GATES
@@ -54,6 +54,10 @@ from .model.checkpoint import CheckpointInfo, save_checkpoint
 from .model.diffv2iqa import DiffV2IQA
 from .runtime.noise import GENERATOR
 from .runtime.pipeline import PipelineSpec
+
+if TYPE_CHECKING:
+    from .precision.variants import VariantOptions
+    from .precision_plan import PrecisionPlan
 
 CHECKPOINT_FILE = "model.safetensors"
 CHECK_BATCH = 2  # batch of the torch-vs-ONNX Runtime check of each exported graph
@@ -148,7 +152,9 @@ def export_checked_graph(model: DiffV2IQA, graph: str, stage: Path, options: Bui
     spec = graph_spec(graph, config)
     entry = GraphEntry(inputs=spec.inputs, outputs=spec.outputs,
                        profiles=profiles(graph, config.crop_size, options),
-                       variants={"fp32": VariantEntry(file=name, opset=result.opset)})
+                       variants={"fp32": VariantEntry(file=name, opset=result.opset, precision="fp32",
+                                                      extra={"calibration": None, "recipe": None,
+                                                             "accuracy": None})})
     return GraphBuild(entry=entry, files=files, lint=lint, check=check)
 
 
@@ -288,3 +294,28 @@ def _build(model: DiffV2IQA, info: CheckpointInfo, config: ModelConfig, spec: Pi
         say("writing the bundle")
         path = write_bundle(out_dir, manifest, files, overwrite=options.overwrite, move=True)
     return BuildResult(path=path, lint=lint, parity=parity)
+
+
+def build_bundle(model: DiffV2IQA, info: CheckpointInfo, out_dir: str | os.PathLike[str], options: BuildOptions,
+                 request: PrecisionPlan, variants: VariantOptions | None = None, *, init_seed: int | None = None,
+                 checkpoint_path: str | os.PathLike[str] | None = None,
+                 progress: Progress | None = None) -> BuildResult:
+    """`build`: the FP32 bundle, plus the reduced-precision variants `request` asks for. With variants, the FP32
+    bundle is staged in a temporary directory next to `out_dir` and the final bundle written from it, so `out_dir`
+    only ever holds a complete bundle."""
+    if request.uniform == "fp32":
+        return build_onnx_bundle(model, info, out_dir, options, init_seed=init_seed,
+                                 checkpoint_path=checkpoint_path, progress=progress)
+    from .bundle import load_bundle
+    from .precision.variants import VariantOptions, add_variants
+
+    out = check_output(out_dir, options.overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.fp32-", dir=out.parent) as tmp:
+        staged = Path(tmp) / "fp32"
+        result = build_onnx_bundle(model, info, staged, dataclasses.replace(options, overwrite=False),
+                                   init_seed=init_seed, checkpoint_path=checkpoint_path, progress=progress)
+        path = add_variants(load_bundle(staged), request, out,
+                            dataclasses.replace(variants or VariantOptions(), overwrite=options.overwrite),
+                            say=progress)
+    return dataclasses.replace(result, path=path)

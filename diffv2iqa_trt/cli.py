@@ -10,7 +10,7 @@ import shlex
 import tempfile
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -19,7 +19,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import __version__
+from .calibration.dataset import MIN_IMAGES
 from .errors import EXIT_FAILED, EXIT_USAGE, ConfigError, DiffV2IQAError
+
+if TYPE_CHECKING:
+    from .precision.variants import VariantOptions
+    from .precision_plan import PrecisionPlan
 
 app = typer.Typer(
     help="Deploy and run the DiffV2IQA no-reference image-quality model (PyTorch reference, ONNX, TensorRT).",
@@ -124,8 +129,10 @@ def score(
     = None,
     backend: Annotated[BackendName | None, typer.Option(help="torch (the reference) or onnxruntime. Default: "
                                                              "onnxruntime with --bundle, torch without.")] = None,
-    precision: Annotated[str, typer.Option(help="Bundle graph variant for onnxruntime (fp32, fp16, int8).")]
-    = "fp32",
+    precision: Annotated[str | None, typer.Option(
+        help="Precision plan of the bundle's graphs for onnxruntime: fp32, fp16, int8, int8-cpu or per graph "
+             "(restore_step=fp16,vcg=fp16,vda=int8). Default: the plan the bundle was built with (fp32 if none). "
+             "On the CPU, int8 runs the int8-cpu variant where the bundle has one.")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="Native checkpoint (.safetensors). Default: the embedded "
                                                          "demo model (tiny, trained on synthetic distortions; see "
                                                          "weights/MODEL_CARD.md).")] = None,
@@ -242,10 +249,32 @@ def build(
     allow_lint_failures: Annotated[bool, typer.Option(help="Write the bundle even if the TensorRT lint fails.")]
     = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle at --out.")] = False,
+    precision: Annotated[str, typer.Option(
+        help="Precision plan: fp32, fp16, int8, int8-cpu, best, or per graph, e.g. "
+             "restore_step=fp16,vcg=fp16,vda=int8 (graphs not named stay fp32). best searches, per graph, the lowest "
+             "precision whose scores stay within the budget on --eval-images. int8 also makes an int8-cpu variant "
+             "for the CPU backend.")] = "fp32",
+    from_bundle: Annotated[Path | None, typer.Option(
+        "--from-bundle", help="Add the --precision variants to this bundle's FP32 graphs instead of exporting "
+                              "(--out may be the same bundle, with --overwrite).")] = None,
+    calib_images: Annotated[list[Path] | None, typer.Option(
+        help=f"Calibration images (files or folders, repeatable; at least {MIN_IMAGES}): needed by every "
+             "precision but fp32.")] = None,
+    eval_images: Annotated[list[Path] | None, typer.Option(
+        help="Evaluation images, disjoint from the calibration images (50 or more recommended): needed by best; "
+             "with other plans, each variant's score deltas are measured on them too.")] = None,
+    calib_crops: Annotated[int, typer.Option(help="Calibration crops recorded at most.")] = 64,
+    calib_methods: Annotated[str, typer.Option(help="INT8 calibration methods tried (the better one is kept): "
+                                                    "entropy, max, or both comma-separated.")] = "entropy,max",
+    min_srcc: Annotated[float, typer.Option(help="Accuracy budget: SRCC against the FP32 scores.")] = 0.995,
+    max_delta: Annotated[float, typer.Option(help="Accuracy budget: max |Δscore| as a fraction of the FP32 scores' "
+                                                  "range.")] = 0.02,
 ) -> None:
-    """Export the three graphs, lint them for TensorRT, check them against torch and write a bundle."""
-    from .assemble import BuildOptions, build_onnx_bundle, check_output
+    """Export the three graphs, lint them for TensorRT, check them against torch and write a bundle; with
+    --precision, add FP16/INT8 variants made from a calibration set and measured against the FP32 graphs."""
+    from .assemble import BuildOptions, build_bundle, check_output
     from .config import ScoringConfig
+    from .precision_plan import parse_plan
     from .reference.loading import load_model
 
     try:
@@ -253,6 +282,12 @@ def build(
                                opt_batch=opt_batch, max_batch=max_batch, max_size=max_size, steps=steps,
                                include_checkpoint=not no_checkpoint, allow_lint_failures=allow_lint_failures,
                                overwrite=overwrite)
+        request = parse_plan(precision, allow_best=True)
+        variants = _variant_options(request, calib_images, eval_images, calib_crops, calib_methods, min_srcc,
+                                    max_delta, overwrite)
+        if from_bundle is not None:
+            _add_variants(from_bundle, out_dir, request, variants)
+            return
         check_output(out_dir, overwrite)  # seconds, before a paper checkpoint takes minutes to load
         loaded = load_model(checkpoint, preset.value if preset else None)
         options.check(loaded.model.config.crop_size, loaded.model.config.unet.size_multiple)
@@ -262,8 +297,9 @@ def build(
         err.print(f"[yellow]warning:[/] model {_show(loaded.label)}")
     with err.status("building") as status:
         try:
-            result = build_onnx_bundle(loaded.model, loaded.info, out_dir, options, init_seed=loaded.init_seed,
-                                       checkpoint_path=loaded.path, progress=lambda m: status.update(_show(m)))
+            result = build_bundle(loaded.model, loaded.info, out_dir, options, request, variants,
+                                  init_seed=loaded.init_seed, checkpoint_path=loaded.path,
+                                  progress=lambda m: status.update(_show(m)))
         except DiffV2IQAError as exc:
             raise _failed(exc) from None
     _print_lint(result.lint)
@@ -275,7 +311,70 @@ def build(
             if isinstance(err_, dict):
                 table.add_row(_show(graph), _show(name), f"{err_['max_abs']:.3g}", f"{err_['max_rel']:.3g}")
     out.print(table)
+    if request.uniform != "fp32":
+        _print_precision(result.path)
     out.print(f"wrote bundle {_show(result.path)}")
+
+
+def _variant_options(request: PrecisionPlan, calib_images: list[Path] | None, eval_images: list[Path] | None,
+                     calib_crops: int, calib_methods: str, min_srcc: float, max_delta: float,
+                     overwrite: bool) -> VariantOptions | None:
+    """The variant settings of `build`, checked before anything is exported (ConfigError names the option)."""
+    from .precision.evaluate import Budget
+    from .precision.variants import VariantOptions, check_request
+
+    if request.uniform == "fp32":
+        if calib_images or eval_images:
+            raise ConfigError("--calib-images and --eval-images only apply with a --precision other than fp32")
+        return None
+    if not 0 < min_srcc <= 1 or not 0 < max_delta <= 1:
+        raise ConfigError(f"the budget needs 0 < --min-srcc <= 1 and 0 < --max-delta <= 1, got {min_srcc} and "
+                          f"{max_delta}")
+    methods = tuple(m.strip() for m in calib_methods.split(",") if m.strip())
+    options = VariantOptions(calibration_images=tuple(calib_images or ()), evaluation_images=tuple(eval_images or ()),
+                             max_crops=calib_crops, methods=methods, budget=Budget(min_srcc, max_delta),
+                             overwrite=overwrite)
+    check_request(request, options)
+    return options
+
+
+def _add_variants(source: Path, out_dir: Path, request: PrecisionPlan, options: VariantOptions | None) -> None:
+    from .assemble import check_output
+    from .bundle import load_bundle
+    from .precision.variants import add_variants
+
+    if options is None:
+        raise ConfigError("--from-bundle adds variants: give a --precision other than fp32")
+    bundle = load_bundle(source)
+    if os.path.abspath(out_dir) != str(bundle.root):
+        check_output(out_dir, options.overwrite)
+    elif not options.overwrite:
+        raise ConfigError(f"--out is the source bundle {out_dir}: pass --overwrite to replace it in place")
+    with err.status("adding variants") as status:
+        path = add_variants(bundle, request, out_dir, options, say=lambda m: status.update(_show(m)))
+    _print_precision(path)
+    out.print(f"wrote bundle {_show(path)}")
+
+
+def _print_precision(path: Path) -> None:
+    from .bundle import load_bundle
+    from .bundle.summary import precision_rows
+
+    chosen = load_bundle(path).manifest.precision
+    if chosen is None:
+        return
+    table = Table(title=f"Precision variants (plan: {_show(', '.join(f'{g}={p}' for g, p in chosen.plan.items()))})")
+    for col in ("graph", "variant", "tensor max |Δ|", "score max |Δ|", "% of range", "SRCC", "budget"):
+        table.add_column(col, justify="left" if col in ("graph", "variant", "budget") else "right",
+                         overflow="fold")
+    for graph, variant, tensor, _cos, score, frac, srcc_, verdict in precision_rows(chosen.report):
+        table.add_row(*(_show(c) for c in (graph, variant, tensor, score, frac, srcc_,
+                                           "over" if verdict.startswith("over") else verdict)))
+    out.print(table)
+    scores = chosen.report.get("plan_scores")
+    if scores:
+        out.print(f"plan end to end on {scores['images']} images: max |Δ| {scores['max_abs']:.3g} "
+                  f"({100 * scores['max_abs_fraction']:.2f} % of range), SRCC {scores['srcc']:.5f}")
 
 
 def _print_lint(lint: dict[str, Any]) -> None:

@@ -29,7 +29,10 @@ COEF_NAMES = ("sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "poste
               "posterior_mean_coef2", "posterior_std")
 COEF_WIDTH = len(COEF_NAMES)
 
-PRECISIONS = ("fp32", "fp16", "int8")
+# ONNX variants a bundle may hold. fp16 and int8 are laid out for TensorRT (int8: explicit Q/DQ, fp16 elsewhere);
+# int8-cpu is the same calibration quantised the way ONNX Runtime's CPU kernels run fastest (QDQ, uint8 activations),
+# picked by the CPU backend in place of int8 when present.
+PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu")
 # TensorRT major versions whose ONNX parser the export is linted against and engines are built for.
 TRT_MAJORS = (10, 11)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .config import ScoringConfig, check_seed, grid_size
 from .errors import ConfigError
+from .precision_plan import parse_plan
 from .runtime.pipeline import Pipeline, check_steps
 
 DEFAULT_CROPS = "center"
@@ -23,7 +24,7 @@ DEFAULT_NOISE_SEED = 0
 class ScoreOptions:
     bundle: Path | None = None
     backend: str | None = None  # default: onnxruntime with a bundle, torch without
-    precision: str = "fp32"
+    precision: str | None = None  # a precision plan; None: the bundle's chosen plan
     checkpoint: Path | None = None
     preset: str | None = None
     crops: str | None = None  # default: the bundle's, else DEFAULT_CROPS
@@ -55,6 +56,10 @@ def check_options(o: ScoreOptions) -> None:
         check_seed(o.seed)
     if o.crops is not None:
         grid_size(o.crops)
+    if o.precision is not None:
+        parse_plan(o.precision)
+        if o.bundle is None and o.precision != "fp32":
+            raise ConfigError("--precision needs --bundle: without one the torch reference runs fp32")
     if o.mode is not None and o.mode not in ("crops", "faithful"):
         raise ConfigError(f"unknown mode {o.mode!r}; use crops or faithful (--mode)")
     if isinstance(o.batch_size, bool) or not isinstance(o.batch_size, int) or o.batch_size < 1:

@@ -19,7 +19,9 @@ import numpy as np
 from .. import metrics as stats
 from ..bundle import Bundle
 from ..bundle.gates import gate_failures, gates_for
+from ..contract import GRAPH_NAMES
 from ..errors import ConfigError, ImageDecodeError
+from ..precision_plan import PrecisionPlan, lowest_precision, parse_plan, runnable_plan
 from ..runtime.crops import prepare
 from ..runtime.executor import Executor
 from ..runtime.from_bundle import bundle_pipeline
@@ -60,8 +62,15 @@ def read_labels(path: str | os.PathLike[str]) -> dict[str, float]:
 
 
 def variants(bundle: Bundle) -> list[tuple[str, str]]:
-    """(backend, precision) pairs the bundle can run besides the reference (precisions present for every graph)."""
-    return [("onnxruntime", p) for p in bundle.common_precisions()]
+    """(backend, precision plan) pairs the bundle can run besides the reference: every precision all graphs have,
+    the plan the build chose, and that plan in its CPU layout (int8 graphs as int8-cpu) when it differs."""
+    plans = list(bundle.common_precisions())
+    chosen = bundle.manifest.precision
+    if chosen is not None:
+        plan = PrecisionPlan(dict(chosen.plan))
+        available = {g: bundle.precisions(g) for g in GRAPH_NAMES}
+        plans += [plan.label(), runnable_plan(plan, available, cpu=True).label()]
+    return [("onnxruntime", p) for p in dict.fromkeys(plans)]
 
 
 def tensor_errors(reference: Executor, other: Executor, x: np.ndarray, spec_gamma: np.ndarray,
@@ -114,7 +123,7 @@ def run_parity(bundle: Bundle, image_paths: Sequence[Path], labels: dict[str, fl
             "plcc": stats.plcc(ref, scores), "krcc": stats.krcc(ref, scores),
             "rank_flips": stats.rank_flips(ref, scores),
         }
-        gates = gates_for(precision, bundle.manifest.parity)
+        gates = gates_for(lowest_precision(parse_plan(precision)), bundle.manifest.parity)
         errs = tensor_errors(ref_pipe.executor, pipe.executor, first_x, pipe.spec.gamma, pipe.spec.coef,
                              pipe.spec.noise_seed)
         results.append(VariantResult(backend, precision, scores, metrics, errs, gates,

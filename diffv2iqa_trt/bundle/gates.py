@@ -18,6 +18,7 @@ DEFAULT_GATES: dict[str, dict[str, float]] = {
     "fp32": {"max_abs": 1e-3, "min_srcc": 0.999, "max_rank_flip_fraction": 0.002, "max_graph_abs": 1e-4},
     "fp16": {"max_abs": 1e-2, "min_srcc": 0.99, "max_rank_flip_fraction": 0.01},
     "int8": {"max_abs": 3e-2, "min_srcc": 0.98, "max_rank_flip_fraction": 0.03},
+    "int8-cpu": {"max_abs": 3e-2, "min_srcc": 0.98, "max_rank_flip_fraction": 0.03},
 }
 
 

@@ -143,18 +143,24 @@ class Profiles:
 
 @dataclass(frozen=True)
 class VariantEntry:
-    """One ONNX file of a graph at one precision; `extra` holds how it was made."""
+    """One ONNX file of a graph at one precision; `extra` holds how it was made (recipe, calibration, accuracy).
+    `sha256` repeats the file's hash (filled in by write_bundle; empty until then)."""
 
     file: str
     opset: int
+    precision: str
+    sha256: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.extra, "file": self.file, "opset": self.opset}
+        doc = {**self.extra, "file": self.file, "opset": self.opset, "precision": self.precision}
+        return doc | ({"sha256": self.sha256} if self.sha256 else {})
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> VariantEntry:
-        return cls(file=d["file"], opset=d["opset"], extra={k: v for k, v in d.items() if k not in ("file", "opset")})
+        known = ("file", "opset", "precision", "sha256")
+        return cls(file=d["file"], opset=d["opset"], precision=d["precision"], sha256=d["sha256"],
+                   extra={k: v for k, v in d.items() if k not in known})
 
 
 @dataclass(frozen=True)
@@ -213,6 +219,22 @@ class GraphEntry(GraphIO):
 
 
 @dataclass(frozen=True)
+class PrecisionSection:
+    """The plan a build chose (graph -> precision), what it was asked for, and its free-form report."""
+
+    plan: Mapping[str, str]
+    requested: str
+    report: Mapping[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"plan": dict(self.plan), "requested": self.requested, "report": dict(self.report)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PrecisionSection:
+        return cls(plan=dict(d["plan"]), requested=d["requested"], report=d["report"])
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A validated manifest.json. Build one with `from_dict` (which validates); `to_dict` is its JSON."""
 
@@ -227,6 +249,7 @@ class Manifest:
     environment: Mapping[str, str | None]
     lint: Mapping[str, Any] | None
     parity: Mapping[str, Any] | None
+    precision: PrecisionSection | None = None
 
     @classmethod
     def from_dict(cls, doc: Any, *, source: str | os.PathLike[str] | None = None) -> Manifest:
@@ -239,6 +262,7 @@ class Manifest:
             graphs={g: GraphEntry.from_dict(doc["graphs"][g]) for g in GRAPH_NAMES},
             files={name: FileEntry(e["sha256"], e["bytes"]) for name, e in doc["files"].items()},
             environment=dict(doc["environment"]), lint=doc["lint"], parity=doc["parity"],
+            precision=None if doc["precision"] is None else PrecisionSection.from_dict(doc["precision"]),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -248,4 +272,5 @@ class Manifest:
             "graphs": {g: e.to_dict() for g, e in self.graphs.items()},
             "files": {n: f.to_dict() for n, f in self.files.items()}, "environment": dict(self.environment),
             "lint": self.lint, "parity": self.parity,
+            "precision": None if self.precision is None else self.precision.to_dict(),
         }

@@ -43,7 +43,7 @@ from ..contract import (
 from ..errors import BundleError, ConfigError
 
 SCHEMA_NAME = "diffv2iqa-trt-bundle"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MANIFEST_NAME = "manifest.json"
 SCHEMA_FILE = "manifest.schema.json"
 
@@ -234,6 +234,11 @@ def _semantic_problems(doc: dict[str, Any]) -> list[str]:
             for precision, entry in g[kind].items():
                 if entry["file"] not in files:
                     problems.append(f"at {where}.{kind}.{precision}.file: {entry['file']!r} is not listed in $.files")
+                elif kind == "variants" and entry["sha256"] != files[entry["file"]]["sha256"]:
+                    problems.append(f"at {where}.variants.{precision}.sha256: differs from $.files[{entry['file']!r}]")
+                if kind == "variants" and entry["precision"] != precision:
+                    problems.append(f"at {where}.variants.{precision}.precision: {entry['precision']!r} is not the "
+                                    "entry's key")
     return problems
 
 

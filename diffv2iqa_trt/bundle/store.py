@@ -38,6 +38,7 @@ from typing import Any
 from .. import __version__
 from ..contract import PRECISIONS, check_graph
 from ..errors import BundleError, DependencyError
+from ..precision_plan import PrecisionPlan, parse_plan
 from .manifest import EngineEntry, FileEntry, GraphEntry, Manifest
 from .schema import (
     _CHUNK,
@@ -261,6 +262,13 @@ class Bundle:
     def common_precisions(self) -> tuple[str, ...]:
         """Precisions that every graph has an ONNX variant of."""
         return tuple(p for p in PRECISIONS if all(p in g.variants for g in self.manifest.graphs.values()))
+
+    def run_plan(self, requested: str | None) -> PrecisionPlan:
+        """The plan to run: `requested` (a --precision text), else the plan the build chose, else fp32."""
+        if requested is not None:
+            return parse_plan(requested)
+        chosen = self.manifest.precision
+        return PrecisionPlan(dict(chosen.plan)) if chosen is not None else PrecisionPlan.uniform_plan("fp32")
 
     def onnx_path(self, graph: str, precision: str = "fp32") -> Path:
         variants = self.graph(graph).variants
@@ -644,6 +652,7 @@ def write_bundle(out_dir: str | os.PathLike[str], manifest: Mapping[str, Any],
     doc.setdefault("environment", environment_versions())
     doc.setdefault("lint", None)
     doc.setdefault("parity", None)
+    doc.setdefault("precision", None)
     target = out_dir / MANIFEST_NAME
 
     # Fail fast, before copying hundreds of MB: names, sources, everything but the hashes.
@@ -658,6 +667,7 @@ def write_bundle(out_dir: str | os.PathLike[str], manifest: Mapping[str, Any],
                               f"{'is not a regular file' if src.exists() else 'does not exist'}; export it first "
                               f"or fix the path", path=src)
     doc["files"] = {name: {"sha256": "0" * 64, "bytes": 0} for name in names}
+    _stamp_variant_hashes(doc)
     validate_manifest(doc, source=target, hint=_WRITE_HINT)
     _recover(out_dir)  # an interrupted overwrite: the previous bundle comes back first, then the usual rules apply
     _refuse_existing(out_dir, overwrite)
@@ -668,6 +678,16 @@ def write_bundle(out_dir: str | os.PathLike[str], manifest: Mapping[str, Any],
     with _in_flight(tmp):
         _publish(doc, sources, tmp, out_dir, overwrite=overwrite, move=move)
     return out_dir
+
+
+def _stamp_variant_hashes(doc: dict[str, Any]) -> None:
+    """Every ONNX variant entry repeats its file's sha256 (readers of one graph entry need not look up `files`)."""
+    files = doc.get("files") or {}
+    for graph in (doc.get("graphs") or {}).values():
+        for precision, entry in ((graph or {}).get("variants") or {}).items():
+            if isinstance(entry, dict) and entry.get("file") in files:
+                entry["sha256"] = files[entry["file"]]["sha256"]
+                entry.setdefault("precision", precision)
 
 
 def _publish(doc: dict[str, Any], sources: Mapping[str, Path], tmp: Path, out_dir: Path, *, overwrite: bool,
@@ -686,6 +706,7 @@ def _publish(doc: dict[str, Any], sources: Mapping[str, Path], tmp: Path, out_di
             else:
                 digest = _copy_hashing(src, dst)
             doc["files"][name] = {"sha256": digest, "bytes": dst.stat().st_size}
+        _stamp_variant_hashes(doc)
         validate_manifest(doc, source=target, hint=_WRITE_HINT)
         # manifest.json last: a directory holding it is complete.
         with open(tmp / MANIFEST_NAME, "w", encoding="utf-8") as f:

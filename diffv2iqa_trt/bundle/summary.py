@@ -55,4 +55,30 @@ def bundle_summary(bundle: Bundle) -> dict[str, Any]:
         "environment": dict(m.environment),
         "lint": m.lint,
         "parity": m.parity,
+        "precision": None if m.precision is None else {
+            "plan": dict(m.precision.plan), "requested": m.precision.requested,
+            "plan_scores": m.precision.report.get("plan_scores"),
+            "cpu_variants": m.precision.report.get("cpu_variants"),
+            "candidates": precision_rows(m.precision.report)},
     }
+
+
+def _num(v: Any, fmt: str) -> str:
+    return format(v, fmt) if isinstance(v, (int, float)) else "-"
+
+
+def precision_rows(report: Any) -> list[list[str]]:
+    """One row per measured candidate variant of a build's precision report: graph, recipe, tensor max |Δ| and
+    cosine on recorded inputs, end-to-end max |Δscore| (absolute and % of the FP32 range), SRCC, budget verdict."""
+    rows = []
+    for graph, cands in ((report or {}).get("candidates") or {}).items():
+        for c in cands:
+            scores = c.get("scores") or {}
+            frac = scores.get("max_abs_fraction")
+            verdict = ("over: " + "; ".join(c["over_budget"])) if c.get("over_budget") else (
+                "within" if scores else "not measured")
+            rows.append([graph, str(c.get("recipe")), _num(c["tensor"]["max_abs"], ".3g"),
+                         _num(c["tensor"]["cosine"], ".6f"), _num(scores.get("max_abs"), ".3g"),
+                         _num(100 * frac if isinstance(frac, (int, float)) else None, ".2f"),
+                         _num(scores.get("srcc"), ".5f"), verdict])
+    return rows

@@ -72,7 +72,7 @@ def model_from_bundle(bundle: Bundle) -> DiffV2IQA:
 
 def executor_from_bundle(bundle: Bundle, options: BackendOptions) -> TorchExecutor:
     """The registry's `torch` factory: the fp32 reference on options.device."""
-    if options.precision != "fp32":
+    if options.precision not in (None, "fp32"):
         raise BackendError(f"the torch reference runs fp32 only, not {options.precision}; use --backend onnxruntime "
                            "for other precisions")
     return TorchExecutor(model_from_bundle(bundle), options.device)

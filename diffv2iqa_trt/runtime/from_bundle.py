@@ -8,7 +8,7 @@ from .backends import BackendOptions, create_executor
 from .pipeline import Pipeline, PipelineSpec
 
 
-def bundle_pipeline(bundle: Bundle, backend: str = "onnxruntime", *, precision: str = "fp32", device: str = "cpu",
+def bundle_pipeline(bundle: Bundle, backend: str = "onnxruntime", *, precision: str | None = None, device: str = "cpu",
                     scoring: ScoringConfig | None = None, batch_size: int = 8, threads: int | None = None) -> Pipeline:
     """A pipeline over the bundle's graphs on `backend`; `scoring` overrides the bundle's crops, mode and seed."""
     spec = PipelineSpec.from_manifest(bundle.manifest.pipeline, scoring)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class BackendOptions:
-    precision: str = "fp32"  # which ONNX variant (or engine) of the bundle to run
+    precision: str | None = None  # precision plan (`fp16`, `restore_step=fp16,vcg=int8,...`); None: the bundle's
     device: str = "cpu"  # backend-specific: cpu / cuda for torch; cpu / cuda / tensorrt EPs for onnxruntime
     threads: int | None = None  # CPU threads, where the backend has a setting
 

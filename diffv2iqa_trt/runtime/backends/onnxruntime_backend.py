@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from ...contract import GRAPH_NAMES, GRAPH_OUTPUTS, RESTORE_STEP, TensorSpec, check_precision
+from ...contract import GRAPH_NAMES, GRAPH_OUTPUTS, RESTORE_STEP, TensorSpec
 from ...errors import BackendError, BundleError, ConfigError
+from ...precision_plan import runnable_plan
 
 if TYPE_CHECKING:
     from ...bundle.store import Bundle
@@ -106,6 +107,7 @@ class OnnxRuntimeExecutor:
         self._ort = ort
         self._errors = _ort_errors(ort)
         self.name = f"onnxruntime-{device}"
+        self.plan = "fp32"  # the precision plan of `paths`, for reports (set by the bundle factory)
         self.on_device = device != "cpu"
         self.device_id = device_id
         options = ort.SessionOptions()
@@ -200,19 +202,23 @@ def _first_line(exc: BaseException, limit: int = 300) -> str:
 
 
 def executor_from_bundle(bundle: Bundle, options: BackendOptions) -> OnnxRuntimeExecutor:
-    """The registry's `onnxruntime` factory: the bundle's ONNX variants of one precision, each checked to read only
-    the bundle's listed files and to have the inputs and outputs the manifest describes."""
-    precision = check_precision(options.precision)
+    """The registry's `onnxruntime` factory: the bundle's ONNX variants chosen by `options.precision` (a precision
+    plan, or None for the plan the bundle's build chose: then, on the CPU, an int8 graph runs its int8-cpu variant
+    when the bundle has one), each checked to read only the bundle's listed files and to have the inputs and
+    outputs the manifest describes."""
+    # The bundle's own plan (no precision named) runs int8 graphs in their CPU layout on the CPU; a named plan runs
+    # exactly what it names.
+    plan = runnable_plan(bundle.run_plan(options.precision),
+                         {g: bundle.graph(g).precisions for g in GRAPH_NAMES},
+                         cpu=options.device == "cpu" and options.precision is None, source=str(bundle.root))
     paths, inputs, outputs, io = {}, {}, {}, {}
     for graph in GRAPH_NAMES:
         entry = bundle.graph(graph)
-        if precision not in entry.variants:
-            raise BundleError(f"{bundle.root}: graph {graph} has no {precision} variant (has "
-                              f"{', '.join(entry.precisions)}); rebuild with that precision or pick another",
-                              path=bundle.manifest_path)
-        bundle.check_onnx_references(graph, precision)
-        paths[graph] = bundle.onnx_path(graph, precision)
+        bundle.check_onnx_references(graph, plan[graph])
+        paths[graph] = bundle.onnx_path(graph, plan[graph])
         inputs[graph] = list(entry.input_names)
         outputs[graph] = GRAPH_OUTPUTS[graph][0]  # the contract's output, wherever the manifest lists it
         io[graph] = (entry.inputs, entry.outputs)
-    return OnnxRuntimeExecutor(paths, inputs, outputs, device=options.device, threads=options.threads, io=io)
+    executor = OnnxRuntimeExecutor(paths, inputs, outputs, device=options.device, threads=options.threads, io=io)
+    executor.plan = plan.label()
+    return executor

@@ -1,0 +1,89 @@
+"""How far a precision variant moves the model: per-graph tensor errors on recorded inputs, and end-to-end score
+deltas of a whole plan on an evaluation set, against the FP32 graphs, checked against an accuracy budget."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..calibration import CalibrationSet
+from ..contract import GRAPH_NAMES, GRAPH_OUTPUTS
+from ..metrics import abs_error_summary, krcc, plcc, rank_flips, srcc
+from ..runtime.backends.onnxruntime_backend import OnnxRuntimeExecutor
+from ..runtime.crops import WorkUnit
+from ..runtime.pipeline import Pipeline, PipelineSpec
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The accuracy a reduced plan must keep against the FP32 scores (defaults from the precision issue)."""
+
+    min_srcc: float = 0.995
+    max_abs_fraction: float = 0.02  # of the FP32 scores' range on the evaluation set
+
+    def failures(self, deltas: Mapping[str, Any]) -> list[str]:
+        out = []
+        if not deltas["srcc"] >= self.min_srcc:  # NaN fails
+            out.append(f"SRCC {deltas['srcc']:.5f} < {self.min_srcc}")
+        if not deltas["max_abs_fraction"] <= self.max_abs_fraction:
+            out.append(f"max |Δ| {deltas['max_abs']:.3g} = {100 * deltas['max_abs_fraction']:.2f} % of the score "
+                       f"range > {100 * self.max_abs_fraction:g} %")
+        return out
+
+    def to_dict(self) -> dict[str, float]:
+        return {"min_srcc": self.min_srcc, "max_abs_fraction": self.max_abs_fraction}
+
+
+def score_deltas(reference: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
+    span = float(np.ptp(reference)) if reference.size else 0.0
+    err = abs_error_summary(reference, scores)
+    return {"images": int(reference.size), "max_abs": err["max"], "mean_abs": err["mean"], "p99_abs": err["p99"],
+            "max_abs_fraction": err["max"] / span if span > 0 else float("inf"),
+            "srcc": srcc(reference, scores), "plcc": plcc(reference, scores), "krcc": krcc(reference, scores),
+            "rank_flips": rank_flips(reference, scores)}
+
+
+def tensor_errors(fp32: Path, variant: Path, graph: str, cs: CalibrationSet, *, batch_size: int = 8,
+                  max_batches: int = 4, threads: int | None = None) -> dict[str, float]:
+    """Max |Δ|, mean |Δ| and cosine similarity of the graph's output, variant against FP32, on recorded inputs
+    (batches spread over the set: for restore_step, over the steps)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    sessions = [ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for p in (fp32, variant)]
+    feeds = list(cs.feeds(graph, batch_size))
+    feeds = feeds[:: max(1, len(feeds) // max_batches)][:max_batches]
+    out = GRAPH_OUTPUTS[graph][0]
+    a, b = ([np.asarray(s.run([out], f)[0], np.float64).ravel() for f in feeds] for s in sessions)
+    ref, got = np.concatenate(list(a)), np.concatenate(list(b))
+    d = np.abs(ref - got)
+    cos = float(ref @ got / (np.linalg.norm(ref) * np.linalg.norm(got))) if ref.any() and got.any() else 1.0
+    return {"max_abs": float(d.max()), "mean_abs": float(d.mean()), "cosine": cos,
+            "reference_max_abs": float(np.abs(ref).max()), "rows": int(ref.size if graph != "restore_step"
+                                                                       else sum(f["x"].shape[0] for f in feeds))}
+
+
+@dataclass
+class EvalSet:
+    """Evaluation images prepared once (crops cut, normalised) and scored by any plan of ONNX files."""
+
+    spec: PipelineSpec
+    prepared: Sequence[Sequence[WorkUnit]]
+    io: Mapping[str, Any]  # graph -> (inputs, outputs) tensor specs from the manifest
+    batch_size: int = 8
+    threads: int | None = None
+
+    def scores(self, paths: Mapping[str, Path]) -> np.ndarray:
+        """Fused scores of every evaluation image with the graphs in `paths` (graph -> ONNX file)."""
+        executor = OnnxRuntimeExecutor(
+            {g: paths[g] for g in GRAPH_NAMES}, {g: [t.name for t in self.io[g][0]] for g in GRAPH_NAMES},
+            {g: GRAPH_OUTPUTS[g][0] for g in GRAPH_NAMES}, device="cpu", threads=self.threads,
+            io={g: self.io[g] for g in GRAPH_NAMES})
+        results = Pipeline(executor, self.spec, self.batch_size).score_prepared(self.prepared)
+        return np.array([r.score for r in results], dtype=np.float64)
