@@ -189,7 +189,8 @@ def score(
     spec = scorer.pipeline.spec
     if fmt is OutputFormat.json:
         header = {"model": {"label": scorer.label, "trained": scorer.trained}, "backend": scorer.backend,
-                  "crops": spec.crops, "mode": spec.mode, "steps": spec.steps, "noise_seed": spec.noise_seed}
+                  "precision": scorer.precision, "crops": spec.crops, "mode": spec.mode, "steps": spec.steps,
+                  "noise_seed": spec.noise_seed}
         _print_json(results_json(results, header))
     elif fmt is OutputFormat.csv:
         out.print(results_csv(results, scorer.label), end="", markup=False)

@@ -46,6 +46,11 @@ class Scorer:
     def backend(self) -> str:
         return str(getattr(self.pipeline.executor, "name", "?"))
 
+    @property
+    def precision(self) -> str:
+        """The precision plan the executor runs (fp32 for the torch reference)."""
+        return str(getattr(self.pipeline.executor, "plan", "fp32"))
+
 
 def check_options(o: ScoreOptions) -> None:
     """The cheap checks, before a model or bundle is loaded and before any table is allocated: every option that

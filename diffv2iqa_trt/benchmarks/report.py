@@ -25,7 +25,20 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     return {"cpu": cpu, "logical_cpus": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform()}
+            "platform": platform.platform(), "simd": simd_flags()}
+
+
+def simd_flags() -> list[str]:
+    """The CPU's vector and low-precision instruction sets (AVX2, AVX-512 subsets, VNNI, BF16, AMX), from
+    /proc/cpuinfo: CPU figures for INT8 and FP16 depend on them, and they differ between this project's machines."""
+    wanted = ("avx2", "fma", "f16c", "avx512", "vnni", "bf16", "amx")
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(wanted))
+    except OSError:
+        pass
+    return []
 
 
 def command() -> str:

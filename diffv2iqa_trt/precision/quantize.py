@@ -35,7 +35,13 @@ FP16 = "fp16"
 REDUCED = (FP16, INT8, INT8_CPU)
 INT8_METHODS = ("entropy", "max")
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLinear")
-AUTOCAST_BATCHES = 4  # recorded batches AutoCast's reference run checks value ranges on
+AUTOCAST_ROWS = 8  # recorded rows AutoCast's reference run checks value ranges on, at crop size 64
+
+
+def autocast_rows(crop_size: int) -> int:
+    """Rows for AutoCast's reference run, which holds every intermediate tensor of every row at once: 8 at crop 64,
+    fewer in proportion to the pixels (1 at the paper's 224: its vda alone took 6.3 GB at 8 rows)."""
+    return max(1, min(AUTOCAST_ROWS, AUTOCAST_ROWS * 64 * 64 // (crop_size * crop_size)))
 
 
 @dataclass(frozen=True)
@@ -234,9 +240,12 @@ def _fp16(src: Path, graph: str, names: list[str], cs: CalibrationSet, scratch: 
 
     data = scratch / f"{graph}-autocast-inputs"
     data.mkdir(exist_ok=True)
-    feeds = list(FeedReader(cs, graph, batch_size))
-    stride = max(1, len(feeds) // AUTOCAST_BATCHES)  # spread over the steps, not only the first ones
-    for i, feed in enumerate(feeds[::stride][:AUTOCAST_BATCHES]):
+    # Single rows: AutoCast's reference run keeps every intermediate tensor of the graph (a paper-size U-Net at
+    # batch 8 does not fit in 24 GB). Rows spread over the set: for restore_step, over the steps.
+    rows = autocast_rows(cs.crop_size)
+    feeds = list(FeedReader(cs, graph, 1))
+    stride = max(1, len(feeds) // rows)
+    for i, feed in enumerate(feeds[::stride][:rows]):
         np.savez(data / f"{i:04d}.npz", **feed)  # type: ignore[arg-type]
     model: onnx.ModelProto = convert_to_mixed_precision(
         str(src), low_precision_type="fp16", nodes_to_exclude=as_patterns(names) or None, keep_io_types=True,

@@ -260,14 +260,21 @@ def _choose(work: _Work, request: PrecisionPlan) -> tuple[dict[str, Measured | N
     for g, m in chosen.items():
         if m is not None and m.recipe.precision == INT8:
             made = work.pick(g, candidate_recipes(g, INT8_CPU, [m.recipe.method or "max"]))
-            if made is not None and (not made.failures or work.evaluation is None):
-                cpu[g] = made  # an int8-cpu variant over budget is not offered to the CPU backend
+            # Offered to the CPU backend when it keeps the budget, or moves the scores no more than the int8
+            # variant the plan already runs (an explicit int8 request over budget).
+            if made is not None and (not made.failures or work.evaluation is None
+                                     or _score_error(made) <= _score_error(m)):
+                cpu[g] = made
     if cpu:
         cpu_paths = {**plan_paths, **{g: m.made.path for g, m in cpu.items()}}
         report["cpu_plan_scores"] = work.deltas(cpu_paths)
     report["cpu_variants"] = {g: m.recipe.label for g, m in cpu.items()}
     work.cpu = cpu
     return chosen, report
+
+
+def _score_error(m: Measured) -> float:
+    return float((m.alone or {}).get("max_abs", float("inf")))
 
 
 def _explicit(work: _Work, graph: str, precision: str) -> Measured | None:
