@@ -59,7 +59,9 @@ def bundle_summary(bundle: Bundle) -> dict[str, Any]:
             "plan": dict(m.precision.plan), "requested": m.precision.requested,
             "plan_scores": m.precision.report.get("plan_scores"),
             "cpu_variants": m.precision.report.get("cpu_variants"),
-            "candidates": precision_rows(m.precision.report)},
+            "candidates": {f"{row[0]} {row[1]}": f"tensor max |Δ| {row[2]}, score max |Δ| {row[4]} ({row[5]} % of "
+                                                  f"range), SRCC {row[6]}: {row[7]}"
+                           for row in precision_rows(m.precision.report)}},
     }
 
 

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import os
 import re
 import shutil
 import time
@@ -158,10 +159,12 @@ def _private_copy(src: Path, scratch: Path) -> Path:
 def quiet_logs() -> Iterator[None]:
     """The tools log at INFO/WARNING through `logging` (ModelOpt, ORT's quantizer on the root logger) and print
     notices: the builder reports what matters itself, so only errors get through while a tool runs."""
+    # tqdm reads TQDM_DISABLE when it is imported: ModelOpt (imported lazily, inside this context) brings it in.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     loggers = [logging.getLogger(), logging.getLogger("modelopt"), logging.getLogger("modelopt.onnx")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.ERROR)
+        lg.setLevel(logging.CRITICAL)  # ModelOpt logs "Failed to get GPU count" as an ERROR on every CPU machine
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             yield
