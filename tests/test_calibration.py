@@ -231,6 +231,7 @@ def changed_bundle(bundle_dir: Path, out: Path) -> Bundle:
     onnx.save(model, str(graph))
     doc = json.loads((out / "manifest.json").read_text())
     doc["files"]["vcg.fp32.onnx"] = {"sha256": sha256_file(graph), "bytes": graph.stat().st_size}
+    doc["graphs"]["vcg"]["variants"]["fp32"]["sha256"] = sha256_file(graph)
     (out / "manifest.json").write_text(json.dumps(doc, indent=2))
     return load_bundle(out)
 

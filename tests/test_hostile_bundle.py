@@ -234,8 +234,9 @@ def _bundle_with_external_vcg(tmp_path: Path, location: str, *, listed: bool) ->
         (root / "vcg.fp32.onnx").write_bytes(model.SerializeToString())
         manifest_doc = json.loads((root / MANIFEST_NAME).read_text())
         size = (root / "vcg.fp32.onnx").stat().st_size
-        manifest_doc["files"]["vcg.fp32.onnx"] = {"sha256": store_module.sha256_file(root / "vcg.fp32.onnx"),
-                                                  "bytes": size}
+        digest = store_module.sha256_file(root / "vcg.fp32.onnx")
+        manifest_doc["files"]["vcg.fp32.onnx"] = {"sha256": digest, "bytes": size}
+        manifest_doc["graphs"]["vcg"]["variants"]["fp32"]["sha256"] = digest
         (root / MANIFEST_NAME).write_text(json.dumps(manifest_doc))
     return load_bundle(root)
 

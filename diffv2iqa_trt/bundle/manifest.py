@@ -159,7 +159,7 @@ class VariantEntry:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> VariantEntry:
         known = ("file", "opset", "precision", "sha256")
-        return cls(file=d["file"], opset=d["opset"], precision=d["precision"], sha256=d["sha256"],
+        return cls(file=d["file"], opset=d["opset"], precision=d["precision"], sha256=d.get("sha256", ""),
                    extra={k: v for k, v in d.items() if k not in known})
 
 

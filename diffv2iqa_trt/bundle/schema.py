@@ -234,8 +234,10 @@ def _semantic_problems(doc: dict[str, Any]) -> list[str]:
             for precision, entry in g[kind].items():
                 if entry["file"] not in files:
                     problems.append(f"at {where}.{kind}.{precision}.file: {entry['file']!r} is not listed in $.files")
-                elif kind == "variants" and entry["sha256"] != files[entry["file"]]["sha256"]:
-                    problems.append(f"at {where}.variants.{precision}.sha256: differs from $.files[{entry['file']!r}]")
+                elif kind == "variants" and entry.get("sha256") != files[entry["file"]]["sha256"]:
+                    problems.append(f"at {where}.variants.{precision}.sha256: "
+                                    f"{'differs from' if 'sha256' in entry else 'missing; it must equal'} "
+                                    f"$.files[{entry['file']!r}].sha256")
                 if kind == "variants" and entry["precision"] != precision:
                     problems.append(f"at {where}.variants.{precision}.precision: {entry['precision']!r} is not the "
                                     "entry's key")

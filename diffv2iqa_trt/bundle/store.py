@@ -685,9 +685,11 @@ def _stamp_variant_hashes(doc: dict[str, Any]) -> None:
     files = doc.get("files") or {}
     for graph in (doc.get("graphs") or {}).values():
         for precision, entry in ((graph or {}).get("variants") or {}).items():
-            if isinstance(entry, dict) and entry.get("file") in files:
+            if not isinstance(entry, dict):
+                continue  # the schema check names it
+            entry.setdefault("precision", precision)
+            if entry.get("file") in files:
                 entry["sha256"] = files[entry["file"]]["sha256"]
-                entry.setdefault("precision", precision)
 
 
 def _publish(doc: dict[str, Any], sources: Mapping[str, Path], tmp: Path, out_dir: Path, *, overwrite: bool,
