@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -88,6 +89,7 @@ class _Work:
         self.measured: dict[str, dict[str, Measured]] = {g: {} for g in GRAPH_NAMES}
         self.cpu: dict[str, Measured] = {}  # int8-cpu variants made for the graphs that run int8
         self.failed: dict[str, dict[str, str]] = {}  # graph -> recipe -> why the tool failed
+        self.made = 0
 
     def deltas(self, paths: Mapping[str, Path]) -> dict[str, Any] | None:
         if self.evaluation is None or self.reference is None:
@@ -95,17 +97,21 @@ class _Work:
         return score_deltas(self.reference, self.evaluation.scores(paths))
 
     def measure(self, graph: str, recipe: Recipe) -> Measured:
-        key = f"{graph}:{recipe.label}"
         if recipe.label in self.measured[graph]:
             return self.measured[graph][recipe.label]
         self.say(f"{graph}: making {recipe.label}")
-        index = len(self.measured[graph])
-        dst = self.scratch / f"{graph}.{recipe.precision}.{index}.onnx"
-        made = make_variant(self.fp32[graph], dst, graph, recipe, self.cs, self.scratch / f"work-{graph}-{index}",
-                            batch_size=self.options.batch_size)
+        self.made += 1
+        dst = self.scratch / f"{graph}.{recipe.precision}.{self.made}.onnx"
+        work = self.scratch / f"work-{self.made}"
+        try:
+            made = make_variant(self.fp32[graph], dst, graph, recipe, self.cs, work,
+                                batch_size=self.options.batch_size)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)  # the tools' copies and intermediates: paper, ~1 GB each
         tensor = tensor_errors(self.fp32[graph], dst, graph, self.cs, batch_size=self.options.batch_size,
                                threads=self.options.threads)
-        self.say(f"{graph}: measuring {recipe.label} end to end" if self.evaluation else f"{key} measured")
+        if self.evaluation is not None:
+            self.say(f"{graph}: measuring {recipe.label} end to end")
         alone = self.deltas({**self.fp32, graph: dst})
         failures = self.options.budget.failures(alone) if alone is not None else []
         m = Measured(recipe, made, tensor, alone, failures)
