@@ -24,7 +24,7 @@ from diffv2iqa_trt.data.distortions import distort
 from diffv2iqa_trt.data.photos import photos
 from diffv2iqa_trt.errors import BundleError, ConfigError
 from diffv2iqa_trt.metrics import srcc
-from diffv2iqa_trt.precision.evaluate import Budget, score_deltas
+from diffv2iqa_trt.precision.evaluate import Budget, score_deltas, step_errors
 from diffv2iqa_trt.precision.groups import GROUPS, excluded_nodes
 from diffv2iqa_trt.precision.quantize import FeedReader, Recipe, _int8_modelopt, check_float_graph, make_variant
 from diffv2iqa_trt.precision.search import Candidate, choose
@@ -204,6 +204,16 @@ def test_calibration_batches_reach_modelopt_distinct(demo_bundle: Bundle, image_
     _int8_modelopt(demo_bundle.onnx_path(VDA), VDA, [], cs, tmp_path, 4, "max", reader=reader)
     assert len(reader) == -(-cs.crops // 4) >= 3 and len(reader.served) >= len(reader)
     assert len(set(reader.served)) == len(reader)
+
+
+def test_step_errors_cover_every_step(mixed: Bundle, image_sets: tuple[Path, Path], tmp_path: Path) -> None:
+    cs, _ = calibration_set(mixed, [image_sets[0]], max_crops=16, cache_dir=tmp_path / "cache")
+    fp32, fp16 = mixed.onnx_path(RESTORE_STEP, "fp32"), mixed.onnx_path(RESTORE_STEP, "fp16")
+    same = step_errors(fp32, fp32, cs)
+    steps = mixed.manifest.pipeline.steps
+    assert [s["step"] for s in same] == list(range(steps - 1, -1, -1)) and all(s["max_abs"] == 0 for s in same)
+    half = step_errors(fp32, fp16, cs)
+    assert all(0 < s["rel"] < 0.05 for s in half)
 
 
 def test_node_groups_find_real_nodes(demo_bundle: Bundle) -> None:

@@ -53,6 +53,12 @@ def markdown(bundle: Bundle, built_with: str | None) -> str:
               "| graph | variant | tensor max abs Δ | cosine | score max abs Δ | % of range | SRCC | budget |",
               "|---|---|---|---|---|---|---|---|"]
     lines += ["| " + " | ".join(row) + " |" for row in precision_rows(r)]
+    for graph, cands in (r.get("candidates") or {}).items():
+        for c in cands:
+            steps = (c.get("tensor") or {}).get("per_step")
+            if steps:
+                lines += ["", f"{graph} {c['recipe']}: output error per step (first step run first), max |Δ| / max "
+                              "|y_next|: " + ", ".join(f"{s['step']}: {s['rel']:.3g}" for s in steps)]
     for i, rnd in enumerate(r.get("search") or []):
         if i == 0:
             lines += ["", "Search rounds (`best`):", ""]

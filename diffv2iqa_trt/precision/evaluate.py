@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..calibration import CalibrationSet
-from ..contract import GRAPH_NAMES, GRAPH_OUTPUTS
+from ..contract import GRAPH_NAMES, GRAPH_OUTPUTS, RESTORE_OUTPUT, RESTORE_STEP
 from ..metrics import abs_error_summary, krcc, plcc, rank_flips, srcc
 from ..runtime.backends.onnxruntime_backend import OnnxRuntimeExecutor
 from ..runtime.crops import WorkUnit
@@ -67,6 +67,29 @@ def tensor_errors(fp32: Path, variant: Path, graph: str, cs: CalibrationSet, *, 
     return {"max_abs": float(d.max()), "mean_abs": float(d.mean()), "cosine": cos,
             "reference_max_abs": float(np.abs(ref).max()), "rows": int(ref.size if graph != "restore_step"
                                                                        else sum(f["x"].shape[0] for f in feeds))}
+
+
+def step_errors(fp32: Path, variant: Path, cs: CalibrationSet, *, rows_per_step: int = 4,
+                threads: int | None = None) -> list[dict[str, float]]:
+    """restore_step's output error per loop step (first step run first), on up to `rows_per_step` recorded rows of
+    each step: does one set of INT8 scales fit the noisy first steps and the nearly clean last ones? `rel` is the
+    max |Δ| over the step's largest |y_next|."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    sessions = [ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for p in (fp32, variant)]
+    out = []
+    for step in sorted({int(s) for s in cs.step}, reverse=True):
+        rows = np.flatnonzero(cs.step == step)
+        rows = rows[cs.z_index[rows] == cs.z_index[rows[0]]][:rows_per_step]  # one z per call
+        feed = cs.inputs(RESTORE_STEP, rows)
+        feed["z"] = feed["z"][:1]
+        ref, got = (np.asarray(s.run([RESTORE_OUTPUT], feed)[0], np.float64) for s in sessions)
+        err = float(np.max(np.abs(ref - got)))
+        out.append({"step": step, "max_abs": err, "rel": err / max(float(np.max(np.abs(ref))), 1e-12)})
+    return out
 
 
 @dataclass

@@ -26,13 +26,13 @@ from ..bundle import Bundle, write_bundle
 from ..bundle.manifest import PrecisionSection, VariantEntry
 from ..calibration import MIN_IMAGES, CalibrationSet, calibration_set
 from ..calibration.record import image_files
-from ..contract import GRAPH_NAMES
+from ..contract import GRAPH_NAMES, RESTORE_STEP
 from ..errors import ConfigError, ExportError, ImageDecodeError
 from ..precision_plan import INT8, INT8_CPU, PrecisionPlan
 from ..runtime.crops import prepare
 from ..runtime.images import load_image
 from ..runtime.pipeline import PipelineSpec
-from .evaluate import Budget, EvalSet, score_deltas, tensor_errors
+from .evaluate import Budget, EvalSet, score_deltas, step_errors, tensor_errors
 from .groups import LEVELS
 from .quantize import FP16, INT8_METHODS, MadeVariant, Recipe, make_variant
 from .search import FP32_CANDIDATE, Candidate, choose
@@ -69,7 +69,7 @@ def candidate_recipes(graph: str, precision: str, methods: Sequence[str]) -> lis
 class Measured:
     recipe: Recipe
     made: MadeVariant
-    tensor: dict[str, float]
+    tensor: dict[str, Any]
     alone: dict[str, Any] | None
     failures: list[str]
 
@@ -108,8 +108,10 @@ class _Work:
                                 batch_size=self.options.batch_size)
         finally:
             shutil.rmtree(work, ignore_errors=True)  # the tools' copies and intermediates: paper, ~1 GB each
-        tensor = tensor_errors(self.fp32[graph], dst, graph, self.cs, batch_size=self.options.batch_size,
-                               threads=self.options.threads)
+        tensor: dict[str, Any] = tensor_errors(self.fp32[graph], dst, graph, self.cs,
+                                               batch_size=self.options.batch_size, threads=self.options.threads)
+        if graph == RESTORE_STEP and recipe.precision != FP16:
+            tensor["per_step"] = step_errors(self.fp32[graph], dst, self.cs, threads=self.options.threads)
         if self.evaluation is not None:
             self.say(f"{graph}: measuring {recipe.label} end to end")
         alone = self.deltas({**self.fp32, graph: dst})
@@ -130,13 +132,15 @@ class _Work:
     def pick(self, graph: str, recipes: Sequence[Recipe]) -> Measured | None:
         """With an evaluation set: the recipes are tried level by level (fewest FP32 node groups first; all
         calibration methods of a level), and the first level with a recipe inside the budget gives its smallest
-        score error; if none keeps the budget, the smallest score error overall. Without one: the smallest tensor
-        error. None when no recipe could be made."""
+        score error; if none keeps the budget, the smallest score error overall. Without one: the first level's
+        smallest tensor error. None when no recipe could be made."""
         levels: dict[tuple[str, ...], list[Recipe]] = {}
         for r in recipes:
             levels.setdefault(r.exclude, []).append(r)
         tried: list[Measured] = []
-        for level in levels.values():
+        # Without an evaluation set nothing can show that keeping a group in FP32 helps the scores: the first level
+        # (fewest groups) only.
+        for level in list(levels.values())[: None if self.evaluation is not None else 1]:
             made = [m for r in level if (m := self.try_measure(graph, r)) is not None]
             tried += made
             ok = [m for m in made if not m.failures]
