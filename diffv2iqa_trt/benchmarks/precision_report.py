@@ -52,7 +52,7 @@ def markdown(bundle: Bundle, built_with: str | None) -> str:
               "the FP32 graph on recorded calibration inputs.", "",
               "| graph | variant | tensor max abs Δ | cosine | score max abs Δ | % of range | SRCC | budget |",
               "|---|---|---|---|---|---|---|---|"]
-    lines += ["| " + " | ".join(row) + " |" for row in precision_rows(r)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in precision_rows(r)]
     for graph, cands in (r.get("candidates") or {}).items():
         for c in cands:
             steps = (c.get("tensor") or {}).get("per_step")

@@ -157,8 +157,8 @@ def _private_copy(src: Path, scratch: Path) -> Path:
 
 @contextlib.contextmanager
 def quiet_logs() -> Iterator[None]:
-    """The tools log at INFO/WARNING through `logging` (ModelOpt, ORT's quantizer on the root logger) and print
-    notices: the builder reports what matters itself, so only errors get through while a tool runs."""
+    """The tools log at INFO/WARNING through `logging` (ModelOpt, ORT's quantizer on the root logger), print notices
+    and draw progress bars: the builder reports what matters itself, so nothing gets through while a tool runs."""
     # tqdm reads TQDM_DISABLE when it is imported: ModelOpt (imported lazily, inside this context) brings it in.
     os.environ.setdefault("TQDM_DISABLE", "1")
     loggers = [logging.getLogger(), logging.getLogger("modelopt"), logging.getLogger("modelopt.onnx")]
@@ -166,7 +166,9 @@ def quiet_logs() -> Iterator[None]:
     for lg in loggers:
         lg.setLevel(logging.CRITICAL)  # ModelOpt logs "Failed to get GPU count" as an ERROR on every CPU machine
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        # Progress bars (tqdm) and prints go to the Python streams: swallowed. A tool's failure still surfaces as its
+        # exception, which make_variant turns into an ExportError with the message.
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):
