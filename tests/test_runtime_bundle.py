@@ -92,7 +92,7 @@ def _damaged_copy(src, dst, damage):
     (lambda d: (d / "vda.fp32.onnx").write_bytes((d / "vda.fp32.onnx").read_bytes()[:1000]), "vda.fp32.onnx"),
     (lambda d: (d / "restore_step.fp32.onnx").unlink(), "restore_step.fp32.onnx"),
     (lambda d: (d / "manifest.json").write_text((d / "manifest.json").read_text().replace(
-        '"schema_version": 2', '"schema_version": 3')), "schema version 3"),
+        '"schema_version": 3', '"schema_version": 4')), "schema version 4"),
 ])
 def test_damaged_bundles_are_refused(tiny_bundle, tmp_path, damage, message):
     bad = _damaged_copy(tiny_bundle, tmp_path / "bad", damage)

@@ -59,7 +59,7 @@ def candidate_recipes(graph: str, precision: str, methods: Sequence[str]) -> lis
     if precision == FP16:
         return [Recipe(FP16, level) for level in LEVELS[graph]]
     if precision == INT8:
-        return [Recipe(INT8, (), m) for m in methods]
+        return [Recipe(INT8, level, m) for level in LEVELS[graph] for m in methods]
     if precision == INT8_CPU:
         return [Recipe(INT8_CPU, level, m) for level in LEVELS[graph] for m in methods]
     raise ConfigError(f"no recipes for {precision!r}")
