@@ -48,6 +48,9 @@ def markdown(bundle: Bundle, built_with: str | None) -> str:
               "", "Plan end to end: " + _scores(r.get("plan_scores")) + ".  "]
     if r.get("cpu_plan_scores"):
         lines += ["Plan with the int8-cpu variants: " + _scores(r["cpu_plan_scores"]) + "."]
+    if r.get("cpu_variants_withheld"):
+        lines += ["  int8-cpu variants withheld (the combination breaks the budget the plan keeps): "
+                  + ", ".join(f"{g}: {v}" for g, v in r["cpu_variants_withheld"].items()) + "."]
     lines += ["", "Every candidate, measured alone (the other graphs FP32). Tensor errors: the graph's output against "
               "the FP32 graph on recorded calibration inputs.", "",
               "| graph | variant | tensor max abs Δ | cosine | score max abs Δ | % of range | SRCC | budget |",

@@ -277,7 +277,13 @@ def _choose(work: _Work, request: PrecisionPlan) -> tuple[dict[str, Measured | N
                 cpu[g] = made
     if cpu:
         cpu_paths = {**plan_paths, **{g: m.made.path for g, m in cpu.items()}}
-        report["cpu_plan_scores"] = work.deltas(cpu_paths)
+        report["cpu_plan_scores"] = cpu_scores = work.deltas(cpu_paths)
+        plan_ok = report["plan_scores"] is not None and not work.options.budget.failures(report["plan_scores"])
+        if cpu_scores is not None and plan_ok and work.options.budget.failures(cpu_scores):
+            # Each int8-cpu variant passed alone, but together they break a budget the plan keeps: the CPU runs the
+            # plan's own variants instead.
+            report["cpu_variants_withheld"] = {g: m.recipe.label for g, m in cpu.items()}
+            cpu = {}
     report["cpu_variants"] = {g: m.recipe.label for g, m in cpu.items()}
     work.cpu = cpu
     return chosen, report
