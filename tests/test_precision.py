@@ -204,6 +204,12 @@ def test_calibration_batches_reach_modelopt_distinct(demo_bundle: Bundle, image_
     _int8_modelopt(demo_bundle.onnx_path(VDA), VDA, [], cs, tmp_path, 4, "max", reader=reader)
     assert len(reader) == -(-cs.crops // 4) >= 3 and len(reader.served) >= len(reader)
     assert len(set(reader.served)) == len(reader)
+    # A capped reader (ONNX Runtime's calibrator at large crops) spreads its batches over the loop's steps.
+    capped = FeedReader(cs, RESTORE_STEP, 4, max_batches=3)
+    feeds = list(capped)
+    gammas = sorted({float(f["gamma"][0]) for f in feeds})
+    assert len(capped) == len(feeds) == 3 and len(gammas) == 3
+    assert gammas[0] == float(cs.gamma.min()) and gammas[-1] == float(cs.gamma.max())
 
 
 def test_step_errors_cover_every_step(mixed: Bundle, image_sets: tuple[Path, Path], tmp_path: Path) -> None:

@@ -56,6 +56,22 @@ def markdown(bundle: Bundle, built_with: str | None) -> str:
               "| graph | variant | tensor max abs Δ | cosine | score max abs Δ | % of range | SRCC | budget |",
               "|---|---|---|---|---|---|---|---|"]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in precision_rows(r)]
+    lines += ["", "Every variant the bundle holds (it may come from earlier builds with --from-bundle): its recipe and "
+              "tensor error against the FP32 graph on recorded inputs.", "",
+              "| graph | precision | recipe | tensor max abs Δ | largest FP32 output | cosine |",
+              "|---|---|---|---|---|---|"]
+    for g in GRAPH_NAMES:
+        for p, v in bundle.graph(g).variants.items():
+            tensor = ((v.extra.get("accuracy") or {}).get("tensor")) or {}
+            recipe = (v.extra.get("recipe") or {})
+            label = "/".join(x for x in (recipe.get("precision"), recipe.get("method")) if x) or "export"
+            if recipe.get("exclude"):
+                label += f" [fp32: {'+'.join(recipe['exclude'])}]"
+            if not tensor:
+                lines.append(f"| {g} | {p} | {label} | - | - | - |")
+                continue
+            lines.append(f"| {g} | {p} | {label} | {tensor['max_abs']:.3g} | {tensor['reference_max_abs']:.3g} | "
+                         f"{tensor['cosine']:.6f} |")
     for graph, cands in (r.get("candidates") or {}).items():
         for c in cands:
             steps = (c.get("tensor") or {}).get("per_step")
