@@ -113,6 +113,19 @@ def test_choose_takes_the_lowest_passing_and_raises_the_worst_graph_when_the_sum
     assert result.rounds[0]["failures"] and not result.rounds[1]["failures"]
 
 
+def test_choose_measures_fixed_graphs_even_when_the_search_ends_in_fp32() -> None:
+    cands = {VCG: [Candidate("int8", "int8", _deltas(0.03), ["over"]), Candidate("fp32", "fp32")]}
+    seen = []
+
+    def measure(plan: dict[str, Candidate]) -> dict[str, float]:
+        seen.append(plan[VCG].key)
+        return _deltas(0.05)  # a graph outside the search (fixed at int8) breaks the budget by itself
+
+    result = choose(cands, Budget(), measure, others_reduced=True)
+    assert seen == ["fp32"] and result.rounds[-1]["failures"]
+    assert choose(cands, Budget(), measure).rounds[-1]["failures"] == [] and seen == ["fp32"]
+
+
 # --- variants of the demo model ---------------------------------------------------------------------------------------
 
 def _save(folder: Path, images: list[np.ndarray]) -> Path:

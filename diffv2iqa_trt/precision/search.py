@@ -41,8 +41,11 @@ class SearchResult:
 
 
 def choose(candidates: Mapping[str, Sequence[Candidate]], budget: Budget,
-           measure_plan: Callable[[Mapping[str, Candidate]], Mapping[str, Any]]) -> SearchResult:
-    """Pick one candidate per graph (see the module docstring). `candidates[g]` must end with the fp32 candidate."""
+           measure_plan: Callable[[Mapping[str, Candidate]], Mapping[str, Any]], *,
+           others_reduced: bool = False) -> SearchResult:
+    """Pick one candidate per graph (see the module docstring). `candidates[g]` must end with the fp32 candidate.
+    `others_reduced`: graphs outside the search run a fixed reduced precision, so even the all-FP32 choice is
+    measured (and may stay over budget: then the result's last round lists the failures)."""
     for graph, cands in candidates.items():
         if not cands or cands[-1].key != FP32_CANDIDATE:
             raise ValueError(f"{graph}: the candidate list must end with fp32")
@@ -50,7 +53,7 @@ def choose(candidates: Mapping[str, Sequence[Candidate]], budget: Budget,
     chosen = {g: next(c for c in cands if c.passes or c.key == FP32_CANDIDATE) for g, cands in candidates.items()}
     rounds = []
     while True:
-        if all(c.key == FP32_CANDIDATE for c in chosen.values()):
+        if all(c.key == FP32_CANDIDATE for c in chosen.values()) and not others_reduced:
             deltas: Mapping[str, Any] = {"srcc": 1.0, "max_abs": 0.0, "max_abs_fraction": 0.0, "mean_abs": 0.0,
                                          "reference": True}
         else:
@@ -60,6 +63,8 @@ def choose(candidates: Mapping[str, Sequence[Candidate]], budget: Budget,
         if not failures:
             return SearchResult(chosen, deltas, rounds)
         raised = [g for g, c in chosen.items() if c.key != FP32_CANDIDATE]
+        if not raised:
+            return SearchResult(chosen, deltas, rounds)  # the fixed graphs alone break the budget
         worst = max(raised, key=lambda g: float((chosen[g].alone or {}).get("max_abs_fraction", 0.0)))
         cands = list(candidates[worst])
         nxt = cands[cands.index(chosen[worst]) + 1:]

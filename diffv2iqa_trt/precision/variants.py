@@ -256,7 +256,8 @@ def _choose(work: _Work, request: PrecisionPlan) -> tuple[dict[str, Measured | N
                     paths[g] = m.made.path
             return work.deltas(paths) or {}
 
-        result = choose(cands, work.options.budget, measure_plan)
+        result = choose(cands, work.options.budget, measure_plan,
+                        others_reduced=any(m is not None for m in fixed.values()))
         chosen.update(fixed)
         chosen.update({g: None if c.key == FP32_CANDIDATE else work.measured[g][c.key]
                        for g, c in result.chosen.items()})
