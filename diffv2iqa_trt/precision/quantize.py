@@ -111,9 +111,6 @@ class FeedReader:
     def rewind(self) -> None:
         self._iter = self._feeds()
 
-    def set_range(self, start_index: int, end_index: int) -> None:  # part of ORT's protocol; unused by the tools
-        raise NotImplementedError
-
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         return self._feeds()
 
