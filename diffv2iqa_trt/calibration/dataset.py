@@ -154,12 +154,17 @@ class CalibrationSet:
     def feeds(self, graph: str, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         """Batches of graph inputs, ready for a session's run(): a new dict of new arrays per batch (never one dict
         reused or repeated), every recorded row exactly once. For restore_step, z is (1, 3, S, S)."""
-        names = RESTORE_INPUTS if check_graph(graph) == RESTORE_STEP else BRANCH_INPUTS
         for idx in self.batches(graph, batch_size):
-            batch = self.inputs(graph, idx)
-            if graph == RESTORE_STEP:
-                batch["z"] = self.z[self.z_index[idx[:1]]]
-            yield {name: np.ascontiguousarray(batch[name]) for name in names}
+            yield self.feed(graph, idx)
+
+    def feed(self, graph: str, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """One call's inputs for the given rows (new contiguous arrays). For restore_step the rows must share their
+        noise input (as every batch of `batches` does): z is that one (1, 3, S, S) image."""
+        names = RESTORE_INPUTS if check_graph(graph) == RESTORE_STEP else BRANCH_INPUTS
+        batch = self.inputs(graph, rows)
+        if graph == RESTORE_STEP:
+            batch["z"] = self.z[self.z_index[np.asarray(rows)[:1]]]
+        return {name: np.ascontiguousarray(batch[name]) for name in names}
 
     # --- storage ------------------------------------------------------------------------------------------------
 

@@ -47,16 +47,20 @@ def score_deltas(reference: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
             "rank_flips": rank_flips(reference, scores)}
 
 
-def tensor_errors(fp32: Path, variant: Path, graph: str, cs: CalibrationSet, *, batch_size: int = 8,
-                  max_batches: int = 4, threads: int | None = None) -> dict[str, float]:
-    """Max |Δ|, mean |Δ| and cosine similarity of the graph's output, variant against FP32, on recorded inputs
-    (batches spread over the set: for restore_step, over the steps)."""
+def _cpu_sessions(paths: Sequence[Path], threads: int | None) -> list[Any]:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
-    sessions = [ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for p in (fp32, variant)]
+    return [ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for p in paths]
+
+
+def tensor_errors(fp32: Path, variant: Path, graph: str, cs: CalibrationSet, *, batch_size: int = 8,
+                  max_batches: int = 4, threads: int | None = None) -> dict[str, float]:
+    """Max |Δ|, mean |Δ| and cosine similarity of the graph's output, variant against FP32, on recorded inputs
+    (batches spread over the set: for restore_step, over the steps)."""
+    sessions = _cpu_sessions((fp32, variant), threads)
     feeds = list(cs.feeds(graph, batch_size))
     feeds = feeds[:: max(1, len(feeds) // max_batches)][:max_batches]
     out = GRAPH_OUTPUTS[graph][0]
@@ -74,18 +78,12 @@ def step_errors(fp32: Path, variant: Path, cs: CalibrationSet, *, rows_per_step:
     """restore_step's output error per loop step (first step run first), on up to `rows_per_step` recorded rows of
     each step: does one set of INT8 scales fit the noisy first steps and the nearly clean last ones? `rel` is the
     max |Δ| over the step's largest |y_next|."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    sessions = [ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for p in (fp32, variant)]
+    sessions = _cpu_sessions((fp32, variant), threads)
     out = []
     for step in sorted({int(s) for s in cs.step}, reverse=True):
         rows = np.flatnonzero(cs.step == step)
         rows = rows[cs.z_index[rows] == cs.z_index[rows[0]]][:rows_per_step]  # one z per call
-        feed = cs.inputs(RESTORE_STEP, rows)
-        feed["z"] = feed["z"][:1]
+        feed = cs.feed(RESTORE_STEP, rows)
         ref, got = (np.asarray(s.run([RESTORE_OUTPUT], feed)[0], np.float64) for s in sessions)
         err = float(np.max(np.abs(ref - got)))
         out.append({"step": step, "max_abs": err, "rel": err / max(float(np.max(np.abs(ref))), 1e-12)})

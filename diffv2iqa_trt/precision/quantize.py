@@ -91,13 +91,7 @@ class FeedReader:
             return self.cs.feeds(self.graph, self.batch_size)
         batches = self.cs.batches(self.graph, self.batch_size)
         keep = np.unique(np.linspace(0, len(batches) - 1, min(self.max_batches, len(batches))).round().astype(int))
-        return (self._feed(batches[i]) for i in keep)
-
-    def _feed(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-        feed = self.cs.inputs(self.graph, rows)
-        if self.graph == "restore_step":
-            feed["z"] = feed["z"][:1]  # one noise image per call (the rows of a batch share it)
-        return {name: np.ascontiguousarray(a) for name, a in feed.items()}
+        return (self.cs.feed(self.graph, batches[i]) for i in keep)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         feed = next(self._iter, None)

@@ -145,12 +145,12 @@ class _Work:
             tried += made
             ok = [m for m in made if not m.failures]
             if self.evaluation is not None and ok:
-                return min(ok, key=lambda m: float((m.alone or {})["max_abs"]))
+                return min(ok, key=_score_error)
         if not tried:
             return None
         if self.evaluation is None:
             return min(tried, key=lambda m: m.tensor["max_abs"])
-        return min(tried, key=lambda m: float((m.alone or {})["max_abs"]))
+        return min(tried, key=_score_error)
 
 
 def _eval_set(bundle: Bundle, paths: Sequence[Path], calibration_images: set[str], options: VariantOptions,
