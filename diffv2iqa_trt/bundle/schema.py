@@ -184,8 +184,9 @@ def _relpath_problem(name: str) -> str | None:
     return None
 
 
-def _semantic_problems(doc: dict[str, Any]) -> list[str]:
-    """Cross-field rules; assumes the document already passed the schema."""
+def _semantic_problems(doc: dict[str, Any], hashes: bool = True) -> list[str]:
+    """Cross-field rules; assumes the document already passed the schema. `hashes=False` skips the rules that
+    compare file hashes (a writer validating before the files are copied and hashed)."""
     problems: list[str] = []
     try:
         _dt.datetime.fromisoformat(doc["created"].replace("Z", "+00:00"))
@@ -234,13 +235,32 @@ def _semantic_problems(doc: dict[str, Any]) -> list[str]:
             for precision, entry in g[kind].items():
                 if entry["file"] not in files:
                     problems.append(f"at {where}.{kind}.{precision}.file: {entry['file']!r} is not listed in $.files")
-                elif kind == "variants" and entry.get("sha256") != files[entry["file"]]["sha256"]:
-                    problems.append(f"at {where}.variants.{precision}.sha256: "
+                elif entry.get("sha256") != files[entry["file"]]["sha256"]:
+                    problems.append(f"at {where}.{kind}.{precision}.sha256: "
                                     f"{'differs from' if 'sha256' in entry else 'missing; it must equal'} "
                                     f"$.files[{entry['file']!r}].sha256")
-                if kind == "variants" and entry["precision"] != precision:
-                    problems.append(f"at {where}.variants.{precision}.precision: {entry['precision']!r} is not the "
+                if entry["precision"] != precision:
+                    problems.append(f"at {where}.{kind}.{precision}.precision: {entry['precision']!r} is not the "
                                     "entry's key")
+            problems += _engine_problems(g, where, files, hashes)
+    return problems
+
+
+def _engine_problems(g: dict[str, Any], where: str, files: dict[str, Any], hashes: bool) -> list[str]:
+    """An engine names the variant it was built from, by file and hash, and its layer information is a bundle file."""
+    problems = []
+    for precision, entry in g["engines"].items():
+        at = f"{where}.engines.{precision}"
+        variant = g["variants"].get(precision)
+        if variant is None:
+            problems.append(f"at {at}: there is no {precision} ONNX variant to have built it from")
+        elif entry["source_onnx"] != variant["file"] or (hashes and entry["source_sha256"] != variant.get("sha256")):
+            problems.append(f"at {at}.source_sha256: the engine was built from {entry['source_onnx']!r} with sha256 "
+                            f"{entry['source_sha256'][:12]}…, which is not the bundle's {precision} variant "
+                            f"({variant['file']!r}, {str(variant.get('sha256'))[:12]}…): the engine is stale")
+        layers = entry.get("layer_information")
+        if layers is not None and layers not in files:
+            problems.append(f"at {at}.layer_information: {layers!r} is not listed in $.files")
     return problems
 
 
@@ -389,7 +409,8 @@ def check_header(doc: Any, *, source: str | os.PathLike[str] | None = None) -> N
                           f"that wrote it", path=src)
 
 
-def validate_manifest(doc: Any, *, source: str | os.PathLike[str] | None = None, hint: str = REBUILD) -> None:
+def validate_manifest(doc: Any, *, source: str | os.PathLike[str] | None = None, hint: str = REBUILD,
+                      hashes: bool = True) -> None:
     """Raise BundleError unless `doc` (parsed JSON) is a valid manifest of this schema version.
 
     Checks the schema name and version, the document's size (MAX_MANIFEST_VALUES values, MAX_MANIFEST_DEPTH deep),
@@ -398,7 +419,9 @@ def validate_manifest(doc: Any, *, source: str | os.PathLike[str] | None = None,
     multiple, itself a power of two), crop grid and noise bank stay within the MAX_* bounds, fusion weights are
     finite, every variant, engine and checkpoint file is in files, profiles name real inputs and bound every dynamic
     one, and graph I/O follows the runtime contract (names, dtypes, ranks, fixed dimensions, branch crops of
-    crop_size). `source` names the file in messages; `hint` is the advice appended to them.
+    crop_size), and every engine was built from its graph's variant of the same precision (file and sha256).
+    `source` names the file in messages; `hint` is the advice appended to them; `hashes=False` skips comparing
+    hashes (for a writer whose files are not hashed yet).
     """
     src = Path(source) if source is not None else None
     where = f"{src}" if src is not None else "the manifest"
@@ -407,7 +430,7 @@ def validate_manifest(doc: Any, *, source: str | os.PathLike[str] | None = None,
         raise BundleError(f"{where} is not a valid bundle manifest ({hint}): {too_big}", path=src, problems=[too_big])
     problems = _schema_problems(doc)
     if not problems:
-        problems = _semantic_problems(doc)
+        problems = _semantic_problems(doc, hashes)
     if problems:
         shown = problems[:_MAX_ERRORS]
         more = f"\n  … and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""

@@ -668,7 +668,7 @@ def write_bundle(out_dir: str | os.PathLike[str], manifest: Mapping[str, Any],
                               f"or fix the path", path=src)
     doc["files"] = {name: {"sha256": "0" * 64, "bytes": 0} for name in names}
     _stamp_variant_hashes(doc)
-    validate_manifest(doc, source=target, hint=_WRITE_HINT)
+    validate_manifest(doc, source=target, hint=_WRITE_HINT, hashes=False)
     _recover(out_dir)  # an interrupted overwrite: the previous bundle comes back first, then the usual rules apply
     _refuse_existing(out_dir, overwrite)
     _remove_stale(out_dir, overwrite)
@@ -681,15 +681,17 @@ def write_bundle(out_dir: str | os.PathLike[str], manifest: Mapping[str, Any],
 
 
 def _stamp_variant_hashes(doc: dict[str, Any]) -> None:
-    """Every ONNX variant entry repeats its file's sha256 (readers of one graph entry need not look up `files`)."""
+    """Every ONNX variant and engine entry repeats its file's sha256 (readers of one graph entry need not look up
+    `files`)."""
     files = doc.get("files") or {}
     for graph in (doc.get("graphs") or {}).values():
-        for precision, entry in ((graph or {}).get("variants") or {}).items():
-            if not isinstance(entry, dict):
-                continue  # the schema check names it
-            entry.setdefault("precision", precision)
-            if entry.get("file") in files:
-                entry["sha256"] = files[entry["file"]]["sha256"]
+        for kind in ("variants", "engines"):
+            for precision, entry in ((graph or {}).get(kind) or {}).items():
+                if not isinstance(entry, dict):
+                    continue  # the schema check names it
+                entry.setdefault("precision", precision)
+                if entry.get("file") in files:
+                    entry["sha256"] = files[entry["file"]]["sha256"]
 
 
 def _publish(doc: dict[str, Any], sources: Mapping[str, Path], tmp: Path, out_dir: Path, *, overwrite: bool,

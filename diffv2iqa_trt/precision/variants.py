@@ -324,6 +324,9 @@ def _write(bundle: Bundle, request: PrecisionPlan, chosen: Mapping[str, Measured
                                         "accuracy": {"tensor": variant.tensor, "scores": variant.alone,
                                                      "over_budget": variant.failures}})
             doc["graphs"][g]["variants"][precision] = entry.to_dict()
+            stale: dict[str, Any] = doc["graphs"][g]["engines"].pop(precision, None) or {}
+            for key in ("file", "layer_information"):  # an engine built from the variant just replaced goes too
+                files.pop(str(stale.get(key)), None)
     report.update({
         "budget": options.budget.to_dict(),
         "calibration": {"key": work.cs.key, **work.cs.meta.get("counts", {})},
