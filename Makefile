@@ -1,5 +1,5 @@
 # Two commands on a fresh machine: `make demo` (score sample photos with the embedded default model) and `make test`.
-# `make lint` runs ruff and mypy (strict; see [tool.mypy] in pyproject.toml).
+# `make lint` runs ruff and mypy (strict; see [tool.mypy] in pyproject.toml; TensorRT calls are typed against stubs).
 # CI (`.ci/run`) runs `make lint`, then `make test`.
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,8 +12,12 @@ $(BIN)/diffv2iqa-trt: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[cpu,precision,dev]'
 	touch $@
 
+# The TensorRT 10.13 type stubs, fixed up, for mypy and the engine tests (scripts/tensorrt_stubs.py; needs PyPI once).
+typings/.installed: scripts/tensorrt_stubs.py | $(BIN)/diffv2iqa-trt
+	$(BIN)/python scripts/tensorrt_stubs.py typings
+
 .PHONY: install demo lint test test-all
-install: $(BIN)/diffv2iqa-trt
+install: $(BIN)/diffv2iqa-trt typings/.installed
 
 demo: install
 	$(BIN)/python scripts/make_samples.py out/samples

@@ -1,5 +1,6 @@
-"""Bundle assembly (`build --target onnx`): export the three graphs, lint them for TensorRT, check them against
-torch, describe them in a manifest and write the bundle.
+"""Bundle assembly (`build`): export the three graphs, lint them for TensorRT, check them against torch, describe
+them in a manifest and write the bundle; then, on request, add precision variants (precision/) and TensorRT engines
+(engine/).
 
 It sits above export/ (which makes one ONNX file) and bundle/ (which knows the format and writes directories).
 Everything is staged in a temporary directory and handed to `bundle.write_bundle`, which publishes the bundle
@@ -56,6 +57,8 @@ from .runtime.noise import GENERATOR
 from .runtime.pipeline import PipelineSpec
 
 if TYPE_CHECKING:
+    from .bundle import Bundle
+    from .engine.builder import BuildSettings
     from .precision.variants import VariantOptions
     from .precision_plan import PrecisionPlan
 
@@ -298,16 +301,15 @@ def _build(model: DiffV2IQA, info: CheckpointInfo, config: ModelConfig, spec: Pi
 
 def build_bundle(model: DiffV2IQA, info: CheckpointInfo, out_dir: str | os.PathLike[str], options: BuildOptions,
                  request: PrecisionPlan, variants: VariantOptions | None = None, *, init_seed: int | None = None,
-                 checkpoint_path: str | os.PathLike[str] | None = None,
+                 checkpoint_path: str | os.PathLike[str] | None = None, engines: BuildSettings | None = None,
                  progress: Progress | None = None) -> BuildResult:
-    """`build`: the FP32 bundle, plus the reduced-precision variants `request` asks for. With variants, the FP32
-    bundle is staged in a temporary directory next to `out_dir` and the final bundle written from it, so `out_dir`
-    only ever holds a complete bundle."""
-    if request.uniform == "fp32":
+    """`build`: the FP32 bundle, plus the reduced-precision variants `request` asks for, plus TensorRT engines when
+    `engines` is given. With variants or engines, the FP32 bundle is staged in a temporary directory next to
+    `out_dir` and the final bundle written from it, so `out_dir` only ever holds a complete bundle."""
+    if request.uniform == "fp32" and engines is None:
         return build_onnx_bundle(model, info, out_dir, options, init_seed=init_seed,
                                  checkpoint_path=checkpoint_path, progress=progress)
     from .bundle import load_bundle
-    from .precision.variants import VariantOptions, add_variants
 
     out = check_output(out_dir, options.overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -315,7 +317,28 @@ def build_bundle(model: DiffV2IQA, info: CheckpointInfo, out_dir: str | os.PathL
         staged = Path(tmp) / "fp32"
         result = build_onnx_bundle(model, info, staged, dataclasses.replace(options, overwrite=False),
                                    init_seed=init_seed, checkpoint_path=checkpoint_path, progress=progress)
-        path = add_variants(load_bundle(staged), request, out,
-                            dataclasses.replace(variants or VariantOptions(), overwrite=options.overwrite),
-                            say=progress)
+        path = extend_bundle(load_bundle(staged), out, request, variants, engines, overwrite=options.overwrite,
+                             workdir=Path(tmp), say=progress)
     return dataclasses.replace(result, path=path)
+
+
+def extend_bundle(bundle: Bundle, out: Path, request: PrecisionPlan, variants: VariantOptions | None,
+                  engines: BuildSettings | None, *, overwrite: bool, workdir: Path,
+                  say: Progress | None = None) -> Path:
+    """Write `bundle` to `out` with the variants `request` asks for, then engines for every variant (when `engines`
+    is given). The bundle with variants is staged in `workdir` when engines follow."""
+    from .bundle import load_bundle
+    from .engine.bundle_engines import add_engines
+    from .precision.variants import VariantOptions, add_variants
+
+    if request.uniform != "fp32":
+        target = out if engines is None else workdir / "variants"
+        path = add_variants(bundle, request, target,
+                            dataclasses.replace(variants or VariantOptions(), overwrite=overwrite and engines is None),
+                            say=say)
+        if engines is None:
+            return path
+        bundle = load_bundle(path)
+    if engines is None:
+        raise ConfigError("nothing to add to the bundle: ask for --precision other than fp32 or for --target tensorrt")
+    return add_engines(bundle, out, engines, overwrite=overwrite, say=say)

@@ -23,6 +23,7 @@ from .calibration.dataset import MIN_IMAGES
 from .errors import EXIT_FAILED, EXIT_USAGE, ConfigError, DiffV2IQAError
 
 if TYPE_CHECKING:
+    from .engine.builder import BuildSettings
     from .precision.variants import VariantOptions
     from .precision_plan import PrecisionPlan
 
@@ -223,13 +224,18 @@ def _print_scores(results: list[Any], label: str, backend: str, spec: Any) -> No
 
 class BuildTarget(str, Enum):
     onnx = "onnx"
+    tensorrt = "tensorrt"
+    auto = "auto"
 
 
 @app.command()
 def build(
     out_dir: Annotated[Path, typer.Option("--out", help="Bundle directory to write.")],
-    target: Annotated[BuildTarget, typer.Option(help="What to build: onnx (FP32 ONNX graphs). TensorRT engines "
-                                                     "come in a later release.")] = BuildTarget.onnx,
+    target: Annotated[BuildTarget, typer.Option(
+        help="onnx: the ONNX bundle (graphs and precision variants). tensorrt: also a strongly typed TensorRT engine "
+             "for every fp32/fp16/int8 variant, built on this machine's GPU (needs TensorRT and an NVIDIA GPU; "
+             "exit 2 without them). auto: tensorrt where TensorRT and a GPU are usable, otherwise onnx, saying "
+             "so.")] = BuildTarget.onnx,
     checkpoint: Annotated[Path | None, typer.Option(help="Native checkpoint (.safetensors). Default: the embedded "
                                                          "demo model (tiny, trained on synthetic distortions; see "
                                                          "weights/MODEL_CARD.md).")] = None,
@@ -270,9 +276,25 @@ def build(
     min_srcc: Annotated[float, typer.Option(help="Accuracy budget: SRCC against the FP32 scores.")] = 0.995,
     max_delta: Annotated[float, typer.Option(help="Accuracy budget: max |Δscore| as a fraction of the FP32 scores' "
                                                   "range.")] = 0.02,
+    timing_cache: Annotated[Path | None, typer.Option(
+        help="TensorRT timing cache file, read and updated by every engine build (default: one per TensorRT "
+             "version and GPU under ~/.cache/diffv2iqa-trt/timing).")] = None,
+    opt_level: Annotated[int, typer.Option(help="TensorRT builder optimisation level, 0-5: higher builds slower "
+                                                "and may run faster.")] = 3,
+    workspace_mib: Annotated[int | None, typer.Option(help="TensorRT workspace limit in MiB (default: TensorRT's, "
+                                                           "the GPU's memory).")] = None,
+    version_compatible: Annotated[bool, typer.Option(help="Build version-compatible engines: they load on later "
+                                                          "TensorRT releases of the same major.")] = False,
+    exclude_lean_runtime: Annotated[bool, typer.Option(help="With --version-compatible: do not embed the lean "
+                                                            "runtime in the engines (the loader must supply "
+                                                            "one).")] = False,
+    fallback_allowance: Annotated[float, typer.Option(
+        help="Precision census: how much larger than the ONNX asks (fraction of compute layers) the FP32 share of "
+             "an engine, or how much smaller its INT8 share, may be before the build fails.")] = 0.05,
 ) -> None:
     """Export the three graphs, lint them for TensorRT, check them against torch and write a bundle; with
-    --precision, add FP16/INT8 variants made from a calibration set and measured against the FP32 graphs."""
+    --precision, add FP16/INT8 variants made from a calibration set and measured against the FP32 graphs; with
+    --target tensorrt, add a TensorRT engine for each variant and check its precision census."""
     from .assemble import BuildOptions, build_bundle, check_output
     from .config import ScoringConfig
     from .precision_plan import parse_plan
@@ -286,8 +308,10 @@ def build(
         request = parse_plan(precision, allow_best=True)
         variants = _variant_options(request, calib_images, eval_images, calib_crops, calib_methods, min_srcc,
                                     max_delta, overwrite)
+        engines = _engine_settings(target, timing_cache, opt_level, workspace_mib, version_compatible,
+                                   exclude_lean_runtime, fallback_allowance)
         if from_bundle is not None:
-            _add_variants(from_bundle, out_dir, request, variants)
+            _extend(from_bundle, out_dir, request, variants, engines, overwrite)
             return
         check_output(out_dir, overwrite)  # seconds, before a paper checkpoint takes minutes to load
         loaded = load_model(checkpoint, preset.value if preset else None)
@@ -299,8 +323,8 @@ def build(
     with err.status("building") as status:
         try:
             result = build_bundle(loaded.model, loaded.info, out_dir, options, request, variants,
-                                  init_seed=loaded.init_seed, checkpoint_path=loaded.path,
-                                  progress=lambda m: status.update(_show(m)))
+                                  init_seed=loaded.init_seed, checkpoint_path=loaded.path, engines=engines,
+                                  progress=lambda m: _progress(status, m))
         except DiffV2IQAError as exc:
             raise _failed(exc) from None
     _print_lint(result.lint)
@@ -314,7 +338,45 @@ def build(
     out.print(table)
     if request.uniform != "fp32":
         _print_precision(result.path)
+    if engines is not None:
+        _print_engines(result.path)
     out.print(f"wrote bundle {_show(result.path)}")
+
+
+def _progress(status: Any, message: str) -> None:
+    """Spinner text for every step; finished engines also get a line of their own (time per engine)."""
+    if " built in " in message:
+        err.print(_show(message))
+    status.update(_show(message))
+
+
+def _engine_settings(target: BuildTarget, timing_cache: Path | None, opt_level: int, workspace_mib: int | None,
+                     version_compatible: bool, exclude_lean_runtime: bool,
+                     fallback_allowance: float) -> BuildSettings | None:
+    """The engine options of `build`, or None when no engines are built. Checked before anything is exported:
+    --target tensorrt without TensorRT or a GPU is a DependencyError (exit 2, nothing written); --target auto then
+    says that engines are skipped."""
+    from .engine.builder import BuildSettings
+    from .engine.bundle_engines import engines_unavailable
+    from .errors import DependencyError
+
+    settings = BuildSettings(opt_level=opt_level, workspace_mib=workspace_mib, version_compatible=version_compatible,
+                             exclude_lean_runtime=exclude_lean_runtime, timing_cache=timing_cache,
+                             fallback_allowance=fallback_allowance)
+    if target is BuildTarget.onnx:
+        if settings != BuildSettings(fallback_allowance=fallback_allowance):
+            raise ConfigError("--timing-cache, --opt-level, --workspace-mib, --version-compatible and "
+                              "--exclude-lean-runtime are TensorRT engine options: add --target tensorrt (or auto)")
+        return None
+    settings.check()
+    why = engines_unavailable()
+    if why is None:
+        return settings
+    if target is BuildTarget.tensorrt:
+        raise DependencyError(f"--target tensorrt: {why}")
+    err.print(f"[yellow]note:[/] --target auto: engines skipped, writing the ONNX bundle only. "
+              f"{_show(why, message=True)}")
+    return None
 
 
 def _variant_options(request: PrecisionPlan, calib_images: list[Path] | None, eval_images: list[Path] | None,
@@ -339,22 +401,44 @@ def _variant_options(request: PrecisionPlan, calib_images: list[Path] | None, ev
     return options
 
 
-def _add_variants(source: Path, out_dir: Path, request: PrecisionPlan, options: VariantOptions | None) -> None:
-    from .assemble import check_output
-    from .bundle import load_bundle
-    from .precision.variants import add_variants
+def _extend(source: Path, out_dir: Path, request: PrecisionPlan, options: VariantOptions | None,
+            engines: BuildSettings | None, overwrite: bool) -> None:
+    import tempfile
 
-    if options is None:
-        raise ConfigError("--from-bundle adds variants: give a --precision other than fp32")
+    from .assemble import check_output, extend_bundle
+    from .bundle import load_bundle
+
+    if options is None and engines is None:
+        raise ConfigError("--from-bundle adds variants or engines: give a --precision other than fp32, or "
+                          "--target tensorrt")
     bundle = load_bundle(source)
     if os.path.abspath(out_dir) != str(bundle.root):
-        check_output(out_dir, options.overwrite)
-    elif not options.overwrite:
+        check_output(out_dir, overwrite)
+    elif not overwrite:
         raise ConfigError(f"--out is the source bundle {out_dir}: pass --overwrite to replace it in place")
-    with err.status("adding variants") as status:
-        path = add_variants(bundle, request, out_dir, options, say=lambda m: status.update(_show(m)))
-    _print_precision(path)
+    target = Path(os.path.abspath(out_dir))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with err.status("adding variants" if engines is None else "adding engines") as status, \
+            tempfile.TemporaryDirectory(prefix=f".{target.name}.work-", dir=target.parent) as work:
+        path = extend_bundle(bundle, target, request, options, engines, overwrite=overwrite, workdir=Path(work),
+                             say=lambda m: _progress(status, m))
+    if options is not None:
+        _print_precision(path)
+    if engines is not None:
+        _print_engines(path)
     out.print(f"wrote bundle {_show(path)}")
+
+
+def _print_engines(path: Path) -> None:
+    from .bundle import load_bundle
+    from .bundle.summary import engine_rows
+
+    table = Table(title="TensorRT engines (strongly typed) and their precision census")
+    for col in ("graph", "precision", "MiB", "build s", "FP32 share (ONNX)", "INT8 share (ONNX)", "census"):
+        table.add_column(col, justify="left" if col in ("graph", "precision", "census") else "right")
+    for row in engine_rows(load_bundle(path)):
+        table.add_row(*(_show(str(c)) for c in row))
+    out.print(table)
 
 
 def _print_precision(path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import re
@@ -187,24 +188,50 @@ def test_helpers_refuse_unknown_names(built: Bundle) -> None:
         built.file_path("other.onnx")
 
 
+def engine_entry(manifest: dict[str, Any], files: dict[str, Path], graph: str, precision: str) -> dict[str, Any]:
+    """An engine entry as engine/bundle_engines.py writes it (with made-up build facts: no engine is built here)."""
+    variant = manifest["graphs"][graph]["variants"][precision]["file"]
+    return {"file": f"engines/{graph}.{precision}.plan", "tensorrt": "10.13.0.35", "gpu": "NVIDIA H100", "sm": "9.0",
+            "precision": precision, "source_onnx": variant, "source_sha256": sha256_file(files[variant]),
+            "version_compatible": False, "flags": {"strongly_typed": True, "opt_level": 3},
+            "device_memory_bytes": 123, "profile": {}, "build_seconds": 1.5, "census": {}, "cuda": "12.8"}
+
+
 def test_engines_checkpoint_and_extra_files(tmp_path: Path) -> None:
     manifest = make_manifest()
     files = fake_files(manifest, tmp_path / "src")
-    manifest["graphs"]["vcg"]["engines"] = {"fp16": {"file": "engines/vcg.fp16.plan", "tensorrt": "10.13.0",
-                                                     "gpu": "NVIDIA H100", "sm": "9.0", "cuda": "12.8"}}
+    manifest["graphs"]["restore_step"]["engines"] = {"fp16": engine_entry(manifest, files, "restore_step", "fp16")}
     (tmp_path / "src" / "e.plan").write_bytes(b"engine")
-    files["engines/vcg.fp16.plan"] = tmp_path / "src" / "e.plan"
+    files["engines/restore_step.fp16.plan"] = tmp_path / "src" / "e.plan"
     manifest["model"] |= {"checkpoint": "model.safetensors", "init_seed": None}
     (tmp_path / "src" / "m.safetensors").write_bytes(b"weights")
     files["model.safetensors"] = tmp_path / "src" / "m.safetensors"
     b = load_bundle(write_bundle(tmp_path / "b", manifest, files))
     assert b.manifest.model.checkpoint is not None
     assert b.file_path(b.manifest.model.checkpoint).read_bytes() == b"weights"
-    assert b.engine_path("vcg", "fp16") == b.root / "engines" / "vcg.fp16.plan"
-    assert b.engine("vcg", "fp16").extra["cuda"] == "12.8" and b.engine("vcg", "fp16").sm == "9.0"
-    assert "H100" in bundle_summary(b)["graphs"]["vcg"]["engines"]["fp16"]
+    assert b.engine_path("restore_step", "fp16") == b.root / "engines" / "restore_step.fp16.plan"
+    entry = b.engine("restore_step", "fp16")
+    assert entry.extra["cuda"] == "12.8" and entry.sm == "9.0"
+    assert entry.extra["sha256"] == hashlib.sha256(b"engine").hexdigest()  # stamped from the file by write_bundle
+    assert "H100" in str(bundle_summary(b)["graphs"]["restore_step"]["engines"]["fp16"])
     (b.root / "notes.txt").write_text("unexpected files are fine")
     load_bundle(b.root)
+
+
+def test_refuses_stale_or_orphan_engines(tmp_path: Path) -> None:
+    manifest = make_manifest()
+    files = fake_files(manifest, tmp_path / "src")
+    (tmp_path / "src" / "e.plan").write_bytes(b"engine")
+    files["engines/restore_step.fp16.plan"] = tmp_path / "src" / "e.plan"
+    stale = engine_entry(manifest, files, "restore_step", "fp16") | {"source_sha256": "ab" * 32}
+    manifest["graphs"]["restore_step"]["engines"] = {"fp16": stale}
+    with pytest.raises(BundleError, match=r"engines\.fp16\.source_sha256: .*the engine is stale"):
+        write_bundle(tmp_path / "stale", manifest, files)
+    orphan = engine_entry(manifest, files, "restore_step", "fp16") | {"precision": "int8"}
+    manifest["graphs"]["restore_step"]["engines"] = {"int8": orphan}
+    with pytest.raises(BundleError, match=r"engines\.int8: there is no int8 ONNX variant"):
+        write_bundle(tmp_path / "orphan", manifest, files)
+    assert not (tmp_path / "stale").exists() and not (tmp_path / "orphan").exists()
 
 
 # ------------------------------------------------------------------------------------------------------ load refusals

@@ -5,11 +5,49 @@ from __future__ import annotations
 from typing import Any
 
 from ..contract import GRAPH_NAMES, TensorSpec
+from .manifest import EngineEntry
 from .store import Bundle
 
 
 def _tensor_text(t: TensorSpec) -> str:
     return f"{t.name}: {t.dtype}[{', '.join(str(d) for d in t.shape)}]"
+
+
+def _engine_summary(bundle: Bundle, e: EngineEntry) -> dict[str, Any]:
+    census = e.extra.get("census") or {}
+    verdict = census.get("verdict") or {}
+    size = bundle.manifest.files[e.file].bytes if e.file in bundle.manifest.files else None
+    return {
+        "file": e.file,
+        "built": f"TensorRT {e.tensorrt}, {e.gpu} (sm {e.sm})"
+                 + (", version-compatible" if e.extra.get("version_compatible") else ""),
+        "MiB": None if size is None else round(size / 2**20, 2),
+        "device_memory_MiB": round(int(e.extra.get("device_memory_bytes", 0)) / 2**20, 1),
+        "build_seconds": e.extra.get("build_seconds"),
+        "census": {"compute_layers": census.get("compute_layers"),
+                   "fp32_share": verdict.get("fp32_share"), "fp32_share_onnx": verdict.get("fp32_share_onnx"),
+                   "int8_share": verdict.get("int8_share"), "int8_share_onnx": verdict.get("int8_share_onnx"),
+                   "verdict": "ok" if verdict.get("ok") else "; ".join(verdict.get("problems") or ["not judged"])},
+    }
+
+
+def engine_rows(bundle: Bundle) -> list[tuple[str, ...]]:
+    """One row per engine for the CLI's table: graph, precision, MiB, build seconds, FP32 and INT8 shares of compute
+    layers (engine, and what the ONNX asks for), census verdict."""
+    rows: list[tuple[str, ...]] = []
+    for name in GRAPH_NAMES:
+        g = bundle.manifest.graphs[name]
+        for prec in g.engine_precisions:
+            s = _engine_summary(bundle, g.engines[prec])
+            c = s["census"]
+
+            def pct(key: str, c: dict[str, Any] = c) -> str:
+                return "-" if c.get(key) is None else f"{100 * float(c[key]):.1f} %"
+
+            rows.append((name, prec, f"{s['MiB']}", f"{s['build_seconds']}",
+                         f"{pct('fp32_share')} ({pct('fp32_share_onnx')})",
+                         f"{pct('int8_share')} ({pct('int8_share_onnx')})", c["verdict"]))
+    return rows
 
 
 def bundle_summary(bundle: Bundle) -> dict[str, Any]:
@@ -26,8 +64,7 @@ def bundle_summary(bundle: Bundle) -> dict[str, Any]:
             "profiles": {inp: f"min {list(prof.min[inp])} opt {list(prof.opt[inp])} max {list(prof.max[inp])}"
                          for inp in prof.min},
             "onnx": {prec: g.variants[prec].file for prec in g.precisions},
-            "engines": {prec: f"{e.file} (TensorRT {e.tensorrt}, {e.gpu}, sm {e.sm})"
-                        for prec in g.engine_precisions for e in [g.engines[prec]]},
+            "engines": {prec: _engine_summary(bundle, g.engines[prec]) for prec in g.engine_precisions},
         }
     return {
         "path": str(bundle.root),

@@ -20,13 +20,13 @@ from typing import Any
 from ..bundle import Bundle, EngineEntry, write_bundle
 from ..bundle.schema import environment_versions, utc_timestamp
 from ..contract import GRAPH_NAMES
-from ..errors import BuildError
+from ..errors import BuildError, DiffV2IQAError
 from .builder import BuildSettings, build_engine
 from .census import judge, onnx_intent, parse_census
 from .compatibility import Machine
 from .gpu import GpuInfo, current_gpu
 from .profiles import InputProfile, input_profiles
-from .tensorrt_api import require_tensorrt, tensorrt_missing, tensorrt_version
+from .tensorrt_api import INSTALL_HINT, require_tensorrt, tensorrt_missing, tensorrt_version
 from .timing_cache import TimingCacheFile, default_cache_path
 
 Say = Callable[[str], None]
@@ -59,15 +59,13 @@ def engine_jobs(bundle: Bundle, precisions: Sequence[str] | None = None) -> list
 
 
 def engines_unavailable() -> str | None:
-    """Why no engine can be built here (no TensorRT, no GPU), or None."""
+    """Why no engine can be built here (no TensorRT, with how to install it; no usable GPU), or None."""
     reason = tensorrt_missing()
     if reason is not None:
-        return reason
+        return f"{reason}. {INSTALL_HINT}"
     try:
         current_gpu()
-    except BuildError as exc:
-        return str(exc)
-    except Exception as exc:  # DependencyError and anything cuda-bindings raises without a driver
+    except DiffV2IQAError as exc:
         return str(exc)
     return None
 
