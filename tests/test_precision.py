@@ -163,6 +163,24 @@ def mixed(demo_bundle: Bundle, image_sets: tuple[Path, Path], tmp_path_factory: 
     return load_bundle(add_variants(demo_bundle, parse_plan("restore_step=fp16,vcg=fp16,vda=int8"), out, options))
 
 
+def test_census_intent_of_real_variants(mixed: Bundle) -> None:
+    """What the engine census expects from each variant ModelOpt made: AutoCast's FP16 graphs ask for FP16 in
+    (nearly) every Conv/MatMul, the Q/DQ graph for INT8 in most, and the FP32 graphs for FP32 only."""
+    from diffv2iqa_trt.engine.census import onnx_intent
+
+    def intent(graph: str, precision: str) -> dict[str, int]:
+        return onnx_intent(onnx.load(str(mixed.onnx_path(graph, precision)), load_external_data=False))
+
+    for g in GRAPH_NAMES:
+        assert set(intent(g, "fp32")) == {"fp32"}
+    for g in (RESTORE_STEP, VCG):
+        fp16 = intent(g, "fp16")
+        assert fp16.get("fp16", 0) >= 0.8 * sum(fp16.values()) and "int8" not in fp16, fp16
+    int8 = intent(VDA, "int8")
+    assert int8.get("int8", 0) >= 0.5 * sum(int8.values()), int8
+    assert sum(int8.values()) == sum(intent(VDA, "fp32").values())  # same compute nodes, other precision
+
+
 def test_variants_are_listed_hashed_measured_and_chosen(mixed: Bundle) -> None:
     m = mixed.manifest
     assert m.precision is not None
