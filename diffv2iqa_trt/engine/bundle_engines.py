@@ -25,7 +25,7 @@ from .builder import BuildSettings, build_engine
 from .census import judge, onnx_intent, parse_census
 from .compatibility import Machine
 from .gpu import GpuInfo, current_gpu
-from .profiles import InputProfile, input_profiles
+from .profiles import InputProfile, input_profiles, polygraphy_command, trtexec_command
 from .tensorrt_api import INSTALL_HINT, require_tensorrt, tensorrt_missing, tensorrt_version
 from .timing_cache import TimingCacheFile, default_cache_path
 
@@ -82,7 +82,16 @@ def engine_entry(job: EngineJob, source_sha256: str, machine: Machine, gpu: GpuI
                "cuda_driver": gpu.driver, "cuda_runtime": gpu.runtime,
                "profile": {p.name: {"min": list(p.min), "opt": list(p.opt), "max": list(p.max)} for p in profiles},
                "build_seconds": round(built_seconds, 3), "built": utc_timestamp(),
-               "layer_information": job.layers_file, "census": census})
+               "layer_information": job.layers_file, "census": census,
+               "equivalent": {tool: make(job.onnx_file, job.engine_file, tuple(profiles), **_tool_options(settings))
+                              for tool, make in (("trtexec", trtexec_command), ("polygraphy", polygraphy_command))}})
+
+
+def _tool_options(settings: BuildSettings) -> dict[str, Any]:
+    return {"opt_level": settings.opt_level, "workspace_mib": settings.workspace_mib,
+            "timing_cache": None if settings.timing_cache is None else settings.timing_cache.name,
+            "version_compatible": settings.version_compatible,
+            "exclude_lean_runtime": settings.exclude_lean_runtime}
 
 
 def add_engines(bundle: Bundle, out: str | Path, settings: BuildSettings, *, overwrite: bool = False,
