@@ -389,7 +389,8 @@ def test_engine_entries_round_trip_through_a_bundle(onnx_bundle: Path, tmp_path:
     e = out.engine("vcg", "fp32")
     assert e.extra["source_sha256"] == out.graph("vcg").variants["fp32"].sha256
     assert e.extra["profile"]["x"]["max"][0] == 4 and e.extra["build_seconds"] == 12.346
-    assert e.extra["equivalent"]["trtexec"].startswith("trtexec --onnx=vcg.fp32.onnx --saveEngine=engines/vcg.fp32.plan")
+    trtexec = e.extra["equivalent"]["trtexec"]
+    assert trtexec.startswith("trtexec --onnx=vcg.fp32.onnx --saveEngine=engines/vcg.fp32.plan --stronglyTyped")
     summary = bundle_summary(out)["graphs"]["vcg"]["engines"]["fp32"]
     assert summary["built"] == "TensorRT 10.13.0.35, NVIDIA H200 (sm 9.0)" and summary["census"]["verdict"] == "ok"
     assert engine_rows(out) == [("vcg", "fp32", "0.0", "12.346", "0.0 % (0.0 %)", "66.7 % (66.7 %)", "ok")]
