@@ -1,7 +1,7 @@
 """The layering rules of DESIGN.md, checked on the source: deployment code never imports the PyTorch side.
 
-runtime/ and bundle/ (and the bottom modules they use) must run where only NumPy and ONNX Runtime or TensorRT are
-installed, so they may not import torch, the model, the exporter, the reference, the benchmarks, training, bundle
+runtime/, bundle/ and engine/ (and the bottom modules they use) must run where only NumPy and ONNX Runtime or
+TensorRT are installed (an engine build box needs no torch), so they may not import torch, the model, the exporter, the reference, the benchmarks, training, bundle
 assembly or the CLI. Checked statically on every import statement (including imports inside functions), so a lazy
 import cannot slip through the way it would in a test that only imports the package.
 """
@@ -15,7 +15,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "diffv2iqa_trt"
 DEPLOYMENT = [*sorted((PACKAGE / "runtime").rglob("*.py")), *sorted((PACKAGE / "bundle").rglob("*.py")),
-              *sorted((PACKAGE / "calibration").rglob("*.py")),
+              *sorted((PACKAGE / "calibration").rglob("*.py")), *sorted((PACKAGE / "engine").rglob("*.py")),
               *(PACKAGE / name for name in ("contract.py", "errors.py", "config.py", "schedule.py", "metrics.py",
                                             "precision_plan.py"))]
 FORBIDDEN = ("torch", "diffv2iqa_trt.model", "diffv2iqa_trt.export", "diffv2iqa_trt.benchmarks",
