@@ -28,6 +28,7 @@ from diffv2iqa_trt.engine.bundle_engines import EngineJob, engine_entry, engine_
 from diffv2iqa_trt.engine.census import judge, layer_precision, onnx_intent, parse_census, tensor_precision
 from diffv2iqa_trt.engine.compatibility import Machine, check_loadable, refusal
 from diffv2iqa_trt.engine.gpu import GpuInfo
+from diffv2iqa_trt.engine.loader import load_engine
 from diffv2iqa_trt.engine.profiles import input_profiles, polygraphy_command, trtexec_command
 from diffv2iqa_trt.engine.tensorrt_api import TensorRTVersion, tensorrt_missing
 from diffv2iqa_trt.engine.timing_cache import TimingCacheFile, cache_key, default_cache_path
@@ -394,6 +395,9 @@ def test_engine_entries_round_trip_through_a_bundle(onnx_bundle: Path, tmp_path:
     summary = bundle_summary(out)["graphs"]["vcg"]["engines"]["fp32"]
     assert summary["built"] == "TensorRT 10.13.0.35, NVIDIA H200 (sm 9.0)" and summary["census"]["verdict"] == "ok"
     assert engine_rows(out) == [("vcg", "fp32", "0.0", "12.346", "0.0 % (0.0 %)", "66.7 % (66.7 %)", "ok")]
+    # The loader refuses it on another TensorRT before TensorRT is asked to read the plan (runtime is not used).
+    with pytest.raises(BundleError, match="built with TensorRT 10.13.0.35 and this is TensorRT 11.1.0.6; rebuild"):
+        load_engine(out, "vcg", "fp32", runtime=None, here=Machine("11.1.0.6", "NVIDIA H200", "9.0"))
 
 
 # ---------------------------------------------------------------------------------------------------------- CLI

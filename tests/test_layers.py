@@ -1,9 +1,10 @@
 """The layering rules of DESIGN.md, checked on the source: deployment code never imports the PyTorch side.
 
 runtime/, bundle/ and engine/ (and the bottom modules they use) must run where only NumPy and ONNX Runtime or
-TensorRT are installed (an engine build box needs no torch), so they may not import torch, the model, the exporter, the reference, the benchmarks, training, bundle
-assembly or the CLI. Checked statically on every import statement (including imports inside functions), so a lazy
-import cannot slip through the way it would in a test that only imports the package.
+TensorRT are installed (an engine build box needs no torch), so they may not import torch, the model, the exporter,
+the reference, the benchmarks, training, bundle assembly or the CLI. Checked statically on every import statement
+(including imports inside functions), so a lazy import cannot slip through the way it would in a test that only
+imports the package.
 """
 
 from __future__ import annotations
