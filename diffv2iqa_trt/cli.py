@@ -121,6 +121,13 @@ def _fmt(v: float | None) -> str:
 class BackendName(str, Enum):
     torch = "torch"
     onnxruntime = "onnxruntime"
+    torch_cuda = "torch-cuda"
+    tensorrt = "tensorrt"
+
+
+class OnOff(str, Enum):
+    on = "on"
+    off = "off"
 
 
 @app.command()
@@ -128,8 +135,10 @@ def score(
     paths: Annotated[list[Path], typer.Argument(help="Image files or directories (searched recursively).")],
     bundle: Annotated[Path | None, typer.Option(help="A bundle written by `build`; scores come from its graphs.")]
     = None,
-    backend: Annotated[BackendName | None, typer.Option(help="torch (the reference) or onnxruntime. Default: "
-                                                             "onnxruntime with --bundle, torch without.")] = None,
+    backend: Annotated[BackendName | None, typer.Option(
+        help="torch (the reference), onnxruntime, or the GPU stream backends torch-cuda (the PyTorch graphs on "
+             "CUDA streams and graphs) and tensorrt (the bundle's engines; never run in this project so far). "
+             "Default: onnxruntime with --bundle, torch without.")] = None,
     precision: Annotated[str | None, typer.Option(
         help="Precision plan of the bundle's graphs for onnxruntime: fp32, fp16, int8, int8-cpu or per graph "
              "(restore_step=fp16,vcg=fp16,vda=int8). Default: the plan the bundle was built with (fp32 if none). "
@@ -157,6 +166,11 @@ def score(
                                                         "(checked before decoding; default 100 megapixels).")]
     = DEFAULT_MAX_PIXELS,
     fmt: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = OutputFormat.table,
+    streams: Annotated[OnOff | None, typer.Option(help="torch-cuda/tensorrt: run VCG and VDA on two CUDA streams "
+                                                       "(default on).")] = None,
+    cuda_graph: Annotated[OnOff | None, typer.Option(help="torch-cuda/tensorrt: capture the whole loop and both "
+                                                          "branches as one CUDA graph per batch shape and replay it "
+                                                          "(default on).")] = None,
 ) -> None:
     """Score images. Bad files are reported and skipped; the exit code is 1 if any file could not be scored."""
     from .runtime.images import allow_pillow_pixels, expand_paths
@@ -165,7 +179,9 @@ def score(
 
     options = ScoreOptions(bundle=bundle, backend=backend.value if backend else None, precision=precision,
                            checkpoint=checkpoint, preset=preset.value if preset else None, crops=crops, mode=mode,
-                           steps=steps, seed=seed, batch_size=batch_size, device=device, threads=threads)
+                           steps=steps, seed=seed, batch_size=batch_size, device=device, threads=threads,
+                           streams=None if streams is None else streams is OnOff.on,
+                           cuda_graph=None if cuda_graph is None else cuda_graph is OnOff.on)
     try:
         allow_pillow_pixels(max_pixels)
         scorer = open_scorer(options)

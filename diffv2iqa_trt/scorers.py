@@ -13,7 +13,8 @@ from pathlib import Path
 from .config import ScoringConfig, check_seed, grid_size
 from .errors import ConfigError
 from .precision_plan import parse_plan
-from .runtime.pipeline import Pipeline, check_steps
+from .runtime.backends import STREAM_BACKENDS
+from .runtime.pipeline import ScoringPipeline, check_steps
 
 DEFAULT_CROPS = "center"
 DEFAULT_MODE = "crops"
@@ -34,11 +35,13 @@ class ScoreOptions:
     batch_size: int = 8
     device: str = "cpu"
     threads: int | None = None
+    streams: bool | None = None  # GPU stream backends: VCG and VDA on their own streams (default on)
+    cuda_graph: bool | None = None  # GPU stream backends: capture and replay CUDA graphs (default on)
 
 
 @dataclass(frozen=True)
 class Scorer:
-    pipeline: Pipeline
+    pipeline: ScoringPipeline
     label: str  # the model, as users should see it (says UNTRAINED for random weights)
     trained: bool
 
@@ -69,6 +72,15 @@ def check_options(o: ScoreOptions) -> None:
         raise ConfigError(f"unknown mode {o.mode!r}; use crops or faithful (--mode)")
     if isinstance(o.batch_size, bool) or not isinstance(o.batch_size, int) or o.batch_size < 1:
         raise ConfigError(f"--batch-size must be a positive integer, got {o.batch_size!r}")
+    gpu_stream = o.backend in STREAM_BACKENDS
+    if not gpu_stream and (o.streams is not None or o.cuda_graph is not None):
+        raise ConfigError(f"--streams and --cuda-graph apply to the GPU backends ({', '.join(STREAM_BACKENDS)}), "
+                          f"not to {o.backend or 'the default backend'}")
+    if gpu_stream and o.bundle is None:
+        raise ConfigError(f"--backend {o.backend} needs --bundle (build one with `diffv2iqa-trt build`)")
+    if gpu_stream and (o.device not in ("cpu", "cuda") or o.threads is not None):
+        raise ConfigError(f"--backend {o.backend} runs on the current CUDA GPU (select it with CUDA_VISIBLE_DEVICES); "
+                          "--device and --threads do not apply")
 
 
 def open_scorer(o: ScoreOptions) -> Scorer:
@@ -88,7 +100,7 @@ def open_scorer(o: ScoreOptions) -> Scorer:
 
 def _bundle_scorer(o: ScoreOptions) -> Scorer:
     from .bundle import load_bundle
-    from .runtime.from_bundle import bundle_pipeline
+    from .runtime.from_bundle import bundle_pipeline, bundle_stream_pipeline
 
     if o.checkpoint is not None or o.preset is not None or o.steps is not None:
         raise ConfigError("--checkpoint, --preset and --steps do not apply with --bundle: the bundle fixes the "
@@ -98,6 +110,12 @@ def _bundle_scorer(o: ScoreOptions) -> Scorer:
     p = bundle.manifest.pipeline
     scoring = ScoringConfig(crops=o.crops or p.crops, mode=o.mode or p.mode,
                             noise_seed=p.noise.seed if o.seed is None else o.seed)
-    pipeline = bundle_pipeline(bundle, o.backend or "onnxruntime", precision=o.precision, device=o.device,
-                               scoring=scoring, batch_size=o.batch_size, threads=o.threads)
+    pipeline: ScoringPipeline
+    if o.backend in STREAM_BACKENDS:
+        pipeline = bundle_stream_pipeline(bundle, o.backend, precision=o.precision, scoring=scoring,
+                                          batch_size=o.batch_size, streams=o.streams is not False,
+                                          cuda_graph=o.cuda_graph is not False)
+    else:
+        pipeline = bundle_pipeline(bundle, o.backend or "onnxruntime", precision=o.precision, device=o.device,
+                                   scoring=scoring, batch_size=o.batch_size, threads=o.threads)
     return Scorer(pipeline, bundle.manifest.model.label, bundle.trained)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from ..bundle.store import Bundle
 from ..config import ScoringConfig
-from .backends import BackendOptions, create_executor
+from ..errors import ConfigError
+from .backends import STREAM_BACKENDS, BackendOptions, create_executor, stream_factory
 from .pipeline import Pipeline, PipelineSpec
+from .stream_pipeline import StreamPipeline
 
 
 def bundle_pipeline(bundle: Bundle, backend: str = "onnxruntime", *, precision: str | None = None, device: str = "cpu",
@@ -14,3 +16,15 @@ def bundle_pipeline(bundle: Bundle, backend: str = "onnxruntime", *, precision: 
     spec = PipelineSpec.from_manifest(bundle.manifest.pipeline, scoring)
     executor = create_executor(backend, bundle, BackendOptions(precision=precision, device=device, threads=threads))
     return Pipeline(executor, spec, batch_size)
+
+
+def bundle_stream_pipeline(bundle: Bundle, backend: str, *, precision: str | None = None,
+                           scoring: ScoringConfig | None = None, batch_size: int = 8, streams: bool = True,
+                           cuda_graph: bool = True) -> StreamPipeline:
+    """A stream pipeline (the loop on a GPU) over the bundle's graphs on `backend` (torch-cuda or tensorrt)."""
+    if backend not in STREAM_BACKENDS:
+        raise ConfigError(f"{backend!r} is not a GPU stream backend; use one of {', '.join(STREAM_BACKENDS)}")
+    spec = PipelineSpec.from_manifest(bundle.manifest.pipeline, scoring)
+    pipeline: StreamPipeline = stream_factory(backend)(bundle, spec, batch_size=batch_size, streams=streams,
+                                                       cuda_graph=cuda_graph, precision=precision)
+    return pipeline

@@ -10,6 +10,7 @@ import dataclasses
 from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -225,6 +226,17 @@ class Pipeline:
             return []
         owners, vcg, vda = self.crop_scores([(index, u) for index, units in enumerate(prepared) for u in units])
         return _aggregate(owners, vcg, vda, len(prepared), self.spec.vcg_weight, self.spec.vda_weight)
+
+
+class ScoringPipeline(Protocol):
+    """What scoring needs of a pipeline: the host Pipeline and the StreamPipeline both are one."""
+
+    spec: PipelineSpec
+
+    @property
+    def executor(self) -> Any: ...
+    def prepare(self, rgb: np.ndarray) -> list[WorkUnit]: ...
+    def score_prepared(self, prepared: Sequence[Sequence[WorkUnit]]) -> list[ImageScore]: ...
 
 
 def _aggregate(owner: list[int], vcg: np.ndarray, vda: np.ndarray, count: int, vcg_weight: float,

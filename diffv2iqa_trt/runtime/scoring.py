@@ -23,7 +23,7 @@ from typing import Any
 from ..errors import ImageDecodeError
 from .crops import ImageSizeError, WorkUnit
 from .images import DEFAULT_MAX_PIXELS, check_max_pixels, load_image
-from .pipeline import ImageScore, Pipeline
+from .pipeline import ImageScore, ScoringPipeline
 
 DEFAULT_IMAGES_PER_CHUNK = 16
 DEFAULT_PIXELS_PER_CHUNK = DEFAULT_MAX_PIXELS  # decoded pixels held at once (one image at the cap, or many small)
@@ -86,7 +86,7 @@ def _checked(path: Path, score: ImageScore) -> FileResult:
     return FileResult(path, score)
 
 
-def score_files(pipeline: Pipeline, files: Sequence[str | os.PathLike[str]], *,
+def score_files(pipeline: ScoringPipeline, files: Sequence[str | os.PathLike[str]], *,
                 images_per_chunk: int = DEFAULT_IMAGES_PER_CHUNK, pixels_per_chunk: int = DEFAULT_PIXELS_PER_CHUNK,
                 max_pixels: int = DEFAULT_MAX_PIXELS,
                 progress: Callable[[int], None] | None = None) -> list[FileResult]:

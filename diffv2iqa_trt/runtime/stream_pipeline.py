@@ -28,7 +28,7 @@ import numpy as np
 
 from ..contract import COEF_WIDTH
 from ..errors import ConfigError
-from .crops import WorkUnit
+from .crops import WorkUnit, prepare
 from .device import Device, Launcher
 from .noise import noise_bank
 from .pipeline import ImageScore, PipelineSpec, _aggregate, check_steps
@@ -231,6 +231,18 @@ class StreamPipeline:
         return vcg, vda
 
     # ----------------------------------------------------------------------------------------------------- scores
+
+    @property
+    def executor(self) -> Launcher:
+        """The launcher, under the name the host pipeline uses (scorers read its `name` and `plan`)."""
+        return self.launcher
+
+    def prepare(self, rgb: np.ndarray) -> list[WorkUnit]:
+        s = self.spec
+        return prepare(rgb, s.crops, s.mode, s.crop_size, s.size_multiple)
+
+    def score(self, images: Sequence[np.ndarray]) -> list[ImageScore]:
+        return self.score_prepared([self.prepare(rgb) for rgb in images])
 
     def crop_scores(self, units: Sequence[tuple[int, WorkUnit]]) -> tuple[list[int], np.ndarray, np.ndarray]:
         """Like Pipeline.crop_scores: (owning image of each crop, VCG per crop, VDA per crop). Batches of one

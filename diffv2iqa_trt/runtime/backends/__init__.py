@@ -1,9 +1,12 @@
 """Executors by name: the registry the runtime picks backends from.
 
-A backend is a factory `(bundle, BackendOptions) -> Executor`. Built-in backends are registered as lazy
-"module:function" references (like packaging entry points): a framework (onnxruntime, torch) is imported only when
-its backend is asked for, and the runtime package itself never imports torch or the model. The `torch` reference
-executor lives on the reference side (`diffv2iqa_trt.reference`); other packages may `register_backend` their own.
+Two kinds. An executor backend is a factory `(bundle, BackendOptions) -> Executor`, driven by the host pipeline
+(pipeline.py): `onnxruntime`, `torch`. A stream backend is a factory `(bundle, spec, **StreamOptions) ->
+StreamPipeline` that keeps the loop on a GPU (stream_pipeline.py): `torch-cuda` (reference side), `tensorrt`.
+Built-in backends are registered as lazy "module:function" references (like packaging entry points): a framework
+(onnxruntime, torch, tensorrt) is imported only when its backend is asked for, and the runtime package itself never
+imports torch or the model. The `torch` and `torch-cuda` backends live on the reference side
+(`diffv2iqa_trt.reference`); other packages may `register_backend` their own.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ...errors import BackendError
 
@@ -35,18 +38,32 @@ _REGISTRY: dict[str, str | BackendFactory] = {
 }
 
 
+# Stream backends: "module:function" references to `stream_pipeline_from_bundle(bundle, spec, *, batch_size, streams,
+# cuda_graph, precision)`.
+STREAM_BACKENDS: dict[str, str] = {
+    "torch-cuda": "diffv2iqa_trt.reference.torch_cuda:stream_pipeline_from_bundle",
+    "tensorrt": "diffv2iqa_trt.runtime.backends.tensorrt_backend:stream_pipeline_from_bundle",
+}
+
+
+def stream_factory(name: str) -> Callable[..., Any]:
+    module, _, function = STREAM_BACKENDS[name].partition(":")
+    factory: Callable[..., Any] = getattr(importlib.import_module(module), function)
+    return factory
+
+
 def register_backend(name: str, factory: str | BackendFactory) -> None:
     """Add or replace a backend: a factory, or a "module:function" reference imported on first use."""
     _REGISTRY[name] = factory
 
 
 def backend_names() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
+    return (*_REGISTRY, *STREAM_BACKENDS)
 
 
 def _resolve(name: str) -> BackendFactory:
     if name not in _REGISTRY:
-        raise BackendError(f"unknown backend {name!r}; use one of {', '.join(_REGISTRY)}")
+        raise BackendError(f"unknown backend {name!r}; use one of {', '.join(backend_names())}")
     entry = _REGISTRY[name]
     if isinstance(entry, str):
         module, _, function = entry.partition(":")
