@@ -140,3 +140,18 @@ def test_cli_gpu_backends_and_their_options(bundle: Bundle, tmp_path: Path, imag
     assert result.exit_code == 2 and "--streams and --cuda-graph apply to the GPU backends" in result.output
     result = runner.invoke(app, ["score", str(tmp_path / "a.png"), "--backend", "torch-cuda"])
     assert result.exit_code == 2 and "needs --bundle" in result.output
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA GPU visible to torch")
+def test_torch_cuda_stream_pipeline_on_a_gpu(bundle: Bundle, images: list[np.ndarray]) -> None:
+    from diffv2iqa_trt.runtime.from_bundle import bundle_stream_pipeline
+
+    reference = bundle_pipeline(bundle, "torch", scoring=ScoringConfig(crops="five"), batch_size=4)
+    want = np.array([r.score for r in reference.score(images[:3])])
+    for streams in (True, False):
+        for graph in (True, False):
+            pipe = bundle_stream_pipeline(bundle, "torch-cuda", scoring=ScoringConfig(crops="five"), batch_size=4,
+                                          streams=streams, cuda_graph=graph)
+            got = np.array([r.score for r in pipe.score(images[:3])])
+            assert np.abs(got - want).max() <= 1e-3, (streams, graph)

@@ -42,8 +42,11 @@ class TorchCudaDevice:
         self._capture_stream: Any = None
 
     def empty(self, shape: tuple[int, ...], dtype: type = np.float32) -> torch.Tensor:
-        # NaN-filled like HostDevice: a buffer read before it is written shows up.
-        return torch.full(shape, float("nan"), dtype=_torch_dtype(dtype), device=self.device)
+        # NaN-filled like HostDevice: a buffer read before it is written shows up. The fill runs on the current
+        # (default) stream, which the pipeline's streams do not wait for: finish it before the buffer is used.
+        buffer = torch.full(shape, float("nan"), dtype=_torch_dtype(dtype), device=self.device)
+        torch.cuda.current_stream(self.device).synchronize()
+        return buffer
 
     def pinned(self, shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
         # The NumPy view keeps the pinned tensor alive (it is the array's base).
