@@ -587,7 +587,8 @@ def bench(
     images: Annotated[list[Path] | None, typer.Option(help="Images to score (files or directories); default: one "
                                                             "synthetic 256x256 image written to the report folder.")]
     = None,
-    backends: Annotated[str, typer.Option(help="Comma-separated backends, the first is the baseline of the ratios.")]
+    backends: Annotated[str, typer.Option(help="Comma-separated backends (torch, onnxruntime, and on a GPU "
+                                                "torch-cuda, tensorrt), the first is the baseline of the ratios.")]
     = "torch,onnxruntime",
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes (crops) for the offline scenario.")]
     = "1,2,4,8",

@@ -205,13 +205,10 @@ def test_onnx_intent_reads_the_precision_each_compute_node_asks_for() -> None:
 
 
 @pytest.fixture(scope="module")
-def onnx_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real tiny ONNX bundle, written by `build` (the source engines are built from)."""
-    out = tmp_path_factory.mktemp("engine") / "tiny"
-    result = runner.invoke(app, ["build", "--preset", "tiny", "--out", str(out), "--no-checkpoint",
-                                 "--max-batch", "4", "--opt-batch", "2", "--max-size", "128"])
-    assert result.exit_code == 0, result.output
-    return out
+def onnx_bundle(auto_built: tuple[Any, str]) -> Path:
+    """A real tiny ONNX bundle, written by `build --target auto` without TensorRT (the source engines are built
+    from; profile options at their defaults: --opt-batch 8 --max-batch 16 --max-size 512)."""
+    return Path(auto_built[0].root)
 
 
 def test_input_profiles_come_from_the_manifest(onnx_bundle: Path) -> None:
@@ -219,13 +216,13 @@ def test_input_profiles_come_from_the_manifest(onnx_bundle: Path) -> None:
     crop = bundle.manifest.pipeline.crop_size
     step = {p.name: p for p in input_profiles("restore_step", bundle.graph("restore_step"))}
     assert list(step) == ["x", "y", "gamma", "coef", "z"]
-    assert step["x"].min == (1, 3, crop, crop) and step["x"].opt == (2, 3, crop, crop)
-    assert step["x"].max == (4, 3, 128, 128)
-    assert step["z"].max == (1, 3, 128, 128)  # the noise row is broadcast: batch 1 at every level
-    assert step["coef"].opt == (2, 5)
+    assert step["x"].min == (1, 3, crop, crop) and step["x"].opt == (8, 3, crop, crop)
+    assert step["x"].max == (16, 3, 512, 512)
+    assert step["z"].max == (1, 3, 512, 512)  # the noise row is broadcast: batch 1 at every level
+    assert step["coef"].opt == (8, 5)
     vcg = input_profiles("vcg", bundle.graph("vcg"))
     assert [p.name for p in vcg] == ["x", "y0", "y_t1", "y_t2"]
-    assert vcg[0].min == (1, 3, crop, crop) and vcg[0].max == (4, 3, crop, crop)
+    assert vcg[0].min == (1, 3, crop, crop) and vcg[0].max == (16, 3, crop, crop)
 
 
 def test_profile_mismatch_is_refused(onnx_bundle: Path) -> None:
@@ -247,8 +244,8 @@ def test_trtexec_and_polygraphy_equivalents(onnx_bundle: Path) -> None:
     shape = f"3x{crop}x{crop}"
     assert cmd == (f"trtexec --onnx=vcg.fp16.onnx --saveEngine=vcg.fp16.plan --stronglyTyped "
                    f"--minShapes=x:1x{shape},y0:1x{shape},y_t1:1x{shape},y_t2:1x{shape} "
-                   f"--optShapes=x:2x{shape},y0:2x{shape},y_t1:2x{shape},y_t2:2x{shape} "
-                   f"--maxShapes=x:4x{shape},y0:4x{shape},y_t1:4x{shape},y_t2:4x{shape} "
+                   f"--optShapes=x:8x{shape},y0:8x{shape},y_t1:8x{shape},y_t2:8x{shape} "
+                   f"--maxShapes=x:16x{shape},y0:16x{shape},y_t1:16x{shape},y_t2:16x{shape} "
                    "--builderOptimizationLevel=3 --profilingVerbosity=detailed --memPoolSize=workspace:4096M "
                    "--timingCacheFile=t.cache --versionCompatible")
     for removed in ("--fp16", "--int8", "--best", "--calib"):
@@ -256,7 +253,7 @@ def test_trtexec_and_polygraphy_equivalents(onnx_bundle: Path) -> None:
     poly = polygraphy_command("vcg.fp16.onnx", "vcg.fp16.plan", profiles, opt_level=5, workspace_mib=None,
                               timing_cache=None, version_compatible=False, exclude_lean_runtime=False)
     assert poly.startswith("polygraphy convert vcg.fp16.onnx --convert-to trt -o vcg.fp16.plan --strongly-typed ")
-    assert f"--trt-max-shapes y_t2:[4,3,{crop},{crop}]" in poly and "--builder-optimization-level 5" in poly
+    assert f"--trt-max-shapes y_t2:[16,3,{crop},{crop}]" in poly and "--builder-optimization-level 5" in poly
 
 
 # ---------------------------------------------------------------------------------------------------- refusals
@@ -389,7 +386,7 @@ def test_engine_entries_round_trip_through_a_bundle(onnx_bundle: Path, tmp_path:
     out = load_bundle(write_bundle(tmp_path / "with-engine", doc, files))
     e = out.engine("vcg", "fp32")
     assert e.extra["source_sha256"] == out.graph("vcg").variants["fp32"].sha256
-    assert e.extra["profile"]["x"]["max"][0] == 4 and e.extra["build_seconds"] == 12.346
+    assert e.extra["profile"]["x"]["max"][0] == 16 and e.extra["build_seconds"] == 12.346
     trtexec = e.extra["equivalent"]["trtexec"]
     assert trtexec.startswith("trtexec --onnx=vcg.fp32.onnx --saveEngine=engines/vcg.fp32.plan --stronglyTyped")
     summary = bundle_summary(out)["graphs"]["vcg"]["engines"]["fp32"]
@@ -412,14 +409,12 @@ def test_build_target_tensorrt_without_tensorrt_exits_2_and_writes_nothing(tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
-def test_build_target_auto_writes_the_onnx_bundle_and_says_engines_were_skipped(tmp_path: Path) -> None:
-    out = tmp_path / "bundle"
-    result = runner.invoke(app, ["build", "--preset", "tiny", "--target", "auto", "--out", str(out),
-                                 "--no-checkpoint"])
-    assert result.exit_code == 0, result.output
-    assert "--target auto: engines skipped, writing the ONNX bundle only" in result.output
-    bundle = load_bundle(out)
+def test_build_target_auto_writes_the_onnx_bundle_and_says_engines_were_skipped(auto_built: tuple[Any, str]) -> None:
+    bundle, output = auto_built
+    assert "--target auto: engines skipped, writing the ONNX bundle only" in output
+    assert "TensorRT is not installed" in output
     assert all(bundle.engine_precisions(g) == () for g in ("restore_step", "vcg", "vda"))
+    assert all(bundle.precisions(g) == ("fp32",) for g in ("restore_step", "vcg", "vda"))
 
 
 def test_engine_options_need_an_engine_target(tmp_path: Path) -> None:

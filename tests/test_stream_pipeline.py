@@ -14,13 +14,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from diffv2iqa_trt.assemble import BuildOptions, build_onnx_bundle
-from diffv2iqa_trt.bundle import Bundle, load_bundle
+from diffv2iqa_trt.bundle import Bundle
 from diffv2iqa_trt.cli import app
 from diffv2iqa_trt.config import ScoringConfig
 from diffv2iqa_trt.data.photos import photos
 from diffv2iqa_trt.errors import BackendError, ConfigError
-from diffv2iqa_trt.reference.loading import load_model
 from diffv2iqa_trt.reference.torch_cuda import TorchCudaDevice, TorchGraphLauncher
 from diffv2iqa_trt.reference.torch_executor import model_from_bundle
 from diffv2iqa_trt.runtime.device import ExecutorLauncher, HostDevice
@@ -31,11 +29,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
-    loaded = load_model(preset_name="tiny")
-    out = tmp_path_factory.mktemp("stream") / "tiny"
-    return load_bundle(build_onnx_bundle(loaded.model, loaded.info, out, BuildOptions(),
-                                         init_seed=loaded.init_seed).path)
+def bundle(auto_built: tuple[Bundle, str]) -> Bundle:
+    return auto_built[0]
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +150,36 @@ def test_torch_cuda_stream_pipeline_on_a_gpu(bundle: Bundle, images: list[np.nda
                                           streams=streams, cuda_graph=graph)
             got = np.array([r.score for r in pipe.score(images[:3])])
             assert np.abs(got - want).max() <= 1e-3, (streams, graph)
+
+
+def test_bench_measures_a_stream_backend_with_its_event_stages(bundle: Bundle, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench's stream path, run for real on the CPU: a stream backend registered for the test (HostDevice and ONNX
+    Runtime), measured beside the plain onnxruntime backend."""
+    from diffv2iqa_trt.benchmarks.bench import BenchSettings, run_bench
+    from diffv2iqa_trt.runtime.backends import STREAM_BACKENDS
+
+    def host_stream(b: Bundle, spec: object, *, batch_size: int, **_: object) -> StreamPipeline:
+        executor = bundle_pipeline(b).executor
+        return StreamPipeline(HostDevice(), ExecutorLauncher(executor), spec, batch_size=batch_size)  # type: ignore
+
+    monkeypatch.setitem(STREAM_BACKENDS, "host-stream", host_stream)
+    from PIL import Image
+
+    path = tmp_path / "a.png"
+    Image.fromarray(list(photos(max_side=80).values())[0]).save(path)
+    settings = BenchSettings(backends=("onnxruntime", "host-stream"), batch_sizes=(1, 2), min_iters=2,
+                             min_seconds=0.0, offline_images=2)
+    report = run_bench(bundle, [path], settings)
+    stream = report["backends"]["host-stream"]
+    stages = stream["single_stream"]["stage_mean_s"]
+    assert {"host-to-device", "restoration steps", "VCG + VDA", "device-to-host"} <= set(stages)
+    assert stages["restoration steps"] > 0 and stages["VCG + VDA"] > 0
+    assert [o["batch"] for o in stream["offline"]] == [1, 2] and all(o["crops_per_s"] > 0 for o in stream["offline"])
+    assert "host-stream" not in report["roofline"]
+
+
+def test_bench_cli_on_a_gpu_backend_without_a_gpu(bundle: Bundle, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["bench", "--bundle", str(bundle.root), "--backends", "onnxruntime,torch-cuda",
+                                 "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "needs a CUDA GPU" in result.output, result.output

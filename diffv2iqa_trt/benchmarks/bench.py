@@ -5,8 +5,9 @@ Scenarios:
 - offline: many images at once, throughput in images/s and crops/s for each batch size.
 Each measurement runs warm-up iterations, then at least `min_iters` iterations and at least `min_seconds`.
 Backends alternate within every scenario so that drift of a shared machine hits them alike. A stage breakdown comes
-from timing the executor calls (upload = host-to-device, download = device-to-host); the roofline puts each stage's
-MACs against the backend's measured GEMM peak.
+from timing the executor calls (upload = host-to-device, download = device-to-host), or for the GPU stream backends
+(torch-cuda, tensorrt) from the pipeline's CUDA events; the roofline puts each stage's MACs against the backend's
+measured GEMM peak (CPU backends).
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ import numpy as np
 
 from ..bundle import Bundle
 from ..errors import ConfigError
-from ..runtime.from_bundle import bundle_pipeline
+from ..runtime.backends import STREAM_BACKENDS
+from ..runtime.from_bundle import bundle_pipeline, bundle_stream_pipeline
 from ..runtime.images import load_image
 from ..runtime.pipeline import Pipeline, PipelineSpec
+from ..runtime.stream_pipeline import StreamPipeline
 from . import roofline
 
 
@@ -53,6 +56,30 @@ class TimedExecutor:
             return out
 
         return timed
+
+
+class StreamStages:
+    """The stage breakdown of a stream pipeline: device time per stage from its CUDA events (wall clocks do not see
+    asynchronous work), summed over the batches since the last `clear`."""
+
+    KINDS = {"upload_ms": "host-to-device", "restore_ms": "restoration steps", "branches_ms": "VCG + VDA",
+             "download_ms": "device-to-host"}
+
+    def __init__(self, pipe: StreamPipeline) -> None:
+        self.pipe = pipe
+        self.name = pipe.launcher.name
+        self._seen = 0
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        out: dict[str, float] = defaultdict(float)
+        for t in self.pipe.timings[self._seen:]:
+            for attr, kind in self.KINDS.items():
+                out[kind] += getattr(t, attr) / 1000
+        return out
+
+    def clear(self) -> None:
+        self._seen = len(self.pipe.timings)
 
 
 @dataclass(frozen=True)
@@ -95,12 +122,16 @@ def run_bench(bundle: Bundle, image_paths: Sequence[Path], settings: BenchSettin
     if not image_paths:
         raise ConfigError("bench needs at least one image")
     decoded = [load_image(p) for p in image_paths]
-    timers: dict[str, TimedExecutor] = {}
-    pipes: dict[str, Pipeline] = {}
+    timers: dict[str, TimedExecutor | StreamStages] = {}
+    pipes: dict[str, Pipeline | StreamPipeline] = {}
     for b in settings.backends:
+        if b in STREAM_BACKENDS:  # the loop on a GPU: stages come from the pipeline's CUDA events
+            stream = bundle_stream_pipeline(bundle, b, batch_size=1)
+            timers[b], pipes[b] = StreamStages(stream), stream
+            continue
         plain = bundle_pipeline(bundle, b, batch_size=1, threads=settings.threads)
-        timers[b] = TimedExecutor(plain.executor)
-        pipes[b] = Pipeline(timers[b], plain.spec, batch_size=1)
+        timer = TimedExecutor(plain.executor)
+        timers[b], pipes[b] = timer, Pipeline(timer, plain.spec, batch_size=1)
     spec = next(iter(pipes.values())).spec
     crops_per_image = pipes[settings.backends[0]].score(decoded[:1])[0].crops
 
@@ -125,8 +156,8 @@ def run_bench(bundle: Bundle, image_paths: Sequence[Path], settings: BenchSettin
             "settings": {k: v for k, v in settings.__dict__.items()}, "backends": results, "roofline": roof}
 
 
-def _single_stream(pipe: Pipeline, timer: TimedExecutor, path: Path, decoded: np.ndarray,
-                   settings: BenchSettings) -> dict[str, Any]:
+def _single_stream(pipe: Pipeline | StreamPipeline, timer: TimedExecutor | StreamStages, path: Path,
+                   decoded: np.ndarray, settings: BenchSettings) -> dict[str, Any]:
     """One image at a time: latency on decoded pixels and from the file, and the mean time of each stage."""
     decode_seconds = [0.0]
 
@@ -136,7 +167,8 @@ def _single_stream(pipe: Pipeline, timer: TimedExecutor, path: Path, decoded: np
         decode_seconds[0] += time.perf_counter() - t0
         pipe.score([img])
 
-    t_plain = _repeat(partial(pipe.score, [decoded]), settings, timer.seconds.clear)
+    clear = timer.clear if isinstance(timer, StreamStages) else timer.seconds.clear
+    t_plain = _repeat(partial(pipe.score, [decoded]), settings, clear)
     stages = {k: v / len(t_plain) for k, v in timer.seconds.items()}
     stages["host (crops, noise, fusion)"] = max(0.0, float(np.mean(t_plain)) - sum(stages.values()))
     t_decode = _repeat(one_with_decode, settings, partial(decode_seconds.__setitem__, 0, 0.0))
@@ -145,7 +177,7 @@ def _single_stream(pipe: Pipeline, timer: TimedExecutor, path: Path, decoded: np
             "latencies_no_decode": t_plain, "stage_mean_s": stages}
 
 
-def _offline(pipe: Pipeline, decoded: Sequence[np.ndarray], batch: int, crops_per_image: int,
+def _offline(pipe: Pipeline | StreamPipeline, decoded: Sequence[np.ndarray], batch: int, crops_per_image: int,
              settings: BenchSettings) -> dict[str, Any]:
     """Throughput of scoring max(batch, offline_images) images with `batch` crops per graph call."""
     n = max(batch, settings.offline_images)
@@ -168,6 +200,8 @@ def _roofline(bundle: Bundle, spec: PipelineSpec, results: dict[str, Any], crops
         return roof
     ran = {"VCG": spec.vcg_weight != 0, "VDA": spec.vda_weight != 0, "restoration steps": True}
     for b in settings.backends:
+        if b in STREAM_BACKENDS:
+            continue  # no GEMM peak measured for GPUs here; scripts/gpu_check.sh reports TFLOP/s against the sheet
         say(f"GEMM peak {b}")
         peak = roofline.gemm_peak_macs_per_s(b, threads=settings.threads)
         stages = results[b]["single_stream"]["stage_mean_s"]

@@ -40,15 +40,19 @@ _REGISTRY: dict[str, str | BackendFactory] = {
 
 # Stream backends: "module:function" references to `stream_pipeline_from_bundle(bundle, spec, *, batch_size, streams,
 # cuda_graph, precision)`.
-STREAM_BACKENDS: dict[str, str] = {
+STREAM_BACKENDS: dict[str, str | Callable[..., Any]] = {
     "torch-cuda": "diffv2iqa_trt.reference.torch_cuda:stream_pipeline_from_bundle",
     "tensorrt": "diffv2iqa_trt.runtime.backends.tensorrt_backend:stream_pipeline_from_bundle",
 }
 
 
 def stream_factory(name: str) -> Callable[..., Any]:
-    module, _, function = STREAM_BACKENDS[name].partition(":")
+    entry = STREAM_BACKENDS[name]
+    if not isinstance(entry, str):
+        return entry
+    module, _, function = entry.partition(":")
     factory: Callable[..., Any] = getattr(importlib.import_module(module), function)
+    STREAM_BACKENDS[name] = factory
     return factory
 
 
