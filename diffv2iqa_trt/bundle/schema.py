@@ -101,8 +101,9 @@ def utc_timestamp() -> str:
 
 
 # Packages whose versions matter to a build; looked up by distribution metadata so nothing (torch!) is imported.
-_ENV_PACKAGES = ("numpy", "torch", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "nvidia-modelopt",
-                 "polygraphy", "tensorrt", "cuda-bindings", "diffv2iqa-trt")
+# pillow: its bicubic resize is part of the scoring contract (docs/bundle.md), and its results changed in Pillow 13.
+_ENV_PACKAGES = ("numpy", "pillow", "torch", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu",
+                 "nvidia-modelopt", "polygraphy", "tensorrt", "cuda-bindings", "diffv2iqa-trt")
 
 
 def environment_versions(extra: Mapping[str, str | None] | None = None) -> dict[str, str | None]:

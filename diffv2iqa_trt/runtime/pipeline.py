@@ -239,6 +239,15 @@ class ScoringPipeline(Protocol):
     def score_prepared(self, prepared: Sequence[Sequence[WorkUnit]]) -> list[ImageScore]: ...
 
 
+def crop_mean(values: np.ndarray) -> float:
+    """An image's crop scores averaged as docs/bundle.md states it: float64, summed left to right in crop order, then
+    divided by the count (np.mean sums pairwise, which a port would have to copy)."""
+    total = 0.0
+    for v in values.tolist():  # float32 -> Python float (float64), exactly
+        total += v
+    return total / len(values) if len(values) else float("nan")
+
+
 def _aggregate(owner: list[int], vcg: np.ndarray, vda: np.ndarray, count: int, vcg_weight: float,
                vda_weight: float) -> list[ImageScore]:
     """Mean over an image's crops of each branch, then the weighted fusion."""
@@ -246,8 +255,7 @@ def _aggregate(owner: list[int], vcg: np.ndarray, vda: np.ndarray, count: int, v
     out: list[ImageScore] = []
     for index in range(count):
         mask = owners == index
-        mv = float(np.mean(vcg[mask], dtype=np.float64))
-        md = float(np.mean(vda[mask], dtype=np.float64))
+        mv, md = crop_mean(vcg[mask]), crop_mean(vda[mask])
         fused = (vcg_weight * mv if vcg_weight else 0.0) + (vda_weight * md if vda_weight else 0.0)
         out.append(ImageScore(score=fused, vcg=None if vcg_weight == 0 else mv,
                               vda=None if vda_weight == 0 else md, crops=int(mask.sum())))
