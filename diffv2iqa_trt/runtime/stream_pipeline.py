@@ -5,7 +5,8 @@ It shares the CPU pipeline's logic (pipeline.py): the spec, work units and crop 
 What differs is where data lives and when the host waits:
 - per (batch, height, width) a slot of device buffers is planned once (`BufferPlan`): x, ping-pong y buffers, the
   starting sample, the two snapshots, the step tables gamma (T,B) and coef (T,B,k) and the noise rows (T,1,3,H,W),
-  all uploaded once; step i reads row i of each table (a view, no per-step copy);
+  all uploaded once; step i reads entry i of each table (one allocation per step, so that every address TensorRT
+  sees is aligned; no per-step copy);
 - the loop runs on one stream; the snapshots after steps t1 and t2 are copied device-to-device; the last step's
   buffer is y0;
 - VCG and VDA run on two streams after an event (fork) and the loop stream waits for both (join); in `crops` mode
@@ -34,6 +35,7 @@ from .noise import noise_bank
 from .pipeline import ImageScore, PipelineSpec, _aggregate, check_steps
 
 IMAGE_BUFFERS = ("x", "start", "y_a", "y_b", "y_t1", "y_t2")
+PER_STEP = ("gamma", "coef", "noise")  # per-step inputs: step i reads entry i (its own allocation, see _slot)
 CROP_BUFFERS = ("crop_x", "crop_y0", "crop_t1", "crop_t2")
 DEFAULT_SLOTS = 8  # (shape, parity) slots kept; each holds one batch's buffers (and graph)
 
@@ -132,7 +134,8 @@ class StreamPipeline:
         s, d = self.spec, self.device
         direct = (h, w) == (s.crop_size, s.crop_size) and boxes == ((0, 0),)
         plan = BufferPlan(b, h, w, len(boxes), s.crop_size, s.steps, direct)
-        buffers = {name: d.empty(shape) for name, shape in plan.shapes().items()}
+        buffers: dict[str, Any] = {name: d.empty(shape) for name, shape in plan.shapes().items()
+                                   if name not in PER_STEP}
         # Constant inputs, uploaded once per slot: start sample, step tables, noise rows.
         bank = noise_bank(s.noise_seed, s.steps, h, w)
         host = {"start": np.ascontiguousarray(np.broadcast_to(bank[s.steps], (b, 3, h, w)), np.float32),
@@ -143,7 +146,14 @@ class StreamPipeline:
         for name, array in host.items():
             staged = d.pinned(array.shape)
             np.copyto(staged, array)
-            d.upload(staged, buffers[name], self.loop_stream)
+            if name in PER_STEP:
+                # One allocation per step row, not rows of one table: TensorRT needs every tensor address 256-byte
+                # aligned, and row i of a (T, B) table starts at i*B*4 bytes.
+                buffers[name] = [d.empty(array.shape[1:]) for _ in range(array.shape[0])]
+                for row, dst in zip(staged, buffers[name], strict=True):
+                    d.upload(row, dst, self.loop_stream)
+            else:
+                d.upload(staged, buffers[name], self.loop_stream)
         d.synchronize(self.loop_stream)  # the staging buffers may go once the copies are done
         slot = Slot(plan, boxes, buffers, d.pinned((b, 3, h, w)),
                     {"vcg": d.pinned((plan.crops,)), "vda": d.pinned((plan.crops,))},

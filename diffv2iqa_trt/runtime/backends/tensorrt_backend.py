@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 # Per graph: its input names in the order the launcher's methods take them, and its one output.
 IO = {g: (GRAPH_INPUTS[g], GRAPH_OUTPUTS[g][0]) for g in GRAPH_NAMES}
 ContextKey = tuple[str, int, tuple[tuple[int, ...], ...]]  # graph, stream handle, input shapes
+ALIGNMENT = 256  # bytes: TensorRT's requirement on tensor addresses (cudaMalloc gives at least this)
 
 
 class TensorRTLauncher:
@@ -90,6 +91,9 @@ class TensorRTLauncher:
         context = self._context(graph, inputs, out, stream)
         names, output = IO[graph]
         for name, ptr in [*zip(names, (a.ptr for a in inputs), strict=True), (output, out.ptr)]:
+            if ptr % ALIGNMENT:  # TensorRT requires it; the stream pipeline allocates every bound tensor on its own
+                raise BackendError(f"{graph}: {name} at 0x{ptr:x} is not {ALIGNMENT}-byte aligned, as TensorRT "
+                                   "requires of every tensor address")
             if not context.set_tensor_address(name, ptr):
                 raise BackendError(f"TensorRT refused the address of {name} for the {graph} engine")
         if not context.execute_async_v3(stream.ptr):
