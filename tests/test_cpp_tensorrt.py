@@ -78,8 +78,13 @@ def header_identifiers(include: Path) -> set[str]:
 
 
 def headers_root() -> Path:
+    """$DIFFV2IQA_TRT_HEADERS, else the workplace's shared/ folder beside the checkout (or inside it, where a
+    checkout carries one)."""
     env = os.environ.get("DIFFV2IQA_TRT_HEADERS")
-    return Path(env) if env else ROOT.parent / "shared" / "third_party" / "tensorrt-headers"
+    if env:
+        return Path(env)
+    candidates = [base / "shared" / "third_party" / "tensorrt-headers" for base in (ROOT.parent, ROOT)]
+    return next((c for c in candidates if c.is_dir()), candidates[0])
 
 
 def trt_include(version: str) -> Path:
