@@ -2,7 +2,8 @@
 # The GPU check (diffv2iqa_trt/benchmarks/gpu_check.py): the torch-cuda stream pipeline against the CPU reference,
 # the device layers' copies, events and graphs, and throughput on paper; writes gpu_check.md/.json into OUT.
 #   scripts/gpu_check.sh OUT [--budget-s 320] [--batches 1,8,32]    on a CUDA machine, from the repository root
-#   scripts/gpu_check.sh OUT --dry-run                              on a CPU machine: every step, on the host
+#   PYTHON=.venv/bin/python scripts/gpu_check.sh OUT --dry-run      on a CPU machine: every step, on the host
+# PYTHON (default python3) is the interpreter that has torch.
 # Installs nothing from a network: packages the machine lacks come from build/wheelhouse (scripts/gpu_wheelhouse.sh)
 # into a temporary folder on PYTHONPATH. Finishes in under 6 minutes (the harness stops at its time budget).
 set -euo pipefail
