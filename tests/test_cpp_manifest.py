@@ -1,0 +1,169 @@
+"""The C++ bundle reader (cpp/include/diffv2iqa/{json,sha256,manifest}.hpp, cpp/src/manifest.cpp) against the Python
+loader: cpp/tests/verify_bundle.cpp is compiled with g++ and run on the session's tiny bundle and on damaged copies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from diffv2iqa_trt.bundle import load_bundle
+from diffv2iqa_trt.errors import BundleError
+
+REPO = Path(__file__).resolve().parents[1]
+CPP = REPO / "cpp"
+GXX = shutil.which("g++")
+
+
+@pytest.fixture(scope="module")
+def verify_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if GXX is None:
+        pytest.skip("g++ is not installed: the C++ bundle reader cannot be built here")
+    exe = tmp_path_factory.mktemp("cpp") / "verify_bundle"
+    cmd = [GXX, "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-I", str(CPP / "include"),
+           str(CPP / "tests" / "verify_bundle.cpp"), str(CPP / "src" / "manifest.cpp"), "-o", str(exe)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return exe
+
+
+def _run(exe: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=60)
+
+
+def test_summary_equals_the_python_loader(verify_bundle: Path, auto_built: tuple[Any, str]) -> None:
+    bundle = auto_built[0]
+    result = _run(verify_bundle, bundle.root)
+    assert result.returncode == 0, result.stderr
+    got = json.loads(result.stdout)
+    p = bundle.manifest.pipeline
+    assert got["schema"] == "diffv2iqa-trt-bundle" and got["schema_version"] == 3
+    assert got["steps"] == p.steps and got["coef_rows"] == len(p.coef) == p.steps
+    assert (got["crop_size"], got["size_multiple"]) == (p.crop_size, p.size_multiple)
+    assert (got["capture_t1"], got["capture_t2"]) == (p.capture_t1, p.capture_t2)
+    assert (got["crops"], got["mode"], got["uint8_roundtrip"]) == (p.crops, p.mode, p.uint8_roundtrip)
+    assert got["noise"] == {"generator": p.noise.generator, "seed": p.noise.seed}
+    assert got["fusion"] == {"vcg_weight": p.fusion.vcg_weight, "vda_weight": p.fusion.vda_weight}
+    assert got["normalisation"] == {"divisor": p.normalisation.divisor, "mean": p.normalisation.mean,
+                                    "std": p.normalisation.std}
+    assert got["gamma_head"] == [f"{g:.9g}" for g in p.gamma[:3]]
+    assert got["graphs"] == {name: g.variants["fp32"].file for name, g in bundle.manifest.graphs.items()}
+    assert got["files"] == {name: {"sha256": e.sha256, "bytes": e.bytes} for name, e in bundle.manifest.files.items()}
+    # ...and the C++ digests are the files' real ones, not the manifest's text echoed back.
+    for name, entry in got["files"].items():
+        assert entry["sha256"] == hashlib.sha256((bundle.root / name).read_bytes()).hexdigest()
+
+
+def _truncate(root: Path) -> str:
+    path = root / "vcg.fp32.onnx"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return "vcg.fp32.onnx is"  # "... is N bytes, the manifest says M: the file is truncated or was replaced"
+
+
+def _flip(root: Path) -> str:
+    path = root / "restore_step.fp32.onnx"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    return "restore_step.fp32.onnx has sha256"
+
+
+def _remove(root: Path) -> str:
+    (root / "vda.fp32.onnx").unlink()
+    return "vda.fp32.onnx is missing"
+
+
+def _old_version(root: Path) -> str:
+    doc = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+    doc["schema_version"] = 2
+    (root / "manifest.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
+    return "bundle schema version 2"
+
+
+def _duplicate_key(root: Path) -> str:
+    path = root / "manifest.json"
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith("{")
+    path.write_text('{"schema": "diffv2iqa-trt-bundle",' + text[1:], encoding="utf-8")
+    return 'duplicate key "schema"'
+
+
+DAMAGE: dict[str, tuple[Callable[[Path], str], str]] = {
+    "truncated": (_truncate, "truncated"),
+    "flipped-byte": (_flip, "altered"),
+    "missing": (_remove, "missing"),
+    "schema-version-2": (_old_version, "rebuild"),
+    "duplicate-key": (_duplicate_key, "not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_damaged_copies_are_refused(case: str, verify_bundle: Path, auto_built: tuple[Any, str],
+                                    tmp_path: Path) -> None:
+    copy = tmp_path / "bundle"
+    shutil.copytree(auto_built[0].root, copy)
+    damage, problem = DAMAGE[case]
+    where = damage(copy)
+    result = _run(verify_bundle, copy)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    assert where in result.stderr and problem in result.stderr, result.stderr
+    with pytest.raises(BundleError):  # the Python loader refuses the same copy
+        load_bundle(copy)
+
+
+def test_sha256_vectors_equal_hashlib(verify_bundle: Path, tmp_path: Path) -> None:
+    messages = {"empty": b"", "abc": b"abc", "million-a": b"a" * 1_000_000,
+                "two-chunks": bytes(range(256)) * 4100 + b"x"}  # > 1 MiB: crosses the streaming chunk boundary
+    for name, data in messages.items():
+        (tmp_path / name).write_bytes(data)
+    result = _run(verify_bundle, "--sha256", *(tmp_path / name for name in messages))
+    assert result.returncode == 0, result.stderr
+    got = dict(reversed(line.split("  ", 1)) for line in result.stdout.splitlines())
+    assert got == {str(tmp_path / name): hashlib.sha256(data).hexdigest() for name, data in messages.items()}
+    assert got[str(tmp_path / "empty")] == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    assert got[str(tmp_path / "abc")] == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert got[str(tmp_path / "million-a")] == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"
+
+
+JSON_CASES: list[tuple[str, bytes, str | None]] = [
+    # (name, document, None if accepted else a fragment of the error)
+    ("nested-32", b"[" * 32 + b"]" * 32, None),
+    ("nested-33", b"[" * 33 + b"]" * 33, "nested more than 32 deep"),
+    ("nan", b"[1, NaN]", "NaN and Infinity"),
+    ("infinity", b"-Infinity", "NaN and Infinity"),
+    ("huge", b"1e999", "out of the double range"),
+    ("trailing", b'{"a": 1} x', "at byte 9: unexpected data"),
+    ("duplicate", b'{"a": 1, "b": {"c": 2, "c": 3}}', 'at byte 23: duplicate key "c"'),
+    ("lone-surrogate", b'"\\ud800"', "unpaired high surrogate"),
+    ("control-char", b'"a\tb"', "control character"),
+    ("leading-zero", b"012", "leading zero"),
+    ("not-utf8", b'"\xff"', "not UTF-8"),
+    ("too-large", b" " * (4 << 20) + b"1", "larger than 4194304 bytes"),
+]
+
+
+def test_json_reader_is_strict(verify_bundle: Path, tmp_path: Path) -> None:
+    for name, doc, error in JSON_CASES:
+        path = tmp_path / f"{name}.json"
+        path.write_bytes(doc)
+        result = _run(verify_bundle, "--json", path)
+        if error is None:
+            assert result.returncode == 0, (name, result.stderr)
+        else:
+            assert result.returncode == 2 and error in result.stderr, (name, result.stderr)
+    # \uXXXX escapes, a surrogate pair among them, become UTF-8; integers stay exact.
+    text = "é\U0001F600\n\"/"
+    (tmp_path / "s.json").write_text(json.dumps(text, ensure_ascii=True), encoding="ascii")
+    result = subprocess.run([str(verify_bundle), "--json", str(tmp_path / "s.json")], capture_output=True, timeout=60)
+    assert result.returncode == 0 and result.stdout == b"a string\n" + text.encode(), result
+    (tmp_path / "n.json").write_text("-9223372036854775808", encoding="ascii")
+    result = _run(verify_bundle, "--json", tmp_path / "n.json")
+    assert result.returncode == 0 and result.stdout.split()[-1] == "-9223372036854775808", result
