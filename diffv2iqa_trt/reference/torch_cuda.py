@@ -141,9 +141,11 @@ class TorchGraphLauncher:
 
     @contextlib.contextmanager
     def _mode(self, like: torch.Tensor) -> Iterator[None]:
-        with torch.inference_mode():
+        # no_grad rather than inference_mode, and autocast without its weight cache: both as PyTorch's CUDA-graph
+        # notes ask for work that may be captured (the cache would hold casts made outside the graph's memory pool).
+        with torch.no_grad():
             if self.precision == "fp16":
-                with torch.autocast(like.device.type, dtype=torch.float16):
+                with torch.autocast(like.device.type, dtype=torch.float16, cache_enabled=False):
                     yield
             else:
                 yield
