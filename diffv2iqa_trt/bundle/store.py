@@ -667,7 +667,7 @@ def write_bundle(out_dir: str | os.PathLike[str], manifest: Mapping[str, Any],
                               f"{'is not a regular file' if src.exists() else 'does not exist'}; export it first "
                               f"or fix the path", path=src)
     doc["files"] = {name: {"sha256": "0" * 64, "bytes": 0} for name in names}
-    _stamp_variant_hashes(doc)
+    _stamp_entry_hashes(doc)
     validate_manifest(doc, source=target, hint=_WRITE_HINT, hashes=False)
     _recover(out_dir)  # an interrupted overwrite: the previous bundle comes back first, then the usual rules apply
     _refuse_existing(out_dir, overwrite)
@@ -680,7 +680,7 @@ def write_bundle(out_dir: str | os.PathLike[str], manifest: Mapping[str, Any],
     return out_dir
 
 
-def _stamp_variant_hashes(doc: dict[str, Any]) -> None:
+def _stamp_entry_hashes(doc: dict[str, Any]) -> None:
     """Every ONNX variant and engine entry repeats its file's sha256 (readers of one graph entry need not look up
     `files`)."""
     files = doc.get("files") or {}
@@ -710,7 +710,7 @@ def _publish(doc: dict[str, Any], sources: Mapping[str, Path], tmp: Path, out_di
             else:
                 digest = _copy_hashing(src, dst)
             doc["files"][name] = {"sha256": digest, "bytes": dst.stat().st_size}
-        _stamp_variant_hashes(doc)
+        _stamp_entry_hashes(doc)
         validate_manifest(doc, source=target, hint=_WRITE_HINT)
         # manifest.json last: a directory holding it is complete.
         with open(tmp / MANIFEST_NAME, "w", encoding="utf-8") as f:

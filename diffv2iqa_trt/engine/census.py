@@ -80,12 +80,8 @@ class Census:
     def compute_total(self) -> int:
         return sum(self.compute.values())
 
-    @property
-    def known(self) -> int:
-        return sum(n for p, n in self.compute.items() if p != "unknown")
-
     def share(self, precisions: Sequence[str]) -> float:
-        return sum(self.compute.get(p, 0) for p in precisions) / self.known if self.known else 0.0
+        return _share(self.compute, precisions)
 
     def to_dict(self) -> dict[str, Any]:
         return {"layers": self.layers, "compute_layers": dict(self.compute),
@@ -163,6 +159,7 @@ class CensusVerdict:
 
 
 def _share(counts: Mapping[str, int], precisions: Sequence[str]) -> float:
+    """The fraction of compute layers (or ONNX nodes) of a known precision that run in one of `precisions`."""
     known = sum(n for p, n in counts.items() if p != "unknown")
     return sum(counts.get(p, 0) for p in precisions) / known if known else 0.0
 

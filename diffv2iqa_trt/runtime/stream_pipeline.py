@@ -32,7 +32,7 @@ from ..errors import ConfigError
 from .crops import WorkUnit, prepare
 from .device import Device, Launcher
 from .noise import noise_bank
-from .pipeline import ImageScore, PipelineSpec, _aggregate, check_steps
+from .pipeline import DEFAULT_NOISE_BANKS, ImageScore, PipelineSpec, _aggregate, check_steps
 
 IMAGE_BUFFERS = ("x", "start", "y_a", "y_b", "y_t1", "y_t2")
 PER_STEP = ("gamma", "coef", "noise")  # per-step inputs: step i reads entry i (its own allocation, see _slot)
@@ -109,6 +109,7 @@ class StreamPipeline:
     max_slots: int = DEFAULT_SLOTS
     timings: list[StageTimes] = field(default_factory=list, repr=False)
     _slots: OrderedDict[tuple[int, ...], Slot] = field(default_factory=OrderedDict, repr=False)
+    _banks: OrderedDict[tuple[int, int], np.ndarray] = field(default_factory=OrderedDict, repr=False)
 
     def __post_init__(self) -> None:
         check_steps(self.spec.steps)
@@ -137,7 +138,7 @@ class StreamPipeline:
         buffers: dict[str, Any] = {name: d.empty(shape) for name, shape in plan.shapes().items()
                                    if name not in PER_STEP}
         # Constant inputs, uploaded once per slot: start sample, step tables, noise rows.
-        bank = noise_bank(s.noise_seed, s.steps, h, w)
+        bank = self._bank(h, w)
         host = {"start": np.ascontiguousarray(np.broadcast_to(bank[s.steps], (b, 3, h, w)), np.float32),
                 "gamma": np.ascontiguousarray(np.broadcast_to(s.gamma[:, None], (s.steps, b)), np.float32),
                 "coef": np.ascontiguousarray(np.broadcast_to(s.coef[:, None, :], (s.steps, b, s.coef.shape[1])),
@@ -162,6 +163,16 @@ class StreamPipeline:
         while len(self._slots) > self.max_slots:
             self._slots.popitem(last=False)
         return slot
+
+    def _bank(self, height: int, width: int) -> np.ndarray:
+        """The host noise bank of a resolution, made once for both slots of every batch size of that resolution."""
+        key = (height, width)
+        if key not in self._banks:
+            self._banks[key] = noise_bank(self.spec.noise_seed, self.spec.steps, height, width)
+            while len(self._banks) > DEFAULT_NOISE_BANKS:
+                self._banks.popitem(last=False)
+        self._banks.move_to_end(key)
+        return self._banks[key]
 
     # ------------------------------------------------------------------------------------------------------- work
 
@@ -208,7 +219,8 @@ class StreamPipeline:
         """Upload a batch and enqueue its device work; returns without waiting for the device."""
         d, loop = self.device, self.loop_stream
         slot = self._slot(units, parity)
-        np.copyto(slot.host_x, np.stack([u.x for u in units]))
+        for row, unit in zip(slot.host_x, units, strict=True):  # straight into page-locked memory, no stacked copy
+            np.copyto(row, unit.x)
         d.record(slot.marks[0], loop)
         d.upload(slot.host_x, slot.buffers["x"], loop)
         d.record(slot.marks[1], loop)
