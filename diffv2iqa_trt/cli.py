@@ -822,6 +822,79 @@ def convert(
     out.print(f"wrote {_show(out_path)}")
 
 
+@app.command("score-dataset")
+def score_dataset(
+    source: Annotated[Path, typer.Argument(help="A folder of images (searched recursively), a list of paths (.txt: "
+                                                "one per line; .csv: a header with the path column) or a Parquet "
+                                                "table (.parquet) with a path column.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder of result parts (created; a re-run with the same "
+                                                        "folder skips the images already scored there).")],
+    bundle: Annotated[Path, typer.Option(help="A bundle written by `build`; every worker loads it once (it must be "
+                                              "readable at this path on every node).")],
+    workers: Annotated[int, typer.Option(min=1, max=MAX_THREADS, help="Scoring actors, each with its own copy of "
+                                                                      "the bundle.")] = 1,
+    batch_size: Annotated[int, typer.Option(min=1, max=MAX_BATCH, help="Images per batch handed to a worker.")]
+    = 16,
+    address: Annotated[str | None, typer.Option(help="An existing Ray cluster (auto, or host:6379, or "
+                                                     "ray://host:10001). Default: a local Ray started for this run.")]
+    = None,
+    backend: Annotated[BackendName | None, typer.Option(
+        help="onnxruntime (default, CPU), or tensorrt / torch-cuda (one GPU per worker; never run on a cluster in "
+             "this project so far).")] = None,
+    precision: Annotated[str | None, typer.Option(help="Precision plan of the bundle's graphs (as for `score`).")]
+    = None,
+    crops: Annotated[str | None, typer.Option(help="Crop policy (default: the bundle's).")] = None,
+    mode: Annotated[str | None, typer.Option(help="crops or faithful (default: the bundle's).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Noise seed (default: the bundle's).")] = None,
+    crop_batch: Annotated[int, typer.Option(min=1, max=MAX_BATCH, help="Crops per graph call inside a worker "
+                                                                       "(`score --batch-size`).")] = 8,
+    device: Annotated[str, typer.Option(help="onnxruntime: cpu, cuda or tensorrt (cuda and tensorrt take a GPU "
+                                             "per worker).")] = "cpu",
+    threads: Annotated[int | None, typer.Option(min=1, max=MAX_THREADS, help="CPU threads (and Ray CPUs) per "
+                                                                             "onnxruntime worker (default 1).")]
+    = None,
+    fmt: Annotated[str, typer.Option("--format", help="Parts as parquet or csv.")] = "parquet",
+    path_column: Annotated[str, typer.Option(help="Column of paths in a CSV or Parquet list.")] = "path",
+    part_rows: Annotated[int, typer.Option(min=1, help="Rows per result part (a part is also written after a "
+                                                       "minute without one).")] = 1000,
+    max_parts: Annotated[int | None, typer.Option(min=1, help="Stop after writing this many parts (the next run "
+                                                              "resumes).")] = None,
+    max_pixels: Annotated[int, typer.Option(min=1, help="Refuse images whose header declares more pixels than "
+                                                        "this.")] = DEFAULT_MAX_PIXELS,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Score a collection on Ray Data, streaming, into Parquet (or CSV) parts: one row per image with its score or
+    its error. Exit 0 when every image has a row (failed images are rows with status=error)."""
+    from .scale import DatasetOptions, RunProgress
+    from .scale import score_dataset as run_score_dataset
+    from .scorers import ScoreOptions
+
+    options = ScoreOptions(bundle=bundle, backend=backend.value if backend else None, precision=precision,
+                           crops=crops, mode=mode, seed=seed, batch_size=crop_batch, device=device, threads=threads)
+    job = DatasetOptions(workers=workers, batch_size=batch_size, address=address, fmt=fmt, path_column=path_column,
+                         part_rows=part_rows, max_parts=max_parts, max_pixels=max_pixels)
+
+    def report(p: RunProgress) -> None:
+        err.print(f"part {p.parts}: {p.done}/{p.total} images scored, {p.failed} failed")
+
+    try:
+        summary = run_score_dataset(source, out_dir, options, job, progress=report)
+    except DiffV2IQAError as exc:
+        raise _failed(exc) from None
+    if as_json:
+        _print_json(summary.to_dict())
+        return
+    table = Table(title=f"score-dataset: {_show(summary.out)}", show_header=False)
+    for name, value in (("paths listed", summary.listed), ("duplicates (scored once)", summary.duplicates),
+                        ("already in the output", summary.skipped), ("scored now", summary.scored),
+                        ("of which failed", summary.failed), ("left for a later run", summary.remaining),
+                        ("parts written", summary.parts), ("workers", summary.workers),
+                        ("seconds (start-up)", f"{summary.seconds:.1f} ({summary.startup_seconds:.1f})"),
+                        ("images/s", f"{summary.images_per_s:.2f}")):
+        table.add_row(name, _show(value))
+    out.print(table)
+
+
 def _register_training() -> None:
     """`diffv2iqa-trt train ...` (restorer, iqa, evaluate, curves); imported here so the CLI core stays small."""
     from .training.cli import train_app
