@@ -53,8 +53,9 @@ from .export.trt_lint import LintReport, lint_onnx
 from .export.validate import compare_with_torch
 from .model.checkpoint import CheckpointInfo, save_checkpoint
 from .model.diffv2iqa import DiffV2IQA
-from .runtime.noise import GENERATOR
+from .runtime.noise import GENERATOR, row_test_vectors
 from .runtime.pipeline import PipelineSpec
+from .runtime.resize import RESIZE
 
 if TYPE_CHECKING:
     from .bundle import Bundle
@@ -129,7 +130,10 @@ def pipeline_section(config: ModelConfig, spec: PipelineSpec) -> PipelineSection
     return PipelineSection(
         steps=spec.steps, capture_t1=spec.capture_t1, capture_t2=spec.capture_t2,
         gamma=tuple(spec.gamma.tolist()), coef=tuple(tuple(row) for row in spec.coef.tolist()),
-        coef_names=COEF_NAMES, noise=NoiseSection(GENERATOR, spec.noise_seed), crop_size=spec.crop_size,
+        coef_names=COEF_NAMES,
+        noise=NoiseSection(GENERATOR, spec.noise_seed,
+                           row_test_vectors(spec.noise_seed, spec.steps, spec.crop_size, spec.crop_size)),
+        resize=RESIZE, crop_size=spec.crop_size,
         size_multiple=spec.size_multiple, crops=spec.crops, mode=spec.mode,
         fusion=FusionSection(spec.vcg_weight, spec.vda_weight),
         normalisation=NormalisationSection(NORM_FORMULA, NORM_DIVISOR, NORM_MEAN, NORM_STD),
@@ -279,6 +283,8 @@ def _build(model: DiffV2IQA, info: CheckpointInfo, config: ModelConfig, spec: Pi
             save_checkpoint(model, stage / CHECKPOINT_FILE, trained=info.trained, description=info.description)
             files[CHECKPOINT_FILE] = stage / CHECKPOINT_FILE
             checkpoint_file = CHECKPOINT_FILE
+        say("scoring the golden test inputs")
+        golden = _golden(builds, files, spec, stage)
         if checkpoint_path:
             say("hashing the source checkpoint")
         model_section = ModelSection(
@@ -293,10 +299,30 @@ def _build(model: DiffV2IQA, info: CheckpointInfo, config: ModelConfig, spec: Pi
             "lint": {g: {str(m): {**rep.to_dict(), "path": Path(rep.path).name} for m, rep in by_major.items()}
                      for g, by_major in lint.items()},
             "parity": parity,
+            "golden": golden,
         }
         say("writing the bundle")
         path = write_bundle(out_dir, manifest, files, overwrite=options.overwrite, move=True)
     return BuildResult(path=path, lint=lint, parity=parity)
+
+
+def _golden(builds: dict[str, GraphBuild], files: dict[str, Path], spec: PipelineSpec, stage: Path) -> dict[str, Any]:
+    """Copy the golden inputs into the stage (adding them to `files`) and score them on the staged FP32 graphs with
+    ONNX Runtime, exactly as `score --bundle` will (golden.py)."""
+    from .contract import GRAPH_OUTPUTS
+    from .golden import BUNDLE_DIR, golden_inputs, score_golden
+    from .runtime.backends.onnxruntime_backend import OnnxRuntimeExecutor
+
+    paths = {g: files[b.entry.variants["fp32"].file] for g, b in builds.items()}
+    executor = OnnxRuntimeExecutor(paths, {g: list(b.entry.input_names) for g, b in builds.items()},
+                                   {g: GRAPH_OUTPUTS[g][0] for g in builds})
+    inputs = golden_inputs()
+    (stage / BUNDLE_DIR).mkdir()
+    for src in inputs:
+        name = f"{BUNDLE_DIR}/{src.name}"
+        files[name] = stage / name
+        shutil.copyfile(src, files[name])
+    return score_golden(executor, spec, inputs)
 
 
 def build_bundle(model: DiffV2IQA, info: CheckpointInfo, out_dir: str | os.PathLike[str], options: BuildOptions,

@@ -34,6 +34,8 @@ from diffv2iqa_trt.bundle.summary import bundle_summary
 from diffv2iqa_trt.config import ModelConfig, tiny_config
 from diffv2iqa_trt.contract import COEF_NAMES
 from diffv2iqa_trt.errors import ConfigError
+from diffv2iqa_trt.runtime.noise import GENERATOR
+from diffv2iqa_trt.runtime.resize import RESIZE
 
 STEPS = 12
 CROP = 64
@@ -83,7 +85,9 @@ def make_manifest() -> dict[str, Any]:
             "gamma": rng.uniform(0.0, 1.0, STEPS).astype(np.float32),  # numpy on purpose: write_bundle converts
             "coef": rng.normal(size=(STEPS, 5)).tolist(),
             "coef_names": list(COEF_NAMES),
-            "noise": {"generator": "numpy-philox4x64-key(seed,row)-standard_normal-float32", "seed": 0},
+            "noise": {"generator": GENERATOR, "seed": 0,
+                      "test_vectors": {"shape": [3, CROP, CROP], "first8_bits": {}, "row_sha256": []}},
+            "resize": RESIZE,
             "crop_size": CROP, "size_multiple": 16, "crops": "center", "mode": "crops",
             "fusion": {"vcg_weight": 0.5, "vda_weight": 0.5},
             "normalisation": {"formula": "(v / 255 - 0.5) / 0.5", "divisor": 255, "mean": 0.5, "std": 0.5},
@@ -294,9 +298,9 @@ def _edit_manifest(root: Path, edit: Any) -> None:
     path.write_text(json.dumps(doc))
 
 
-@pytest.mark.parametrize("version", [1, 2, 4])
+@pytest.mark.parametrize("version", [1, 2, 5])
 def test_refuses_other_schema_version(built: Bundle, version: int) -> None:
-    # 1: a bundle of the previous release (its normalisation scale/offset were 1 ulp off the runtime's); 3: the future.
+    # 1: a bundle of an old release (its normalisation scale/offset were 1 ulp off the runtime's); 5: the future.
     _edit_manifest(built.root, lambda d: d.update(schema_version=version, new_field="from elsewhere"))
     with pytest.raises(BundleError) as e:
         load_bundle(built.root)
@@ -304,6 +308,15 @@ def test_refuses_other_schema_version(built: Bundle, version: int) -> None:
     assert str(built.root / MANIFEST_NAME) in msg
     assert (f"bundle schema version {version}, this toolkit reads version {SCHEMA_VERSION}: rebuild the bundle with "
             "this toolkit's `diffv2iqa-trt build` or use the toolkit release that wrote it") in msg
+
+
+def test_refuses_version_3_with_the_reason_and_the_rebuild(built: Bundle) -> None:
+    _edit_manifest(built.root, lambda d: d.update(schema_version=3))
+    with pytest.raises(BundleError) as e:
+        load_bundle(built.root)
+    msg = str(e.value)
+    assert "bundle schema version 3: its scores come from the retired NumPy noise bank and Pillow's resize" in msg
+    assert "rebuild it with this toolkit: `diffv2iqa-trt build`" in msg
 
 
 def test_refuses_other_schema_name(built: Bundle) -> None:

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from diffv2iqa_trt.assemble import BuildOptions, build_onnx_bundle
 from diffv2iqa_trt.bundle import BundleError, load_bundle
+from diffv2iqa_trt.bundle.gates import DEFAULT_GATES
 from diffv2iqa_trt.cli import app
 from diffv2iqa_trt.config import ScoringConfig
 from diffv2iqa_trt.data.distortions import distort
@@ -73,7 +74,10 @@ def test_cli_build_score_inspect(tiny_bundle, tmp_path, distorted_photos):
     assert doc["backend"] == "onnxruntime-cpu" and "UNTRAINED" in doc["model"]["label"]
     ref = runner.invoke(app, ["score", str(img), "--bundle", str(tiny_bundle), "--backend", "torch",
                               "--format", "json"])
-    assert json.loads(ref.stdout)["results"][0]["score"] == pytest.approx(doc["results"][0]["score"], abs=1e-6)
+    # Two backends agree to the fp32 parity gate, not to 1e-6: a 1e-6 difference in a restored pixel can flip its
+    # uint8 round trip (bundle/gates.py); this image differs by 1.6e-6 with the version-4 noise bank.
+    ref_score = json.loads(ref.stdout)["results"][0]["score"]
+    assert ref_score == pytest.approx(doc["results"][0]["score"], abs=DEFAULT_GATES["fp32"]["max_abs"])
     info = runner.invoke(app, ["inspect", str(tiny_bundle), "--json"])
     assert info.exit_code == 0 and json.loads(info.stdout)["model"] == "tiny"
     again = runner.invoke(app, ["build", "--out", str(tiny_bundle)])
@@ -92,7 +96,7 @@ def _damaged_copy(src, dst, damage):
     (lambda d: (d / "vda.fp32.onnx").write_bytes((d / "vda.fp32.onnx").read_bytes()[:1000]), "vda.fp32.onnx"),
     (lambda d: (d / "restore_step.fp32.onnx").unlink(), "restore_step.fp32.onnx"),
     (lambda d: (d / "manifest.json").write_text((d / "manifest.json").read_text().replace(
-        '"schema_version": 3', '"schema_version": 4')), "schema version 4"),
+        '"schema_version": 4', '"schema_version": 5')), "schema version 5"),
 ])
 def test_damaged_bundles_are_refused(tiny_bundle, tmp_path, damage, message):
     bad = _damaged_copy(tiny_bundle, tmp_path / "bad", damage)

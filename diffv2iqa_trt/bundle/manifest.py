@@ -57,6 +57,7 @@ class ModelSection:
 class NoiseSection:
     generator: str
     seed: int
+    test_vectors: Mapping[str, Any]  # first values of rows 0 and T and every row's sha256, at crop size
 
 
 @dataclass(frozen=True)
@@ -91,12 +92,15 @@ class PipelineSection:
     fusion: FusionSection
     normalisation: NormalisationSection
     uint8_roundtrip: bool
+    resize: str
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "steps": self.steps, "capture_t1": self.capture_t1, "capture_t2": self.capture_t2,
             "gamma": list(self.gamma), "coef": [list(row) for row in self.coef], "coef_names": list(self.coef_names),
-            "noise": {"generator": self.noise.generator, "seed": self.noise.seed},
+            "noise": {"generator": self.noise.generator, "seed": self.noise.seed,
+                      "test_vectors": dict(self.noise.test_vectors)},
+            "resize": self.resize,
             "crop_size": self.crop_size, "size_multiple": self.size_multiple, "crops": self.crops, "mode": self.mode,
             "fusion": {"vcg_weight": self.fusion.vcg_weight, "vda_weight": self.fusion.vda_weight},
             "normalisation": {"formula": self.normalisation.formula, "divisor": self.normalisation.divisor,
@@ -110,7 +114,9 @@ class PipelineSection:
         return cls(
             steps=d["steps"], capture_t1=d["capture_t1"], capture_t2=d["capture_t2"],
             gamma=tuple(float(v) for v in d["gamma"]), coef=tuple(tuple(float(v) for v in row) for row in d["coef"]),
-            coef_names=tuple(d["coef_names"]), noise=NoiseSection(d["noise"]["generator"], d["noise"]["seed"]),
+            coef_names=tuple(d["coef_names"]),
+            noise=NoiseSection(d["noise"]["generator"], d["noise"]["seed"], d["noise"]["test_vectors"]),
+            resize=d["resize"],
             crop_size=d["crop_size"], size_multiple=d["size_multiple"], crops=d["crops"], mode=d["mode"],
             fusion=FusionSection(float(d["fusion"]["vcg_weight"]), float(d["fusion"]["vda_weight"])),
             normalisation=NormalisationSection(n["formula"], float(n["divisor"]), float(n["mean"]), float(n["std"])),
@@ -250,6 +256,7 @@ class Manifest:
     lint: Mapping[str, Any] | None
     parity: Mapping[str, Any] | None
     precision: PrecisionSection | None = None
+    golden: Mapping[str, Any] | None = None  # golden.py: test inputs and their scores (None: the build made none)
 
     @classmethod
     def from_dict(cls, doc: Any, *, source: str | os.PathLike[str] | None = None) -> Manifest:
@@ -263,6 +270,7 @@ class Manifest:
             files={name: FileEntry(e["sha256"], e["bytes"]) for name, e in doc["files"].items()},
             environment=dict(doc["environment"]), lint=doc["lint"], parity=doc["parity"],
             precision=None if doc["precision"] is None else PrecisionSection.from_dict(doc["precision"]),
+            golden=doc["golden"],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -273,4 +281,5 @@ class Manifest:
             "files": {n: f.to_dict() for n, f in self.files.items()}, "environment": dict(self.environment),
             "lint": self.lint, "parity": self.parity,
             "precision": None if self.precision is None else self.precision.to_dict(),
+            "golden": self.golden,
         }

@@ -43,7 +43,12 @@ from ..contract import (
 from ..errors import BundleError, ConfigError
 
 SCHEMA_NAME = "diffv2iqa-trt-bundle"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+# Versions whose scores this toolkit can no longer reproduce, and why (docs/bundle.md, "Schema versions").
+RETIRED_VERSIONS = {
+    3: "its scores come from the retired NumPy noise bank and Pillow's resize, which version 4 replaced by the "
+       "portable generator and resize of the scoring contract (scores differ)",
+}
 MANIFEST_NAME = "manifest.json"
 SCHEMA_FILE = "manifest.schema.json"
 
@@ -225,6 +230,9 @@ def _semantic_problems(doc: dict[str, Any], hashes: bool = True) -> list[str]:
     checkpoint = doc["model"].get("checkpoint")
     if checkpoint is not None and checkpoint not in files:
         problems.append(f"at $.model.checkpoint: {checkpoint!r} is not listed in $.files")
+    for k, image in enumerate((doc.get("golden") or {}).get("images", [])):
+        if image["file"] not in files:
+            problems.append(f"at $.golden.images[{k}].file: {image['file']!r} is not listed in $.files")
 
     for gname in GRAPH_NAMES:
         g = doc["graphs"][gname]
@@ -404,6 +412,10 @@ def check_header(doc: Any, *, source: str | os.PathLike[str] | None = None) -> N
                           f"expected {SCHEMA_NAME!r}): point to a bundle directory written by "
                           f"`diffv2iqa-trt build`, or {REBUILD}", path=src)
     version = doc.get("schema_version")
+    if version in RETIRED_VERSIONS and not isinstance(version, bool):
+        raise BundleError(f"{where}: bundle schema version {version}: {RETIRED_VERSIONS[version]}; rebuild it with "
+                          f"this toolkit: `diffv2iqa-trt build` (then `build --from-bundle` for precision variants "
+                          f"and engines)", path=src)
     if version != SCHEMA_VERSION or isinstance(version, bool):
         raise BundleError(f"{where}: bundle schema version {version!r}, this toolkit reads version {SCHEMA_VERSION}: "
                           f"rebuild the bundle with this toolkit's `diffv2iqa-trt build` or use the toolkit release "

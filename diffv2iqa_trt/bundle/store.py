@@ -630,8 +630,8 @@ def write_bundle(out_dir: str | os.PathLike[str], manifest: Mapping[str, Any],
     `files` maps each bundle-relative name ('/'-separated, e.g. "restore_step.fp32.onnx", or an ONNX external-data
     file under the name its ONNX refers to) to the source file; sources are copied, or moved with `move=True` (moved
     back if the write fails). The manifest's "files" section is computed here (any given one is replaced); "schema",
-    "schema_version", "toolkit_version" and "created" are filled in when absent, "lint" and "parity" default to null
-    and "environment" to `environment_versions()`. The caller's mapping is not modified.
+    "schema_version", "toolkit_version" and "created" are filled in when absent, "lint", "parity", "precision" and
+    "golden" default to null and "environment" to `environment_versions()`. The caller's mapping is not modified.
 
     The bundle is assembled in `.<name>.tmp-<host>-<pid>-XXXX` next to `out_dir`, validated, `manifest.json` written
     last, and the directory renamed onto `out_dir`. An existing `out_dir` is refused unless `overwrite`; then it is
@@ -653,6 +653,7 @@ def write_bundle(out_dir: str | os.PathLike[str], manifest: Mapping[str, Any],
     doc.setdefault("lint", None)
     doc.setdefault("parity", None)
     doc.setdefault("precision", None)
+    doc.setdefault("golden", None)
     target = out_dir / MANIFEST_NAME
 
     # Fail fast, before copying hundreds of MB: names, sources, everything but the hashes.

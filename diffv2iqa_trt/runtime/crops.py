@@ -7,7 +7,8 @@ A prepared image is a list of work units: a restoration input (3, H, W) in [-1, 
   did), and every crop is cut from it.
 Policy `resize224` squashes the whole image to the crop size (the authors' KonIQ/LIVEC handling): one unit, one crop,
 the same in both modes.
-Images whose short side is below the crop size are first upscaled (bicubic, aspect kept) so the short side equals it.
+Images whose short side is below the crop size are first upscaled (the contract's bicubic, runtime/resize.py; aspect
+kept) so the short side equals it.
 
 Work per image is bounded (an ImageSizeError refuses the image, not the run): upscaling at most MAX_UPSCALE times and
 only images whose long side is at most MAX_UPSCALE_ASPECT times the short side (a 1 x 60000 strip would become
@@ -19,11 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from ..config import grid_size
 from ..contract import normalise_uint8
 from ..errors import EXIT_FAILED, ConfigError, DiffV2IQAError
+from .resize import resize_rgb
 
 MAX_UPSCALE = 16  # a 64-pixel crop needs a short side of at least 4 pixels, a 224-pixel crop at least 14
 MAX_UPSCALE_ASPECT = 32  # an upscaled image is at most crop x 32 crop pixels
@@ -67,9 +68,7 @@ def normalise(rgb: np.ndarray) -> np.ndarray:
 
 
 def _resize(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
-    if rgb.shape[:2] == (height, width):
-        return rgb
-    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BICUBIC))
+    return resize_rgb(rgb, height, width)  # the contract's own bicubic (runtime/resize.py), not a library's
 
 
 def check_upscale(height: int, width: int, size: int) -> None:

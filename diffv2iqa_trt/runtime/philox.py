@@ -1,8 +1,7 @@
 """A counter-based standard-normal generator specified completely here, for bit-exact ports to C++ and CUDA.
 
-Not yet used by the sampler: runtime/noise.py (NumPy's Philox4x64 + ziggurat) still makes the noise bank. This module is
-its designated replacement; cpp/include/diffv2iqa/philox.hpp implements the same specification in C++17 and
-tests/test_philox.py cross-checks the two.
+runtime/noise.py makes the sampler's noise bank with it; cpp/include/diffv2iqa/philox.hpp implements the same
+specification in C++17 and tests/test_philox.py cross-checks the two.
 
 Specification (GENERATOR names it)
 ==================================
