@@ -14,8 +14,11 @@ import numpy as np
 import pytest
 
 from diffv2iqa_trt.contract import normalise_uint8
+from diffv2iqa_trt.runtime import philox
 from diffv2iqa_trt.runtime.crops import crop_boxes, prepare, upscale_to_fit
+from diffv2iqa_trt.runtime.noise import GENERATOR
 from diffv2iqa_trt.runtime.pipeline import _aggregate
+from diffv2iqa_trt.runtime.resize import RESIZE, resize_rgb, taps
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bundle.md"
 S, MULTIPLE = 224, 16
@@ -74,3 +77,39 @@ def test_crop_mean_and_fusion(worked: dict) -> None:
         total += float(v)
     [nine] = _aggregate([0] * 9, values, values, 1, 1.0, 0.0)
     assert nine.score == total / 9 and nine.vda is None
+
+
+def test_resize_taps_and_a_worked_resize(worked: dict) -> None:
+    for key, (n, size) in (("resize_taps_5_to_2", (5, 2)), ("resize_taps_3_to_5", (3, 5))):
+        index, weight = taps(n, size)
+        doc = worked[key]
+        assert index[:, 0].tolist() == doc["lo"], key
+        for row, want in zip(weight, doc["weights"], strict=True):
+            # the table pads rows with zero weights at the end; the doc lists the real taps only
+            assert row[: len(want)].tolist() == want and not row[len(want):].any(), key
+    r = worked["resize_2x3_to_3x5"]
+    red = np.array(r["red"], np.uint8)
+    assert (r["green"], r["blue"]) == ("255 - red", "red // 2")
+    out = resize_rgb(np.stack([red, 255 - red, red // 2], axis=2), 3, 5)
+    for c, name in enumerate(("out_red", "out_green", "out_blue")):
+        assert out[..., c].tolist() == r[name], name
+
+
+def test_noise_generator_numbers(worked: dict) -> None:
+    kat = worked["philox_known_answer"]
+    block = philox.philox4x32_10(np.array([kat["counter"]], np.uint32), tuple(kat["key"]))[0]
+    assert [f"0x{int(v):08x}" for v in block] == kat["block"]
+    row = philox.normal_row(0, 0, (3, 2, 2)).reshape(-1)
+    doc = worked["noise_seed0_row0_shape_3x2x2"]
+    assert [f"0x{int(b):08x}" for b in row.view(np.uint32)[:8]] == doc["first8_bits"]
+    assert [float(v) for v in row[:8]] == doc["first8"]
+    row = philox.normal_row(2**64 - 1, 7, (3, 2, 2)).reshape(-1)
+    assert [f"0x{int(b):08x}" for b in row.view(np.uint32)[:4]] == worked["noise_seed2^64-1_row7_shape_3x2x2"][
+        "first4_bits"]
+
+
+def test_doc_names_the_ids_the_bundle_records() -> None:
+    text = DOC.read_text()
+    assert f"`pipeline.resize` = `{RESIZE}`" in text
+    assert f"`pipeline.noise.generator` = `{GENERATOR}`" in text
+    assert f"`{philox.TABLE_SHA256}`" in text

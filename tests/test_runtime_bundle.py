@@ -288,3 +288,37 @@ def test_manifest_records_no_build_paths(tiny_bundle):
     assert "diffv2iqa-build-" not in text and str(tiny_bundle.parent) not in text
     lint = load_bundle(tiny_bundle).manifest.lint
     assert lint is not None and lint["restore_step"]["11"]["path"] == "restore_step.fp32.onnx"
+
+
+def test_golden_scores_are_what_the_runtime_gives(tiny_bundle):
+    """The bundle's golden inputs, scored again from the bundle alone, give exactly the recorded scores."""
+    import hashlib
+
+    from diffv2iqa_trt.golden import read_ppm
+    from diffv2iqa_trt.runtime import philox
+
+    bundle = load_bundle(tiny_bundle)
+    golden = bundle.manifest.golden
+    assert golden is not None and [i["file"] for i in golden["images"]] == [
+        "golden/astronaut-64x64.ppm", "golden/coffee-20x30.ppm"]
+    for image in golden["images"]:
+        assert image["file"] in bundle.manifest.files
+        rgb = read_ppm(tiny_bundle / image["file"])
+        assert rgb.shape == (image["height"], image["width"], 3)
+        assert [c["mode"] for c in image["scores"]] == ["crops", "faithful"]
+        for case in image["scores"]:
+            scoring = ScoringConfig(crops=case["crops"], mode=case["mode"], noise_seed=golden["noise_seed"])
+            [got] = bundle_pipeline(bundle, "onnxruntime", scoring=scoring).score([rgb])
+            assert (got.score, got.vcg, got.vda, got.crops) == (case["score"], case["vcg"], case["vda"],
+                                                               case["crop_count"])
+    # The 20x30 input is upscaled to 64x96: faithful restores all of it, crops mode only the centre, so they differ.
+    coffee = golden["images"][1]["scores"]
+    assert coffee[0]["score"] != coffee[1]["score"]
+    # The noise test vectors are the generator's rows at crop size (recomputed from philox.py directly).
+    p = bundle.manifest.pipeline
+    tv = p.noise.test_vectors
+    assert tv["shape"] == [3, p.crop_size, p.crop_size] and len(tv["row_sha256"]) == p.steps + 1
+    for r in (0, p.steps // 2, p.steps):
+        row = philox.normal_row(p.noise.seed, r, (3, p.crop_size, p.crop_size))
+        assert tv["row_sha256"][r] == hashlib.sha256(row.astype("<f4").tobytes()).hexdigest()
+    assert tv["first8_bits"][str(p.steps)] == [f"0x{int(b):08x}" for b in row.reshape(-1)[:8].view(np.uint32)]
