@@ -106,7 +106,7 @@ def utc_timestamp() -> str:
 
 
 # Packages whose versions matter to a build; looked up by distribution metadata so nothing (torch!) is imported.
-# pillow: its bicubic resize is part of the scoring contract (docs/bundle.md), and its results changed in Pillow 13.
+# pillow: it decodes the images (the resize is the contract's own since schema 4, runtime/resize.py).
 _ENV_PACKAGES = ("numpy", "pillow", "torch", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu",
                  "nvidia-modelopt", "polygraphy", "tensorrt", "cuda-bindings", "diffv2iqa-trt")
 
