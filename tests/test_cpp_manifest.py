@@ -44,12 +44,17 @@ def test_summary_equals_the_python_loader(verify_bundle: Path, auto_built: tuple
     assert result.returncode == 0, result.stderr
     got = json.loads(result.stdout)
     p = bundle.manifest.pipeline
-    assert got["schema"] == "diffv2iqa-trt-bundle" and got["schema_version"] == 3
+    assert got["schema"] == "diffv2iqa-trt-bundle" and got["schema_version"] == 4
     assert got["steps"] == p.steps and got["coef_rows"] == len(p.coef) == p.steps
     assert (got["crop_size"], got["size_multiple"]) == (p.crop_size, p.size_multiple)
     assert (got["capture_t1"], got["capture_t2"]) == (p.capture_t1, p.capture_t2)
     assert (got["crops"], got["mode"], got["uint8_roundtrip"]) == (p.crops, p.mode, p.uint8_roundtrip)
-    assert got["noise"] == {"generator": p.noise.generator, "seed": p.noise.seed}
+    assert got["noise"] == {"generator": p.noise.generator, "seed": p.noise.seed,
+                            "test_vectors": dict(p.noise.test_vectors)}
+    assert len(got["noise"]["test_vectors"]["row_sha256"]) == p.steps + 1
+    assert got["resize"] == p.resize
+    golden = bundle.manifest.golden
+    assert got["golden"] == ([image["file"] for image in golden["images"]] if golden else [])
     assert got["fusion"] == {"vcg_weight": p.fusion.vcg_weight, "vda_weight": p.fusion.vda_weight}
     assert got["normalisation"] == {"divisor": p.normalisation.divisor, "mean": p.normalisation.mean,
                                     "std": p.normalisation.std}
@@ -87,6 +92,27 @@ def _old_version(root: Path) -> str:
     return "bundle schema version 2"
 
 
+def _version_3(root: Path) -> str:
+    doc = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+    doc["schema_version"] = 3
+    (root / "manifest.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
+    return "bundle schema version 3"
+
+
+def _other_resize(root: Path) -> str:
+    doc = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+    doc["pipeline"]["resize"] = "pillow-bicubic"
+    (root / "manifest.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
+    return "$.pipeline.resize: 'pillow-bicubic' is not the resize this reader implements"
+
+
+def _other_generator(root: Path) -> str:
+    doc = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+    doc["pipeline"]["noise"]["generator"] = "numpy-philox-ziggurat"
+    (root / "manifest.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
+    return "$.pipeline.noise.generator: 'numpy-philox-ziggurat' is not the generator this reader implements"
+
+
 def _duplicate_key(root: Path) -> str:
     path = root / "manifest.json"
     text = path.read_text(encoding="utf-8")
@@ -100,6 +126,9 @@ DAMAGE: dict[str, tuple[Callable[[Path], str], str]] = {
     "flipped-byte": (_flip, "altered"),
     "missing": (_remove, "missing"),
     "schema-version-2": (_old_version, "rebuild"),
+    "schema-version-3": (_version_3, "NumPy's noise generator and Pillow's resize"),
+    "other-resize": (_other_resize, "rebuild"),
+    "other-generator": (_other_generator, "rebuild"),
     "duplicate-key": (_duplicate_key, "not valid JSON"),
 }
 
@@ -164,6 +193,13 @@ def test_json_reader_is_strict(verify_bundle: Path, tmp_path: Path) -> None:
     (tmp_path / "s.json").write_text(json.dumps(text, ensure_ascii=True), encoding="ascii")
     result = subprocess.run([str(verify_bundle), "--json", str(tmp_path / "s.json")], capture_output=True, timeout=60)
     assert result.returncode == 0 and result.stdout == b"a string\n" + text.encode(), result
-    (tmp_path / "n.json").write_text("-9223372036854775808", encoding="ascii")
-    result = _run(verify_bundle, "--json", tmp_path / "n.json")
-    assert result.returncode == 0 and result.stdout.split()[-1] == "-9223372036854775808", result
+    # int64 where it fits; uint64 (noise seeds reach 2**64-1) for non-negative integers up to 2**64-1.
+    for text, as_int64, as_uint64 in [
+            ("-9223372036854775808", "-9223372036854775808", "-"),
+            ("9223372036854775807", "9223372036854775807", "9223372036854775807"),
+            ("9223372036854775808", "-", "9223372036854775808"),
+            ("18446744073709551615", "-", "18446744073709551615"),
+            ("18446744073709551616", "-", "-"), ("-1", "-1", "-"), ("1.0", "-", "-")]:
+        (tmp_path / "n.json").write_text(text, encoding="ascii")
+        result = _run(verify_bundle, "--json", tmp_path / "n.json")
+        assert result.returncode == 0 and result.stdout.split()[-2:] == [as_int64, as_uint64], (text, result)

@@ -218,6 +218,14 @@ class Reader {
     return v.integer;
   }
 
+  std::uint64_t uinteger(const Value& obj, const std::string& key, const std::string& where) const {
+    const Value& v = member(obj, key, where);
+    if (!v.is_number() || !v.unsigned_integral)
+      bad(where + "." + key, "expected an integer in [0, 2**64-1], found " +
+                                 std::string(v.is_number() ? "another number" : json::type_name(v.type)));
+    return v.uinteger;
+  }
+
   double number(const Value& v, const std::string& where, double limit = HUGE_VAL) const {
     if (!v.is_number()) bad(where, std::string("expected a number, found ") + json::type_name(v.type));
     if (!(std::fabs(v.number) <= limit)) bad(where, "not a finite float32 value");
@@ -242,11 +250,21 @@ std::string header_check(const Value& doc, const std::string& where) {
     std::string got = !version ? "missing"
                       : version->is_number() && version->integral ? std::to_string(version->integer)
                                                                   : "not an integer";
+    std::string why = got == "3" ? " (version 3 bundles used NumPy's noise generator and Pillow's resize, which "
+                                   "the portable scoring contract of version 4 replaced)"
+                                 : "";
     return where + ": bundle schema version " + got + ", this reader reads version " +
-           std::to_string(kSchemaVersion) + ": rebuild the bundle with this toolkit's `diffv2iqa-trt build` " +
+           std::to_string(kSchemaVersion) + why + ": rebuild the bundle with this toolkit's `diffv2iqa-trt build` " +
            "(older bundles are rebuilt, not read)";
   }
   return "";
+}
+
+bool is_hex64(const std::string& s) {
+  if (s.size() != 64) return false;
+  for (char c : s)
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  return true;
 }
 
 Pipeline read_pipeline(const Reader& r, const Value& doc) {
@@ -288,8 +306,53 @@ Pipeline read_pipeline(const Reader& r, const Value& doc) {
   }
 
   const Value& noise = r.object(p, "noise", at);
-  out.noise.generator = r.string(noise, "generator", at + ".noise");
-  out.noise.seed = r.integer(noise, "seed", at + ".noise", 0, INT64_MAX);
+  const std::string nzw = at + ".noise";
+  out.noise.generator = r.string(noise, "generator", nzw);
+  if (out.noise.generator != kNoiseGenerator)
+    r.bad(nzw + ".generator", "'" + out.noise.generator.substr(0, 80) + "' is not the generator this reader implements ('" +
+                                  kNoiseGenerator + "')");
+  out.noise.seed = r.uinteger(noise, "seed", nzw);
+  const Value& tv = r.object(noise, "test_vectors", nzw);
+  const std::string tvw = nzw + ".test_vectors";
+  const Value& shape = r.array(tv, "shape", tvw);
+  if (shape.items.size() != 3) r.bad(tvw + ".shape", "expected 3 dimensions");
+  for (std::size_t i = 0; i < 3; ++i) {
+    const Value& d = shape.items[i];
+    if (!d.is_number() || !d.integral || d.integer < 1 || d.integer > kMaxCrop)
+      r.bad(tvw + ".shape[" + std::to_string(i) + "]", "expected an integer in [1, " + std::to_string(kMaxCrop) + "]");
+    out.noise.test_vectors.shape[i] = d.integer;
+  }
+  const Value& first = r.object(tv, "first8_bits", tvw);
+  for (std::size_t i = 0; i < first.keys.size(); ++i) {
+    const std::string& key = first.keys[i];
+    const std::string fw = tvw + ".first8_bits['" + key.substr(0, 20) + "']";
+    bool digits = !key.empty() && key.size() <= 5 && (key == "0" || key[0] != '0');
+    for (char c : key) digits = digits && c >= '0' && c <= '9';
+    if (!digits) r.bad(fw, "the key is not a row number");
+    const Value& bits = first.values[i];
+    if (!bits.is_array() || bits.items.size() != 8) r.bad(fw, "expected an array of 8 strings '0x........'");
+    std::vector<std::uint32_t> words;
+    for (const Value& b : bits.items) {
+      bool ok = b.is_string() && b.string.size() == 10 && b.string.compare(0, 2, "0x") == 0;
+      std::uint32_t word = 0;
+      for (std::size_t k = 2; ok && k < 10; ++k) {
+        char c = b.string[k];
+        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        ok = d >= 0;
+        word = (word << 4) | static_cast<std::uint32_t>(d < 0 ? 0 : d);
+      }
+      if (!ok) r.bad(fw, "expected 8 strings of the form 0x and 8 lowercase hexadecimal digits");
+      words.push_back(word);
+    }
+    out.noise.test_vectors.first8_bits[static_cast<std::uint32_t>(std::stoul(key))] = words;
+  }
+  const Value& rows = r.array(tv, "row_sha256", tvw);
+  for (std::size_t i = 0; i < rows.items.size(); ++i) {
+    const Value& h = rows.items[i];
+    if (!h.is_string() || !is_hex64(h.string))
+      r.bad(tvw + ".row_sha256[" + std::to_string(i) + "]", "not 64 lowercase hexadecimal digits");
+    out.noise.test_vectors.row_sha256.push_back(h.string);
+  }
 
   out.size_multiple = static_cast<int>(r.integer(p, "size_multiple", at, 1, kMaxSizeMultiple));
   if (out.size_multiple & (out.size_multiple - 1))
@@ -304,18 +367,15 @@ Pipeline read_pipeline(const Reader& r, const Value& doc) {
   if (bank > kMaxNoiseBank) r.bad(at, "the noise bank at crop size would exceed 4 GiB");
 
   out.crops = r.string(p, "crops", at);
-  if (out.crops != "center") {
-    bool ok = out.crops.rfind("grid:", 0) == 0 && out.crops.size() > 5 && out.crops.size() <= 7;
-    int n = 0;
-    for (std::size_t i = 5; ok && i < out.crops.size(); ++i) {
-      ok = out.crops[i] >= '0' && out.crops[i] <= '9' && !(i == 5 && out.crops[i] == '0');
-      n = n * 10 + (out.crops[i] - '0');
-    }
-    if (!ok || n < 1 || n > kMaxGrid)
-      r.bad(at + ".crops", "'" + out.crops.substr(0, 40) + "' is neither 'center' nor 'grid:N' with N in [1, " +
-                               std::to_string(kMaxGrid) + "]");
-  }
+  std::string why = crop_policy_problem(out.crops);
+  if (!why.empty()) r.bad(at + ".crops", why);
   out.mode = r.string(p, "mode", at);
+  if (out.mode != "crops" && out.mode != "faithful")
+    r.bad(at + ".mode", "'" + out.mode.substr(0, 40) + "' is neither 'crops' nor 'faithful'");
+  out.resize = r.string(p, "resize", at);
+  if (out.resize != kResize)
+    r.bad(at + ".resize", "'" + out.resize.substr(0, 80) + "' is not the resize this reader implements ('" + kResize +
+                              "')");
 
   const Value& fusion = r.object(p, "fusion", at);
   out.fusion.vcg_weight = r.number(r.member(fusion, "vcg_weight", at + ".fusion"), at + ".fusion.vcg_weight");
@@ -333,14 +393,26 @@ Pipeline read_pipeline(const Reader& r, const Value& doc) {
   return out;
 }
 
-bool is_hex64(const std::string& s) {
-  if (s.size() != 64) return false;
-  for (char c : s)
-    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
-  return true;
+}  // namespace
+
+std::string crop_policy_problem(const std::string& policy) {
+  if (policy == "center" || policy == "five" || policy == "resize224") return "";
+  bool ok = policy.rfind("grid:", 0) == 0 && policy.size() > 5 && policy.size() <= 7;
+  int n = 0;
+  for (std::size_t i = 5; ok && i < policy.size(); ++i) {
+    ok = policy[i] >= '0' && policy[i] <= '9' && !(i == 5 && policy[i] == '0');
+    n = n * 10 + (policy[i] - '0');
+  }
+  if (!ok || n < 1 || n > kMaxGrid)
+    return "'" + policy.substr(0, 40) + "' is not a crop policy: use center, five, resize224 or grid:N with N in [1, " +
+           std::to_string(kMaxGrid) + "]";
+  return "";
 }
 
-}  // namespace
+int grid_count(const std::string& policy) {
+  if (!crop_policy_problem(policy).empty() || policy.rfind("grid:", 0) != 0) return 0;
+  return std::stoi(policy.substr(5));
+}
 
 std::string relpath_problem(const std::string& name) {
   if (name == kManifestName) return "'" + name + "' is the manifest itself and cannot be listed in files";
@@ -412,8 +484,15 @@ Bundle load_bundle(const std::string& dir, bool verify_hashes) {
   for (const char* gname : kGraphNames) {
     const std::string w = std::string("$.graphs.") + gname;
     const Value& g = r.object(graphs, gname, "$.graphs");
-    Graph graph;
+    GraphEntry graph;
     graph.name = gname;
+    for (const char* kind : {"inputs", "outputs"}) {
+      const Value& list = r.array(g, kind, w);
+      for (std::size_t i = 0; i < list.items.size(); ++i) {
+        std::string name = r.string(list.items[i], "name", w + "." + kind + "[" + std::to_string(i) + "]");
+        (std::string(kind) == "inputs" ? graph.inputs : graph.outputs).push_back(name);
+      }
+    }
     for (const char* kind : {"variants", "engines"}) {
       const Value& entries = r.object(g, kind, w);
       for (std::size_t i = 0; i < entries.keys.size(); ++i) {
@@ -431,6 +510,55 @@ Bundle load_bundle(const std::string& dir, bool verify_hashes) {
     graph.fp32_file = fp32->second;
     graph.fp32_path = b.path_of(graph.fp32_file);
     b.graphs[gname] = graph;
+  }
+
+  const Value& golden = r.member(doc, "golden", "$");
+  if (!golden.is_null()) {
+    const std::string gw = "$.golden";
+    if (!golden.is_object()) r.bad(gw, std::string("expected null or an object, found ") + json::type_name(golden.type));
+    b.golden.present = true;
+    b.golden.runtime = r.string(golden, "runtime", gw);
+    b.golden.noise_seed = r.uinteger(golden, "noise_seed", gw);
+    const Value& images = r.array(golden, "images", gw);
+    if (images.items.size() > 16) r.bad(gw + ".images", "more than 16 images");
+    for (std::size_t i = 0; i < images.items.size(); ++i) {
+      const std::string iw = gw + ".images[" + std::to_string(i) + "]";
+      const Value& im = images.items[i];
+      GoldenImage image;
+      image.file = r.string(im, "file", iw);
+      if (b.files.find(image.file) == b.files.end())
+        r.bad(iw + ".file", "'" + image.file.substr(0, 80) + "' is not listed in $.files");
+      image.height = r.integer(im, "height", iw, 1, 65535);
+      image.width = r.integer(im, "width", iw, 1, 65535);
+      const Value& scores = r.array(im, "scores", iw);
+      if (scores.items.empty()) r.bad(iw + ".scores", "no score");
+      for (std::size_t k = 0; k < scores.items.size(); ++k) {
+        const std::string sw = iw + ".scores[" + std::to_string(k) + "]";
+        const Value& sc = scores.items[k];
+        GoldenScore gs;
+        gs.mode = r.string(sc, "mode", sw);
+        if (gs.mode != "crops" && gs.mode != "faithful") r.bad(sw + ".mode", "neither 'crops' nor 'faithful'");
+        gs.crops = r.string(sc, "crops", sw);
+        std::string why = crop_policy_problem(gs.crops);
+        if (!why.empty()) r.bad(sw + ".crops", why);
+        gs.score = r.number(r.member(sc, "score", sw), sw + ".score");
+        for (const char* branch : {"vcg", "vda"}) {
+          const Value& v = r.member(sc, branch, sw);
+          bool has = !v.is_null();
+          double value = has ? r.number(v, sw + "." + branch) : 0.0;
+          if (std::string(branch) == "vcg") {
+            gs.has_vcg = has;
+            gs.vcg = value;
+          } else {
+            gs.has_vda = has;
+            gs.vda = value;
+          }
+        }
+        gs.crop_count = r.integer(sc, "crop_count", sw, 1, INT64_MAX);
+        image.scores.push_back(gs);
+      }
+      b.golden.images.push_back(image);
+    }
   }
 
   // Every listed file: regular, inside the bundle, of the listed size and (verify_hashes) sha256. All problems are

@@ -74,8 +74,9 @@ int main(int argc, char** argv) {
       const diffv2iqa::json::Value v = diffv2iqa::json::parse(read_all(argv[2]));
       std::printf("%s\n", diffv2iqa::json::type_name(v.type));
       if (v.is_string()) std::fwrite(v.string.data(), 1, v.string.size(), stdout);
-      if (v.is_number()) std::printf("%s %s\n", num(v.number, 17).c_str(),
-                                     v.integral ? std::to_string(v.integer).c_str() : "-");
+      if (v.is_number()) std::printf("%s %s %s\n", num(v.number, 17).c_str(),
+                                     v.integral ? std::to_string(v.integer).c_str() : "-",
+                                     v.unsigned_integral ? std::to_string(v.uinteger).c_str() : "-");
       return 0;
     }
     const diffv2iqa::Bundle b = diffv2iqa::load_bundle(argv[1], true);
@@ -90,8 +91,29 @@ int main(int argc, char** argv) {
     o += "  \"capture_t2\": " + std::to_string(p.capture_t2) + ",\n";
     o += "  \"crops\": " + quote(p.crops) + ",\n";
     o += "  \"mode\": " + quote(p.mode) + ",\n";
+    const diffv2iqa::NoiseTestVectors& tv = p.noise.test_vectors;
     o += "  \"noise\": {\"generator\": " + quote(p.noise.generator) + ", \"seed\": " + std::to_string(p.noise.seed) +
-         "},\n";
+         ", \"test_vectors\": {\"shape\": [" + std::to_string(tv.shape[0]) + ", " + std::to_string(tv.shape[1]) + ", " +
+         std::to_string(tv.shape[2]) + "], \"first8_bits\": {";
+    bool first_row = true;
+    for (const auto& kv : tv.first8_bits) {
+      o += std::string(first_row ? "" : ", ") + quote(std::to_string(kv.first)) + ": [";
+      for (std::size_t i = 0; i < kv.second.size(); ++i) {
+        char hex[16];
+        std::snprintf(hex, sizeof hex, "0x%08x", kv.second[i]);
+        o += (i ? ", " : "") + quote(hex);
+      }
+      o += "]";
+      first_row = false;
+    }
+    o += "}, \"row_sha256\": [";
+    for (std::size_t i = 0; i < tv.row_sha256.size(); ++i) o += (i ? ", " : "") + quote(tv.row_sha256[i]);
+    o += "]}},\n";
+    o += "  \"resize\": " + quote(p.resize) + ",\n";
+    o += "  \"golden\": [";
+    for (std::size_t i = 0; i < b.golden.images.size(); ++i)
+      o += (i ? ", " : "") + quote(b.golden.images[i].file);
+    o += "],\n";
     o += "  \"fusion\": {\"vcg_weight\": " + num(p.fusion.vcg_weight, 17) +
          ", \"vda_weight\": " + num(p.fusion.vda_weight, 17) + "},\n";
     o += "  \"normalisation\": {\"divisor\": " + num(p.normalisation.divisor, 17) +

@@ -4,7 +4,7 @@
 // UTF-8 text only, no NaN/Infinity, no duplicate object keys (readers disagree on which one wins), no trailing
 // garbage, at most `max_bytes` bytes, `max_values` values and `max_depth` levels (the outermost value is level 1).
 // Numbers are kept as double, and additionally as an exact int64 when written without fraction or exponent and in
-// range. Errors are json::ParseError, a std::runtime_error whose message and `offset()` give the byte offset.
+// range, and as an exact uint64 when such an integer is non-negative and at most 2**64-1 (noise seeds go that high). Errors are json::ParseError, a std::runtime_error whose message and `offset()` give the byte offset.
 #pragma once
 
 #include <cmath>
@@ -55,6 +55,8 @@ class Value {
   double number = 0.0;
   bool integral = false;  // number was written as an integer that fits int64: `integer` holds it exactly
   std::int64_t integer = 0;
+  bool unsigned_integral = false;  // number was written as an integer in [0, 2**64-1]: `uinteger` holds it exactly
+  std::uint64_t uinteger = 0;
   std::string string;
   std::vector<Value> items;       // Array elements
   std::vector<std::string> keys;  // Object keys, in document order
@@ -315,19 +317,25 @@ class Parser {
     v.number = std::strtod(text.c_str(), nullptr);
     if (!std::isfinite(v.number)) fail_at(start, "number " + text.substr(0, 40) + " is out of the double range");
     if (is_int) {
-      // Exact int64 by digits (strtoll would do as well; this keeps the overflow rule explicit).
-      const std::uint64_t limit = negative ? std::uint64_t{9223372036854775808ULL}
-                                           : std::uint64_t{9223372036854775807ULL};
+      // Exact value by digits: int64 when it fits, and uint64 for non-negative integers up to 2**64-1.
+      const std::uint64_t max = ~std::uint64_t{0};
       std::uint64_t acc = 0;
       bool fits = true;
       for (std::size_t k = negative ? 1 : 0; k < text.size(); ++k) {
         std::uint64_t d = static_cast<std::uint64_t>(text[k] - '0');
-        if (acc > (limit - d) / 10) { fits = false; break; }
+        if (acc > (max - d) / 10) { fits = false; break; }
         acc = acc * 10 + d;
       }
-      if (fits) {
+      if (fits && !negative) {
+        v.unsigned_integral = true;
+        v.uinteger = acc;
+        if (acc <= std::uint64_t{9223372036854775807ULL}) {
+          v.integral = true;
+          v.integer = static_cast<std::int64_t>(acc);
+        }
+      } else if (fits && acc <= std::uint64_t{9223372036854775808ULL}) {
         v.integral = true;
-        v.integer = negative ? static_cast<std::int64_t>(0 - acc) : static_cast<std::int64_t>(acc);
+        v.integer = acc == std::uint64_t{9223372036854775808ULL} ? INT64_MIN : -static_cast<std::int64_t>(acc);
       }
     }
   }

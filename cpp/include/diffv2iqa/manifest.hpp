@@ -13,9 +13,13 @@
 namespace diffv2iqa {
 
 constexpr const char* kSchemaName = "diffv2iqa-trt-bundle";
-constexpr int kSchemaVersion = 3;
+constexpr int kSchemaVersion = 4;
 constexpr const char* kManifestName = "manifest.json";
 constexpr const char* kRebuild = "rebuild the bundle with `diffv2iqa-trt build`";
+// The only noise generator and resize of the scoring contract (runtime/philox.py GENERATOR, runtime/resize.py RESIZE).
+constexpr const char* kNoiseGenerator =
+    "philox4x32-10-key(seed)-counter(block,row,0,0)-boxmuller-f64(log,table1024+poly)-to-f32";
+constexpr const char* kResize = "bicubic(a=-0.5,antialias)-width-then-height-f64-rint-uint8";
 
 struct FileEntry {
   std::string sha256;  // as listed in the manifest (64 lowercase hex digits)
@@ -23,9 +27,18 @@ struct FileEntry {
   std::string computed_sha256;  // as this reader computed it (empty when hashes were not verified)
 };
 
+// What a bundle ships to check a port of the noise generator: at shape (3, crop, crop), the float32 bits of the first
+// 8 values of some rows (0 and T) and the sha256 of every row's little-endian float32 bytes (rows 0..T).
+struct NoiseTestVectors {
+  std::int64_t shape[3] = {0, 0, 0};
+  std::map<std::uint32_t, std::vector<std::uint32_t>> first8_bits;  // row -> 8 float32 bit patterns
+  std::vector<std::string> row_sha256;                              // rows 0..T
+};
+
 struct Noise {
   std::string generator;
-  std::int64_t seed = 0;
+  std::uint64_t seed = 0;  // up to 2**64-1
+  NoiseTestVectors test_vectors;
 };
 
 struct Fusion {
@@ -52,17 +65,46 @@ struct Pipeline {
   int size_multiple = 0;
   std::string crops;
   std::string mode;
+  std::string resize;
   Fusion fusion;
   Normalisation normalisation;
   bool uint8_roundtrip = false;
 };
 
-struct Graph {
+struct GraphEntry {  // one graph of the manifest (backend.hpp's Graph is the enum of the three)
   std::string name;
+  std::vector<std::string> inputs;   // tensor names as the manifest lists them (the contract's, in its order)
+  std::vector<std::string> outputs;
   std::map<std::string, std::string> variants;  // precision -> bundle-relative ONNX file
   std::map<std::string, std::string> engines;   // precision -> bundle-relative engine file
   std::string fp32_file;                        // bundle-relative path of the fp32 ONNX variant
   std::string fp32_path;                        // the same joined to the bundle directory
+};
+
+// One recorded score of a golden input: the Python runtime's result in one mode and crop policy.
+struct GoldenScore {
+  std::string mode;
+  std::string crops;
+  double score = 0.0;
+  bool has_vcg = false;  // false: the branch has fusion weight 0 and was not run (null in the manifest)
+  double vcg = 0.0;
+  bool has_vda = false;
+  double vda = 0.0;
+  std::int64_t crop_count = 0;
+};
+
+struct GoldenImage {
+  std::string file;  // bundle-relative, listed in files (so its size and sha256 are checked)
+  std::int64_t height = 0;
+  std::int64_t width = 0;
+  std::vector<GoldenScore> scores;
+};
+
+struct Golden {
+  bool present = false;  // false: the manifest's golden is null (the build made none)
+  std::string runtime;
+  std::uint64_t noise_seed = 0;
+  std::vector<GoldenImage> images;
 };
 
 struct Bundle {
@@ -71,8 +113,9 @@ struct Bundle {
   int schema_version = 0;
   std::string toolkit_version;
   Pipeline pipeline;
-  std::map<std::string, Graph> graphs;     // restore_step, vcg, vda
+  std::map<std::string, GraphEntry> graphs;   // restore_step, vcg, vda
   std::map<std::string, FileEntry> files;  // bundle-relative name -> entry
+  Golden golden;
 
   std::string path_of(const std::string& name) const { return root + "/" + name; }
 };
@@ -82,6 +125,11 @@ struct Bundle {
 // altered (other sha256, only with verify_hashes), another schema or version (rebuild), a manifest that is not
 // strict JSON within the bounds, or a pipeline outside the supported bounds.
 Bundle load_bundle(const std::string& dir, bool verify_hashes = true);
+
+// "" for a crop policy the contract knows (center, five, resize224, grid:N with N in [1, 64]), else the reason.
+std::string crop_policy_problem(const std::string& policy);
+// N of a valid grid:N policy, 0 for any other policy.
+int grid_count(const std::string& policy);
 
 // The problem with a bundle-relative file name, or "" when it is a plain relative '/'-separated path.
 std::string relpath_problem(const std::string& name);
