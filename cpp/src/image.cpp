@@ -1,0 +1,241 @@
+// PPM and PNG input: see include/diffv2iqa/image.hpp for the conversions and why.
+#include "diffv2iqa/image.hpp"
+
+#include <png.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <memory>
+
+namespace diffv2iqa {
+
+RgbImage RgbImage::crop(int top, int left, int h, int w) const {
+  if (top < 0 || left < 0 || h < 0 || w < 0 || top + h > height || left + w > width)
+    throw std::out_of_range("crop outside the image");
+  RgbImage out(h, w);
+  for (int y = 0; y < h; ++y)
+    std::memcpy(out.row(y), row(top + y) + static_cast<std::size_t>(left) * 3, static_cast<std::size_t>(w) * 3);
+  return out;
+}
+
+std::uint8_t over_white(std::uint8_t value, std::uint8_t alpha) {
+  if (alpha == 0) return 255;
+  // Pillow's AlphaComposite with an opaque white destination: coef1 = alpha * 128, coef2 = (255 - alpha) * 128
+  // (7 extra bits), then its rounded division by 255 done with two shifts.
+  const std::uint32_t a = alpha;
+  const std::uint32_t tmp = value * a * 128u + 255u * (255u - a) * 128u + (0x80u << 7);
+  return static_cast<std::uint8_t>(((((tmp >> 8) + tmp) >> 8)) >> 7);
+}
+
+namespace {
+
+bool is_space(unsigned char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
+
+std::string read_file(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT || errno == ENOTDIR) throw ImageError(path, "file not found");
+    throw ImageError(path, std::string("cannot read the file (") + std::strerror(errno) + ")");
+  }
+  if (S_ISDIR(st.st_mode)) throw ImageError(path, "is a directory, not an image");
+  if (!S_ISREG(st.st_mode)) throw ImageError(path, "is not a regular file (a pipe, socket or device?)");
+  if (st.st_size == 0) throw ImageError(path, "not an image file (the file is empty)");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ImageError(path, std::string("cannot read the file (") + std::strerror(errno) + ")");
+  std::string bytes(static_cast<std::size_t>(st.st_size), '\0');
+  in.read(&bytes[0], static_cast<std::streamsize>(bytes.size()));
+  if (static_cast<std::size_t>(in.gcount()) != bytes.size()) throw ImageError(path, "the file shrank while read");
+  return bytes;
+}
+
+std::string too_large(std::uint64_t w, std::uint64_t h, std::uint64_t max_pixels) {
+  return "image is " + std::to_string(w) + "x" + std::to_string(h) + " pixels, above the limit of " +
+         std::to_string(max_pixels) + " pixels";
+}
+
+// ---- PNG ---------------------------------------------------------------------------------------------------------
+
+struct PngReader {
+  const std::string& bytes;
+  std::size_t offset = 8;  // after the signature, which read_image has checked
+  std::string path;
+  std::string error;
+};
+
+void png_read_bytes(png_structp png, png_bytep out, png_size_t count) {
+  auto* r = static_cast<PngReader*>(png_get_io_ptr(png));
+  if (count > r->bytes.size() - r->offset) png_error(png, "truncated PNG (the file ends early)");
+  std::memcpy(out, r->bytes.data() + r->offset, count);
+  r->offset += count;
+}
+
+void png_fail(png_structp png, png_const_charp message) {
+  auto* r = static_cast<PngReader*>(png_get_error_ptr(png));
+  r->error = message ? message : "libpng error";
+  png_longjmp(png, 1);
+}
+
+void png_warn(png_structp, png_const_charp) {}  // defects libpng works around; real failures go to png_fail
+
+// EXIF orientation from an eXIf chunk (a TIFF structure), 1 when absent or unreadable (Pillow treats those as 1).
+int exif_orientation(const unsigned char* p, std::size_t n) {
+  if (n < 8) return 1;
+  bool le = p[0] == 'I' && p[1] == 'I';
+  if (!le && !(p[0] == 'M' && p[1] == 'M')) return 1;
+  auto u16 = [&](std::size_t o) -> unsigned { return le ? p[o] | p[o + 1] << 8 : p[o] << 8 | p[o + 1]; };
+  auto u32 = [&](std::size_t o) -> std::uint32_t {
+    return le ? std::uint32_t(p[o]) | std::uint32_t(p[o + 1]) << 8 | std::uint32_t(p[o + 2]) << 16 |
+                    std::uint32_t(p[o + 3]) << 24
+              : std::uint32_t(p[o]) << 24 | std::uint32_t(p[o + 1]) << 16 | std::uint32_t(p[o + 2]) << 8 | p[o + 3];
+  };
+  std::uint32_t ifd = u32(4);
+  if (ifd > n - 2) return 1;
+  unsigned count = u16(ifd);
+  for (unsigned i = 0; i < count; ++i) {
+    std::size_t e = ifd + 2 + 12 * static_cast<std::size_t>(i);
+    if (e + 12 > n) return 1;
+    if (u16(e) == 0x0112) return static_cast<int>(u16(e + 8));
+  }
+  return 1;
+}
+
+RgbImage decode_png(const std::string& bytes, const std::string& path, std::uint64_t max_pixels) {
+  PngReader reader{bytes, 8, path, ""};
+  png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &reader, png_fail, png_warn);
+  if (!png) throw ImageError(path, "out of memory creating the PNG reader");
+  png_infop info = png_create_info_struct(png);
+  if (!info) {
+    png_destroy_read_struct(&png, nullptr, nullptr);
+    throw ImageError(path, "out of memory creating the PNG reader");
+  }
+  // Everything libpng allocates is freed on every path; the rows live in C++ containers declared before setjmp.
+  std::vector<std::uint8_t> pixels;
+  std::vector<png_bytep> rows;
+  std::string refused;
+  png_uint_32 w = 0, h = 0;
+  int depth = 0, color = 0, interlace = 0;
+  if (setjmp(png_jmpbuf(png))) {
+    png_destroy_read_struct(&png, &info, nullptr);
+    throw ImageError(path, refused.empty() ? "corrupt or truncated PNG (" + reader.error + ")" : refused);
+  }
+  png_set_read_fn(png, &reader, png_read_bytes);
+  png_set_sig_bytes(png, 8);
+  png_set_user_limits(png, 0x7fffffff, 0x7fffffff);
+  png_read_info(png, info);
+  png_get_IHDR(png, info, &w, &h, &depth, &color, &interlace, nullptr, nullptr);
+  if (static_cast<std::uint64_t>(w) * h > max_pixels) {
+    refused = too_large(w, h, max_pixels);
+    png_error(png, "too large");
+  }
+  png_bytep exif = nullptr;
+  png_uint_32 exif_size = 0;
+  if (png_get_eXIf_1(png, info, &exif_size, &exif) && exif && exif_orientation(exif, exif_size) != 1) {
+    refused = "the PNG has an EXIF orientation (" + std::to_string(exif_orientation(exif, exif_size)) +
+              ") that the Python decoder would apply; this decoder does not rotate images: save it upright";
+    png_error(png, "orientation");
+  }
+  const bool gray16 = depth == 16 && color == PNG_COLOR_TYPE_GRAY;
+  if (color == PNG_COLOR_TYPE_PALETTE) {
+    png_set_palette_to_rgb(png);
+    if (png_get_valid(png, info, PNG_INFO_tRNS)) png_set_tRNS_to_alpha(png);  // Pillow: P with transparency -> RGBA
+  }
+  if (color == PNG_COLOR_TYPE_GRAY && depth < 8) png_set_expand_gray_1_2_4_to_8(png);
+  if (depth == 16 && !gray16) png_set_strip_16(png);  // high byte, as Pillow's RGB;16B, RGBA;16B, LA;16B unpackers
+  if (gray16) png_set_swap(png);                        // host order for the 16-bit values read below
+  png_set_interlace_handling(png);
+  png_read_update_info(png, info);
+  const std::size_t stride = png_get_rowbytes(png, info);
+  const int channels = png_get_channels(png, info);
+  pixels.resize(stride * h);
+  rows.resize(h);
+  for (png_uint_32 y = 0; y < h; ++y) rows[y] = pixels.data() + stride * y;
+  png_read_image(png, rows.data());
+  png_read_end(png, nullptr);
+  png_destroy_read_struct(&png, &info, nullptr);
+
+  RgbImage out(static_cast<int>(h), static_cast<int>(w));
+  for (png_uint_32 y = 0; y < h; ++y) {
+    const std::uint8_t* src = rows[y];
+    std::uint8_t* dst = out.row(static_cast<int>(y));
+    for (png_uint_32 x = 0; x < w; ++x, dst += 3) {
+      if (gray16) {
+        std::uint16_t v;
+        std::memcpy(&v, src + 2 * x, 2);
+        // Pillow's I;16 -> the Python decoder: rint(v / 65535 * 255) in float64.
+        double g = std::nearbyint(static_cast<double>(v) / 65535.0 * 255.0);
+        dst[0] = dst[1] = dst[2] = static_cast<std::uint8_t>(g < 0 ? 0 : g > 255 ? 255 : g);
+        continue;
+      }
+      const std::uint8_t* s = src + static_cast<std::size_t>(channels) * x;
+      switch (channels) {
+        case 1: dst[0] = dst[1] = dst[2] = s[0]; break;
+        case 2: dst[0] = dst[1] = dst[2] = over_white(s[0], s[1]); break;
+        case 3: dst[0] = s[0], dst[1] = s[1], dst[2] = s[2]; break;
+        default:
+          for (int c = 0; c < 3; ++c) dst[c] = over_white(s[c], s[3]);
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+RgbImage decode_ppm(const std::string& bytes, const std::string& path, std::uint64_t max_pixels) {
+  std::size_t i = 2;
+  if (bytes.size() < 2 || bytes[0] != 'P' || bytes[1] != '6')
+    throw ImageError(path, "not a binary PPM (P6)");
+  std::uint64_t fields[3] = {0, 0, 0};  // width, height, maxval
+  for (std::uint64_t& field : fields) {
+    // whitespace and comments, then decimal digits
+    for (;;) {
+      while (i < bytes.size() && is_space(static_cast<unsigned char>(bytes[i]))) ++i;
+      if (i < bytes.size() && bytes[i] == '#') {
+        while (i < bytes.size() && bytes[i] != '\n' && bytes[i] != '\r') ++i;
+        continue;
+      }
+      break;
+    }
+    std::size_t start = i;
+    while (i < bytes.size() && bytes[i] >= '0' && bytes[i] <= '9' && i - start < 9)
+      field = field * 10 + static_cast<std::uint64_t>(bytes[i++] - '0');
+    if (i == start || (i < bytes.size() && bytes[i] >= '0' && bytes[i] <= '9'))
+      throw ImageError(path, "not a binary PPM: its header (P6 WIDTH HEIGHT 255) is malformed");
+  }
+  if (i >= bytes.size() || !is_space(static_cast<unsigned char>(bytes[i])))
+    throw ImageError(path, "not a binary PPM: its header (P6 WIDTH HEIGHT 255) is malformed");
+  ++i;  // exactly one whitespace byte ends the header
+  const std::uint64_t w = fields[0], h = fields[1];
+  if (fields[2] != 255) throw ImageError(path, "PPM with maxval " + std::to_string(fields[2]) + ": only 255 is read");
+  if (w == 0 || h == 0 || w > 65535 || h > 65535)
+    throw ImageError(path, "PPM of " + std::to_string(w) + "x" + std::to_string(h) + " pixels: sides must be 1..65535");
+  if (w * h > max_pixels) throw ImageError(path, too_large(w, h, max_pixels));
+  if (bytes.size() - i != w * h * 3)
+    throw ImageError(path, "PPM of " + std::to_string(w) + "x" + std::to_string(h) + " pixels has " +
+                               std::to_string(bytes.size() - i) + " bytes of pixels, expected " +
+                               std::to_string(w * h * 3));
+  RgbImage out(static_cast<int>(h), static_cast<int>(w));
+  std::memcpy(out.data.data(), bytes.data() + i, out.data.size());
+  return out;
+}
+
+RgbImage read_image(const std::string& path, std::uint64_t max_pixels) {
+  const std::string bytes = read_file(path);
+  static const unsigned char kPng[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+  if (bytes.size() >= 8 && std::memcmp(bytes.data(), kPng, 8) == 0) return decode_png(bytes, path, max_pixels);
+  if (bytes.size() >= 2 && bytes[0] == 'P' && bytes[1] == '6') return decode_ppm(bytes, path, max_pixels);
+  throw ImageError(path, "not a PNG or binary PPM (P6) file: this tool reads only those two formats");
+}
+
+void write_ppm(const std::string& path, const RgbImage& image) {
+  std::ofstream out(path, std::ios::binary);
+  out << "P6\n" << image.width << " " << image.height << "\n255\n";
+  out.write(reinterpret_cast<const char*>(image.data.data()), static_cast<std::streamsize>(image.data.size()));
+  if (!out) throw std::runtime_error(path + ": cannot write the file");
+}
+
+}  // namespace diffv2iqa
