@@ -6,8 +6,8 @@
    prepared images of each batch with the same `score_prepared` and the same per-file checks as `score` (so a Ray
    run gives `score`'s numbers).
 
-Ray may fuse the two into one actor stage when their resources allow (it does on a CPU-only run); on a GPU cluster
-the decoding runs in CPU tasks while the GPU actors only score.
+Ray fuses the two into one actor stage when their resources are equal (CPU actors with one thread each, the
+default); with GPU actors the decoding runs in CPU tasks while the actors only score.
 """
 
 from __future__ import annotations
