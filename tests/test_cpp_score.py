@@ -1,0 +1,296 @@
+"""The C++ scorer (cpp/: library, diffv2iqa-score, contract_probe) against the Python runtime.
+
+Built once per session with CMake into build/cpp, against ONNX Runtime headers from Debian's libonnxruntime-dev
+(scripts/ort_headers.sh) and the library of the venv's onnxruntime wheel, so both sides run the same ONNX Runtime.
+Skipped only where no C++ compiler or CMake exists; a failed header download fails the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffv2iqa_trt.data.photos import photo
+from diffv2iqa_trt.golden import read_ppm, write_ppm
+from diffv2iqa_trt.runtime.crops import prepare
+from diffv2iqa_trt.runtime.images import load_image
+from diffv2iqa_trt.runtime.noise import noise_bank
+from diffv2iqa_trt.runtime.resize import resize_rgb
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = Path(sys.executable).parent / "diffv2iqa-trt"
+TOLERANCE = 1e-6
+
+
+@pytest.fixture(scope="session")
+def cpp_tools() -> Path:
+    """The CMake build folder holding diffv2iqa-score and contract_probe."""
+    cxx, cmake = shutil.which("g++") or shutil.which("c++"), shutil.which("cmake")
+    if cxx is None or cmake is None:
+        pytest.skip("no C++ compiler or no CMake on this machine: the C++ scorer cannot be built here")
+    headers = subprocess.run(["bash", str(REPO / "scripts" / "ort_headers.sh"), str(REPO / "build" / "ort-headers")],
+                             capture_output=True, text=True, timeout=300)
+    if headers.returncode != 0:
+        pytest.fail("scripts/ort_headers.sh could not get ONNX Runtime's headers (Debian's libonnxruntime-dev; needs "
+                    f"the Debian archive once):\n{headers.stderr}")
+    build = REPO / "build" / "cpp"
+    configure = subprocess.run([cmake, "-S", str(REPO / "cpp"), "-B", str(build),
+                                f"-DDIFFV2IQA_ORT_INCLUDE={headers.stdout.strip()}",
+                                f"-DDIFFV2IQA_PYTHON={sys.executable}"], capture_output=True, text=True, timeout=120)
+    assert configure.returncode == 0, configure.stdout + configure.stderr
+    compiled = subprocess.run([cmake, "--build", str(build), "-j2"], capture_output=True, text=True, timeout=300)
+    assert compiled.returncode == 0, compiled.stdout + compiled.stderr
+    return build
+
+
+def _run(exe: Path, *args: Any, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def bundle(auto_built: tuple[Any, str]) -> Any:
+    b = auto_built[0]
+    assert b.manifest.schema_version == 4 and b.manifest.golden is not None
+    return b
+
+
+# --- (c) the resize, bit for bit ------------------------------------------------------------------------------------
+
+RESIZES = [((37, 53), (64, 96)), ((200, 150), (48, 31)), ((5, 7), (80, 112)), ((64, 64), (64, 33)),
+           ((30, 30), (90, 30)), ((123, 77), (123, 200)), ((17, 300), (3, 21))]
+
+
+def test_resize_equals_python_bit_for_bit(cpp_tools: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(14)
+    src = tmp_path / "src.ppm"
+    out = tmp_path / "out.ppm"
+    for k, ((h, w), (nh, nw)) in enumerate(RESIZES):
+        # Random pixels stress the clamping; a smooth photograph the rounding of mid-range values.
+        rgb = (rng.integers(0, 256, (h, w, 3), dtype=np.uint8) if k % 2 else
+               np.ascontiguousarray(photo("astronaut")[100:100 + h, 150:150 + w]))
+        write_ppm(src, rgb)
+        result = _run(cpp_tools / "contract_probe", "resize", src, nh, nw, out)
+        assert result.returncode == 0, result.stderr
+        got, want = read_ppm(out), resize_rgb(rgb, nh, nw)
+        assert got.shape == want.shape == (nh, nw, 3)
+        assert np.array_equal(got, want), (k, int(np.abs(got.astype(int) - want).max()))
+
+
+# --- the upscale rule, crop boxes and modes --------------------------------------------------------------------------
+
+PREPARE_CASES = [((101, 157), "five", "crops"), ((101, 157), "grid:3", "faithful"), ((45, 90), "grid:3", "crops"),
+                 ((45, 90), "five", "faithful"), ((70, 200), "grid:1", "crops"), ((70, 200), "resize224", "faithful"),
+                 ((13, 21), "center", "faithful"), ((160, 64), "grid:4", "crops")]
+
+
+def test_prepare_equals_python(cpp_tools: Path, tmp_path: Path) -> None:
+    for k, ((h, w), policy, mode) in enumerate(PREPARE_CASES):
+        rgb = np.ascontiguousarray(photo("coffee")[: h * 2 : 2, : w * 2 : 2])
+        src, out = tmp_path / f"in{k}.ppm", tmp_path / f"out{k}"
+        out.mkdir()
+        write_ppm(src, rgb)
+        result = _run(cpp_tools / "contract_probe", "prepare", src, policy, mode, 64, 16, out)
+        assert result.returncode == 0, result.stderr
+        units = prepare(rgb, policy, mode, 64, 16)
+        lines = result.stdout.splitlines()
+        assert len(lines) == len(units), (k, lines)
+        for line, unit in zip(lines, units, strict=True):
+            index, height, width, *boxes = line.split()
+            assert (int(height), int(width)) == unit.pixels.shape[:2], (k, line)
+            assert [tuple(map(int, b.split(","))) for b in boxes] == list(unit.boxes), (k, line)
+            assert np.array_equal(read_ppm(out / f"unit-{index}.ppm"), unit.pixels), (k, line)
+    # An image the rules refuse: the C++ message is the Python one.
+    write_ppm(tmp_path / "thin.ppm", np.zeros((3, 100, 3), np.uint8))
+    result = _run(cpp_tools / "contract_probe", "prepare", tmp_path / "thin.ppm", "center", "crops", 64, 16, tmp_path)
+    assert result.returncode == 1 and "image of 100x3 pixels is too small" in result.stderr, result.stderr
+
+
+# --- PNG decoding as the Python decoder does -------------------------------------------------------------------------
+
+def _png(path: Path, raw: np.ndarray, color_type: int, depth: int, palette: bytes = b"", trns: bytes = b"") -> None:
+    """A PNG written by hand (filter 0 on every row), for the formats Pillow cannot write (16-bit colour)."""
+    h, w = raw.shape[:2]
+    if depth == 16:
+        body = raw.astype(">u2").reshape(h, -1).view(np.uint8)
+    elif depth < 8:
+        body = np.packbits(np.unpackbits(raw.reshape(h, w, 1).astype(np.uint8), axis=2)[:, :, 8 - depth:]
+                           .reshape(h, -1), axis=1)
+    else:
+        body = raw.reshape(h, -1)
+    data = b"".join(b"\0" + row.tobytes() for row in body)
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    head = struct.pack(">IIBBBBB", w, h, depth, color_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", head) + (chunk(b"PLTE", palette) if palette else b"")
+                     + (chunk(b"tRNS", trns) if trns else b"") + chunk(b"IDAT", zlib.compress(data))
+                     + chunk(b"IEND", b""))
+
+
+def test_png_decoding_equals_the_python_decoder(cpp_tools: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    h, w = 19, 23
+    u8 = lambda *shape: rng.integers(0, 256, (h, w, *shape), dtype=np.uint8)  # noqa: E731
+    u16 = lambda *shape: rng.integers(0, 65536, (h, w, *shape), dtype=np.uint16)  # noqa: E731
+    # Every alpha value over every colour value hits Pillow's integer compositing formula.
+    a, v = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    sweep = np.stack([v, 255 - v, (v * 7) % 256, a], axis=2).astype(np.uint8)
+    palette = rng.integers(0, 256, 256 * 3, dtype=np.uint8).tobytes()
+    cases = {
+        "rgb8": (u8(3), 2, 8, b"", b""),
+        "rgba8-sweep": (sweep, 6, 8, b"", b""),
+        "gray8": (u8(), 0, 8, b"", b""),
+        "gray1": (rng.integers(0, 2, (h, w), dtype=np.uint8), 0, 1, b"", b""),
+        "gray2": (rng.integers(0, 4, (h, w), dtype=np.uint8), 0, 2, b"", b""),
+        "gray4": (rng.integers(0, 16, (h, w), dtype=np.uint8), 0, 4, b"", b""),
+        "gray16": (u16(), 0, 16, b"", b""),
+        "gray-alpha8": (u8(2), 4, 8, b"", b""),
+        "gray-alpha16": (u16(2), 4, 16, b"", b""),
+        "rgb16": (u16(3), 2, 16, b"", b""),
+        "rgba16": (u16(4), 6, 16, b"", b""),
+        "palette": (u8(), 3, 8, palette, b""),
+        "palette-trns": (u8(), 3, 8, palette, rng.integers(0, 256, 200, dtype=np.uint8).tobytes()),
+        "gray-colour-key": (u8(), 0, 8, b"", struct.pack(">H", 7)),  # ignored by Pillow, and so here
+        "rgb-colour-key": (u8(3), 2, 8, b"", struct.pack(">HHH", 1, 2, 3)),
+    }
+    for name, (raw, color_type, depth, plte, trns) in cases.items():
+        path, out = tmp_path / f"{name}.png", tmp_path / f"{name}.ppm"
+        _png(path, raw, color_type, depth, plte, trns)
+        result = _run(cpp_tools / "contract_probe", "decode", path, out)
+        assert result.returncode == 0, (name, result.stderr)
+        got, want = read_ppm(out), load_image(path)
+        assert got.shape == want.shape, name
+        assert np.array_equal(got, want), (name, int(np.abs(got.astype(int) - want).max()))
+    # What the photographs below go through: Pillow's own 8-bit RGB writer.
+    Image.fromarray(u8(3)).save(tmp_path / "pillow.png")
+    result = _run(cpp_tools / "contract_probe", "decode", tmp_path / "pillow.png", tmp_path / "pillow.ppm")
+    assert result.returncode == 0 and np.array_equal(read_ppm(tmp_path / "pillow.ppm"),
+                                                     load_image(tmp_path / "pillow.png"))
+
+
+# --- (a) golden scores and (d) the noise test vectors ----------------------------------------------------------------
+
+def test_check_golden_and_noise_vectors(cpp_tools: Path, bundle: Any) -> None:
+    result = _run(cpp_tools / "diffv2iqa-score", "--bundle", bundle.root, "--check-golden")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    golden = bundle.manifest.golden
+    assert report["ok"] is True and report["max_abs_diff"] <= TOLERANCE
+    assert len(report["golden"]) == sum(len(image["scores"]) for image in golden["images"]) >= 4
+    assert {case["mode"] for case in report["golden"]} == {"crops", "faithful"}
+    for case in report["golden"]:
+        assert abs(case["score"] - case["expected_score"]) <= TOLERANCE, case
+    print(f"golden: max abs diff {report['max_abs_diff']!r} over {len(report['golden'])} recorded scores")
+    # (d): every row's sha256 and the first values of rows 0 and T, recomputed by philox.hpp, are the manifest's ...
+    vectors = bundle.manifest.pipeline.noise.test_vectors
+    noise = report["noise"]
+    steps = bundle.manifest.pipeline.steps
+    assert noise["ok"] is True and noise["rows"] == noise["rows_matching"] == steps + 1
+    assert noise["row_sha256"] == vectors["row_sha256"] and len(vectors["row_sha256"]) == steps + 1
+    assert noise["first8_bits"] == vectors["first8_bits"] and set(vectors["first8_bits"]) == {"0", str(steps)}
+    # ... which are the Python bank's.
+    bank = noise_bank(bundle.manifest.pipeline.noise.seed, steps, *vectors["shape"][1:])
+    assert [f"0x{int(b):08x}" for b in bank[steps].reshape(-1)[:8].view(np.uint32)] == noise["first8_bits"][str(steps)]
+
+
+def test_check_golden_fails_on_a_wrong_recorded_score(cpp_tools: Path, bundle: Any, tmp_path: Path) -> None:
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle.root, copy)
+    doc = json.loads((copy / "manifest.json").read_text(encoding="utf-8"))
+    doc["golden"]["images"][0]["scores"][0]["score"] += 2e-6
+    (copy / "manifest.json").write_text(json.dumps(doc), encoding="utf-8")
+    result = _run(cpp_tools / "diffv2iqa-score", "--bundle", copy, "--check-golden")
+    assert result.returncode == 1, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is False and 1e-6 < report["max_abs_diff"] < 3e-6
+    assert "golden check FAILED" in result.stderr
+
+
+# --- (b) real photographs against the Python CLI --------------------------------------------------------------------
+
+# (name, height, width): different aspects, one below the 64-pixel crop (upscaled), one PPM.
+PHOTOS = [("astronaut", 112, 112), ("chelsea", 100, 151), ("coffee", 144, 97), ("camera", 80, 128),
+          ("rocket", 48, 90), ("immunohistochemistry", 117, 101)]
+# resize224 squashes the image to one crop in either mode: checked once, in crops mode.
+POLICIES = {"crops": ["center", "five", "grid:3", "resize224"], "faithful": ["center", "five", "grid:3"]}
+
+
+@pytest.fixture(scope="module")
+def photo_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("photos")
+    files = []
+    for k, (name, h, w) in enumerate(PHOTOS):
+        rgb = photo(name)
+        rgb = resize_rgb(rgb if rgb.ndim == 3 else np.stack([rgb] * 3, axis=2), h, w)
+        path = folder / f"{name}-{w}x{h}.{'ppm' if k == 1 else 'png'}"
+        if path.suffix == ".ppm":
+            write_ppm(path, rgb)
+        else:
+            Image.fromarray(rgb).save(path)
+        files.append(path)
+    return files
+
+
+@pytest.mark.parametrize("mode", ["crops", "faithful"])
+def test_photographs_equal_the_python_cli(mode: str, cpp_tools: Path, bundle: Any, photo_files: list[Path]) -> None:
+    worst = 0.0
+    for policy in POLICIES[mode]:
+        # One ONNX Runtime thread on both sides: the same numbers as any count here (the golden check covers the
+        # default), and no spinning workers fighting over a shared CI machine's cores.
+        args = ["--bundle", bundle.root, "--mode", mode, "--crops", policy, "--threads", "1"]
+        ours = _run(cpp_tools / "diffv2iqa-score", *args, *photo_files)
+        assert ours.returncode == 0, ours.stderr
+        theirs = _run(CLI, "score", "--backend", "onnxruntime", "--format", "json", *args, *photo_files)
+        assert theirs.returncode == 0, theirs.stderr
+        got, want = json.loads(ours.stdout)["results"], json.loads(theirs.stdout)["results"]
+        assert [r["path"] for r in got] == [r["path"] for r in want] == [str(p) for p in photo_files]
+        for g, r in zip(got, want, strict=True):
+            assert g["error"] is None and r["error"] is None, (g, r)
+            assert g["crops"] == r["crops"] == {"center": 1, "five": 5, "grid:3": 9, "resize224": 1}[policy]
+            for key in ("score", "vcg", "vda"):
+                diff = abs(g[key] - r[key])
+                assert diff <= TOLERANCE, (policy, g["path"], key, g[key], r[key])
+                worst = max(worst, diff)
+    print(f"{mode}: max abs diff vs the Python CLI {worst!r} ({len(photo_files)} photographs x {POLICIES[mode]})")
+
+
+# --- errors ----------------------------------------------------------------------------------------------------------
+
+def test_bad_files_are_error_rows_and_bad_usage_is_refused(cpp_tools: Path, bundle: Any, photo_files: list[Path],
+                                                           tmp_path: Path) -> None:
+    tool = cpp_tools / "diffv2iqa-score"
+    not_png = tmp_path / "text.png"
+    not_png.write_text("hello", encoding="utf-8")
+    tiny = tmp_path / "tiny.ppm"
+    write_ppm(tiny, np.zeros((2, 2, 3), np.uint8))
+    result = _run(tool, "--bundle", bundle.root, photo_files[0], not_png, tmp_path / "missing.png", tiny)
+    assert result.returncode == 1, result.stderr
+    rows = json.loads(result.stdout)["results"]
+    assert rows[0]["error"] is None and isinstance(rows[0]["score"], float)
+    assert "not a PNG or binary PPM" in rows[1]["error"] and rows[1]["score"] is None
+    assert rows[2]["error"] == "file not found"
+    assert "too small" in rows[3]["error"]
+    for args, message in [(["--bundle", bundle.root, "--frobnicate", photo_files[0]], "unknown option '--frobnicate'"),
+                          (["--bundle", bundle.root, "--crops", "grid:0", photo_files[0]], "not a crop policy"),
+                          (["--bundle", bundle.root, "--seed", "18446744073709551616", photo_files[0]], "--seed"),
+                          ([photo_files[0]], "--bundle DIR is required"),
+                          (["--bundle", tmp_path / "nowhere", photo_files[0]], "no bundle at")]:
+        result = _run(tool, *args)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+    # A damaged bundle is refused with load_bundle's message.
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle.root, copy)
+    (copy / "vda.fp32.onnx").write_bytes(b"")
+    result = _run(tool, "--bundle", copy, photo_files[0])
+    assert result.returncode == 2 and "vda.fp32.onnx is 0 bytes" in result.stderr, result.stderr
