@@ -172,6 +172,13 @@ def test_png_decoding_equals_the_python_decoder(cpp_tools: Path, tmp_path: Path)
         got, want = read_ppm(out), load_image(path)
         assert got.shape == want.shape, name
         assert np.array_equal(got, want), (name, int(np.abs(got.astype(int) - want).max()))
+    # An EXIF orientation the Python decoder would apply is refused, not silently ignored.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(u8(3)).save(tmp_path / "rotated.png", exif=exif.tobytes())
+    assert load_image(tmp_path / "rotated.png").shape == (w, h, 3)  # Python rotates it
+    result = _run(cpp_tools / "contract_probe", "decode", tmp_path / "rotated.png", tmp_path / "rotated.ppm")
+    assert result.returncode == 1 and "EXIF orientation (6)" in result.stderr, result.stderr
     # What the photographs below go through: Pillow's own 8-bit RGB writer.
     Image.fromarray(u8(3)).save(tmp_path / "pillow.png")
     result = _run(cpp_tools / "contract_probe", "decode", tmp_path / "pillow.png", tmp_path / "pillow.ppm")
@@ -263,6 +270,21 @@ def test_photographs_equal_the_python_cli(mode: str, cpp_tools: Path, bundle: An
                 assert diff <= TOLERANCE, (policy, g["path"], key, g[key], r[key])
                 worst = max(worst, diff)
     print(f"{mode}: max abs diff vs the Python CLI {worst!r} ({len(photo_files)} photographs x {POLICIES[mode]})")
+
+
+def test_the_largest_seed_equals_the_python_cli(cpp_tools: Path, bundle: Any, photo_files: list[Path]) -> None:
+    """A seed above 2**63 (both 32-bit key words set) reaches the generator intact on both sides."""
+    args = ["--bundle", bundle.root, "--mode", "faithful", "--crops", "center", "--seed", str(2**64 - 1),
+            "--threads", "1", photo_files[4]]
+    ours = _run(cpp_tools / "diffv2iqa-score", *args)
+    theirs = _run(CLI, "score", "--backend", "onnxruntime", "--format", "json", *args)
+    assert ours.returncode == 0 and theirs.returncode == 0, ours.stderr + theirs.stderr
+    got, want = json.loads(ours.stdout), json.loads(theirs.stdout)
+    assert got["seed"] == 2**64 - 1
+    default = json.loads(_run(cpp_tools / "diffv2iqa-score", *args[:6], "--threads", "1", photo_files[4]).stdout)
+    assert got["results"][0]["score"] != default["results"][0]["score"]  # the seed matters
+    for key in ("score", "vcg", "vda"):
+        assert abs(got["results"][0][key] - want["results"][0][key]) <= TOLERANCE, key
 
 
 # --- errors ----------------------------------------------------------------------------------------------------------
