@@ -196,6 +196,84 @@ def test_without_ray_the_verb_says_how_to_install_it(tmp_path: Path, collection:
     assert not (tmp_path / "out").exists()
 
 
+class _FakeRay:
+    """Records what score_dataset asks of Ray (no GPU here: the GPU request is checked, not run)."""
+
+    def __init__(self) -> None:
+        self.stages: list[dict[str, object]] = []
+        self.items: list[bytes] = []
+        self.data = self
+
+    def is_initialized(self) -> bool:
+        return True
+
+    def ActorPoolStrategy(self, size: int) -> dict[str, int]:  # noqa: N802 - Ray's name
+        return {"actor_pool_size": size}
+
+    def from_items(self, items: list[bytes], override_num_blocks: int) -> _FakeRay:
+        self.items, self.blocks = list(items), override_num_blocks
+        return self
+
+    def map_batches(self, fn: object, **kwargs: object) -> _FakeRay:
+        self.stages.append({"fn": fn, **kwargs})
+        return self
+
+    def iter_batches(self, **kwargs: object) -> list[object]:
+        return []
+
+
+@pytest.mark.parametrize(("backend", "device", "threads", "gpus", "cpus"), [
+    (None, "cpu", None, None, 1), (None, "cpu", 2, None, 2), ("tensorrt", "cpu", None, 1.0, 1),
+    ("torch-cuda", "cuda", None, 1.0, 1),
+])
+def test_actor_resources(auto_built: tuple[object, str], collection: Path, tmp_path: Path,
+                         monkeypatch: pytest.MonkeyPatch, backend: str | None, device: str, threads: int | None,
+                         gpus: float | None, cpus: int) -> None:
+    fake = _FakeRay()
+    monkeypatch.setattr("diffv2iqa_trt.scale.job._import_ray", lambda: fake)
+    bundle = auto_built[0].root  # type: ignore[attr-defined]
+    summary = score_dataset(collection, tmp_path / "out", ScoreOptions(bundle=bundle, backend=backend,
+                                                                       device=device, threads=threads),
+                            DatasetOptions(workers=3, batch_size=4))
+    decode, scoring = fake.stages
+    assert decode["fn"] is decode_and_crop and decode["num_cpus"] == 1 and "num_gpus" not in decode
+    assert scoring["fn"] is BundleScorer and scoring["compute"] == {"actor_pool_size": 3}
+    assert scoring["num_gpus"] == gpus and scoring["num_cpus"] == cpus
+    assert decode["batch_size"] == scoring["batch_size"] == 4
+    opened = scoring["fn_constructor_kwargs"]["options"]  # type: ignore[index]
+    assert opened.backend == (backend or "onnxruntime") and opened.threads == (None if gpus else cpus)
+    assert sorted(fake.items) == sorted(iter_paths(collection)) and fake.blocks == 3  # 12 images, 4 a batch
+    assert (summary.scored, summary.remaining, summary.gpus_per_worker) == (0, 12, gpus or 0.0)
+
+
+def test_a_failed_ray_job_keeps_its_parts_and_says_how_to_resume(auto_built: tuple[object, str], collection: Path,
+                                                                    tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    class Broken(_FakeRay):
+        def iter_batches(self, **kwargs: object) -> list[object]:
+            def rows():  # type: ignore[no-untyped-def]
+                table = pa.table({"path_bytes": pa.array(self.items[:3], pa.binary())})
+                yield pa.table({**{c: pa.array([None] * 3, pa.string()) for c in ("path", "error", "path_bytes_hex")},
+                                "score": [0.5] * 3, "vcg": [0.4] * 3, "vda": [0.6] * 3, "crops": [1] * 3,
+                                "status": ["ok"] * 3, "path_bytes": table.column(0)})
+                try:
+                    raise OSError("bundle /models/b is damaged\nrebuild it")
+                except OSError as cause:
+                    raise RuntimeError("ray.exceptions.RayTaskError(...): long Ray text") from cause
+            return rows()  # type: ignore[no-any-return]
+
+    monkeypatch.setattr("diffv2iqa_trt.scale.job._import_ray", Broken)
+    from diffv2iqa_trt.scale import ScaleJobError
+
+    out = tmp_path / "out"
+    with pytest.raises(ScaleJobError, match=r"the Ray job failed: OSError: rebuild it; the parts written so far are "
+                                            r"complete and kept: .* run the same command again") as failure:
+        score_dataset(collection, out, ScoreOptions(bundle=auto_built[0].root),  # type: ignore[attr-defined]
+                      DatasetOptions(part_rows=2))
+    assert failure.value.exit_code == 1
+    assert len(part_files(out)) == 1 and len(_rows(out)) == 2  # the full part is kept, the held row is not
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # The two stages without Ray: the same numbers as score_files
 

@@ -228,15 +228,14 @@ def _start_ray(ray: Any, options: DatasetOptions, score: ScoreOptions) -> bool:
     """Connect to the cluster or start a local instance; False when Ray was already initialised by the caller."""
     if ray.is_initialized():
         return False
-    common: dict[str, Any] = {"logging_level": logging.WARNING, "include_dashboard": False}
     try:
-        if options.address is not None:
-            ray.init(address=options.address, **common)
+        if options.address is not None:  # the cluster's own settings hold (Ray Client refuses some local ones)
+            ray.init(address=options.address, logging_level=logging.WARNING)
         else:
             # Logical CPUs: every actor holds its own, and the decoding tasks need at least one more to run at all.
             per_worker = 1 if score.threads is None else score.threads
             cpus = options.local_cpus or max(os.cpu_count() or 1, options.workers * per_worker + 1)
-            ray.init(num_cpus=cpus, **common)
+            ray.init(num_cpus=cpus, logging_level=logging.WARNING, include_dashboard=False)
     except ConnectionError as exc:
         raise ScaleJobError(f"cannot reach the Ray cluster at {options.address!r} ({exc}); start it (`ray start "
                             "--head`) or check --address") from None
