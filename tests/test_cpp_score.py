@@ -1,6 +1,6 @@
 """The C++ scorer (cpp/: library, diffv2iqa-score, contract_probe) against the Python runtime.
 
-Built once per session with CMake into build/cpp, against ONNX Runtime headers from Debian's libonnxruntime-dev
+Built once per session with CMake into a temporary folder, against ONNX Runtime headers from Debian's libonnxruntime-dev
 (scripts/ort_headers.sh) and the library of the venv's onnxruntime wheel, so both sides run the same ONNX Runtime.
 Skipped only where no C++ compiler or CMake exists; a failed header download fails the tests.
 """
@@ -33,7 +33,7 @@ TOLERANCE = 1e-6
 
 
 @pytest.fixture(scope="session")
-def cpp_tools() -> Path:
+def cpp_tools(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The CMake build folder holding diffv2iqa-score and contract_probe."""
     cxx, cmake = shutil.which("g++") or shutil.which("c++"), shutil.which("cmake")
     if cxx is None or cmake is None:
@@ -43,7 +43,8 @@ def cpp_tools() -> Path:
     if headers.returncode != 0:
         pytest.fail("scripts/ort_headers.sh could not get ONNX Runtime's headers (Debian's libonnxruntime-dev; needs "
                     f"the Debian archive once):\n{headers.stderr}")
-    build = REPO / "build" / "cpp"
+    # A fresh folder per session: the checkout may be shared by concurrent test runs (~30 s to build on 2 cores).
+    build = tmp_path_factory.mktemp("cpp-build")
     configure = subprocess.run([cmake, "-S", str(REPO / "cpp"), "-B", str(build),
                                 f"-DDIFFV2IQA_ORT_INCLUDE={headers.stdout.strip()}",
                                 f"-DDIFFV2IQA_PYTHON={sys.executable}"], capture_output=True, text=True, timeout=120)
