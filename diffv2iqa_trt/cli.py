@@ -839,8 +839,8 @@ def score_dataset(
                                                      "ray://host:10001). Default: a local Ray started for this run.")]
     = None,
     backend: Annotated[BackendName | None, typer.Option(
-        help="onnxruntime (default, CPU), or tensorrt / torch-cuda (one GPU per worker; never run on a cluster in "
-             "this project so far).")] = None,
+        help="onnxruntime (default, CPU), or tensorrt / torch-cuda (one GPU per worker; GPU workers were never run "
+             "in this project).")] = None,
     precision: Annotated[str | None, typer.Option(help="Precision plan of the bundle's graphs (as for `score`).")]
     = None,
     crops: Annotated[str | None, typer.Option(help="Crop policy (default: the bundle's).")] = None,
