@@ -158,6 +158,10 @@ def lscpu() -> dict[str, str]:
             if k.strip() in keep}
 
 
+def _mb(value: float | None) -> str:
+    return f"{value:.0f}" if value else "-"  # the plain command has no worker processes (recorded as 0)
+
+
 def markdown(results: dict[str, Any]) -> str:
     cpu = results["lscpu"]
     lines = ["# score-dataset on Ray Data against the plain `score` command (tiny bundle, ONNX Runtime CPU)", "",
@@ -178,7 +182,7 @@ def markdown(results: dict[str, Any]) -> str:
         walls = r.get("walls_s", [r["seconds"]])
         lines.append(f"| {name} | {r['images']} | {' / '.join(f'{w:.1f}' for w in walls)} | {r['images_per_s']:.1f} | "
                      f"{'' if startup is None else f'{startup:.1f}'} | {'' if after is None else f'{after:.1f}'} | "
-                     f"{r['peak_driver_rss_mb']:.0f} | {r['peak_worker_rss_mb'] or float('nan'):.0f} |")
+                     f"{r['peak_driver_rss_mb']:.0f} | {_mb(r['peak_worker_rss_mb'])} |")
     lines += ["", f"Ray scores against `score`'s for the same {results['images']} images: max |Δ| = "
                   f"{results['max_abs_diff_vs_score']:.3g} over {results['compared']} images.", ""]
     if "memory_growth" in results:
