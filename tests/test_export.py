@@ -32,6 +32,7 @@ from diffv2iqa_trt.export.validate import (
     ort_session,
     run_onnxruntime,
 )
+from diffv2iqa_trt.golden import golden_inputs
 from diffv2iqa_trt.model.checkpoint import CheckpointInfo
 from diffv2iqa_trt.model.diffv2iqa import DiffV2IQA, RestoreUpdate, Uint8RoundTrip, build_model
 from diffv2iqa_trt.schedule import step_tables
@@ -177,7 +178,8 @@ def test_bundle_bytes_do_not_depend_on_the_build_folder(tiny_model: DiffV2IQA, t
     result = build_onnx_bundle(tiny_model, CheckpointInfo(trained=False, description="determinism test"), out,
                                BuildOptions(include_checkpoint=False))
     manifest = json.loads((result.path / MANIFEST_NAME).read_text())
-    assert sorted(manifest["files"]) == sorted(f"{g}.fp32.onnx" for g in GRAPH_NAMES)
+    golden = sorted(f"golden/{p.name}" for p in golden_inputs())
+    assert len(golden) == 2 and sorted(manifest["files"]) == sorted([*(f"{g}.fp32.onnx" for g in GRAPH_NAMES), *golden])
     repo = str(Path(__file__).resolve().parents[1])
     for graph, first in tiny_exports.items():
         name = f"{graph}.fp32.onnx"

@@ -157,8 +157,12 @@ def demo_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
 @pytest.fixture(scope="module")
 def mixed(demo_bundle: Bundle, image_sets: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     calib, evals = image_sets
+    # A budget for 18 small evaluation images (10 % of the range, SRCC 0.95; the product default is 2 %, 0.995):
+    # whether vda's int8-cpu variant is offered to the CPU depends on it keeping the budget, and on so few images
+    # that verdict flips with the noise bank (schema 4 made it 4.2 %, SRCC 0.981). These tests check the wiring.
     options = VariantOptions(calibration_images=[calib], evaluation_images=[evals], max_crops=16, methods=("max",),
-                             cache_dir=tmp_path_factory.mktemp("cache"))
+                             cache_dir=tmp_path_factory.mktemp("cache"),
+                             budget=Budget(min_srcc=0.95, max_abs_fraction=0.10))
     out = tmp_path_factory.mktemp("bundles") / "mixed"
     return load_bundle(add_variants(demo_bundle, parse_plan("restore_step=fp16,vcg=fp16,vda=int8"), out, options))
 
@@ -196,8 +200,8 @@ def test_variants_are_listed_hashed_measured_and_chosen(mixed: Bundle) -> None:
                 assert v.extra["calibration"] == m.precision.report["calibration"]["key"]
                 tensor = v.extra["accuracy"]["tensor"]
                 assert 0 < tensor["max_abs"] < 0.5 * tensor["reference_max_abs"] and tensor["cosine"] > 0.99
-    # An explicit plan is written even where it misses the budget; its figures are in the report. On these 18 small
-    # images this plan measured SRCC 0.988 and max |Δ| under 4 % of the range: hold it to the int8 parity gate.
+    # The plan's figures are in the report. On these 18 small images this plan measured SRCC 0.988 and max |Δ| under
+    # 4 % of the range: hold it to the int8 parity gate.
     scores = m.precision.report["plan_scores"]
     assert scores["images"] == 18 and scores["srcc"] >= 0.98 and scores["max_abs_fraction"] < 0.05
     # each variant really is what its name says
@@ -218,7 +222,8 @@ def test_runtime_runs_the_chosen_plan_and_the_cpu_layout(mixed: Bundle, image_se
     ref = np.array([r.score for r in fp32.score(images)])
     for pipe in (default, exact):
         got = np.array([r.score for r in pipe.score(images)])
-        assert not np.array_equal(got, ref) and np.max(np.abs(got - ref)) < 0.05 * np.ptp(ref)
+        # within the fixture's budget (10 % of the range), on these 6 of its images
+        assert not np.array_equal(got, ref) and np.max(np.abs(got - ref)) < 0.10 * np.ptp(ref)
         assert srcc(ref, got) > 0.9
     with pytest.raises(BundleError, match="graph restore_step has no int8 variant"):
         bundle_pipeline(mixed, precision="int8")
