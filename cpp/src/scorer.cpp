@@ -51,10 +51,8 @@ const std::vector<float>& Scorer::noise_bank(int height, int width) {
   const std::size_t row = 3 * plane_of(height, width);
   const int steps = pipeline_.steps;
   std::vector<float> bank(row * static_cast<std::size_t>(steps + 1));
-  for (int r = 0; r <= steps; ++r) {
-    std::vector<float> values = normal_row(options_.seed, static_cast<std::uint32_t>(r), row);
-    std::copy(values.begin(), values.end(), bank.begin() + static_cast<std::ptrdiff_t>(row * static_cast<std::size_t>(r)));
-  }
+  for (int r = 0; r <= steps; ++r)
+    fill_normal_row(options_.seed, static_cast<std::uint32_t>(r), bank.data() + row * static_cast<std::size_t>(r), row);
   banks_.emplace_front(key, std::move(bank));
   while (banks_.size() > kNoiseBanks) banks_.pop_back();
   return banks_.front().second;

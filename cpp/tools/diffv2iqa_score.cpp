@@ -18,6 +18,7 @@
 
 #include "diffv2iqa/contract.hpp"
 #include "diffv2iqa/image.hpp"
+#include "diffv2iqa/json.hpp"
 #include "diffv2iqa/manifest.hpp"
 #include "diffv2iqa/onnxruntime_backend.hpp"
 #include "diffv2iqa/philox.hpp"
@@ -25,6 +26,8 @@
 #include "diffv2iqa/sha256.hpp"
 
 namespace {
+
+using diffv2iqa::json::quote;
 
 using namespace diffv2iqa;
 
@@ -45,23 +48,6 @@ const char* const kUsage =
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
-
-std::string quote(const std::string& s) {
-  std::string o = "\"";
-  for (unsigned char c : s) {
-    if (c == '"' || c == '\\') {
-      o += '\\';
-      o += static_cast<char>(c);
-    } else if (c < 0x20) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", c);
-      o += buf;
-    } else {
-      o += static_cast<char>(c);
-    }
-  }
-  return o + "\"";
-}
 
 // Full precision (a float64 printed with 17 significant digits reads back exactly); null for none or non-finite.
 std::string num(double v, bool present = true) {

@@ -83,9 +83,13 @@ def _pass(values: npt.NDArray[np.float64], size: int, axis: int) -> npt.NDArray[
     index, weight = taps(values.shape[axis], size)
     shape = [1] * values.ndim
     shape[axis] = size
-    acc = np.zeros(values.shape[:axis] + (size,) + values.shape[axis + 1 :], np.float64)
+    out_shape = values.shape[:axis] + (size,) + values.shape[axis + 1 :]
+    acc = np.zeros(out_shape, np.float64)
+    term = np.empty(out_shape, np.float64)  # one buffer for every tap's products: large reductions have ~70 taps
     for k in range(index.shape[1]):
-        acc += np.take(values, index[:, k], axis=axis) * weight[:, k].reshape(shape)
+        np.take(values, index[:, k], axis=axis, out=term)
+        np.multiply(term, weight[:, k].reshape(shape), out=term)
+        acc += term
     return acc
 
 

@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
@@ -351,6 +352,25 @@ inline Value parse(const std::string& text, std::size_t max_bytes = kMaxBytes, s
     throw ParseError(max_bytes, "the document is larger than " + std::to_string(max_bytes) + " bytes");
   detail::Parser parser(text.data(), text.size(), max_depth, max_values);
   return parser.parse_document();
+}
+
+// `s` as a JSON string literal (the writing side, for the tools' output): quote and backslash escaped, other
+// control characters as \u00XX; other bytes are copied (the manifest's strings are UTF-8 already).
+inline std::string quote(const std::string& s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out + "\"";
 }
 
 }  // namespace json

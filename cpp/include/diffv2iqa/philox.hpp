@@ -248,12 +248,12 @@ inline std::array<float, 2> box_muller_pair(std::uint32_t u, std::uint32_t w) {
     return {static_cast<float>(v[0]), static_cast<float>(v[1])};  // round to nearest-even
 }
 
-// The first `count` values of stream (seed, row): C order over the row's shape, e.g. count = 3 * H * W.
-inline std::vector<float> normal_row(std::uint64_t seed, std::uint32_t row, std::size_t count) {
+// The first `count` values of stream (seed, row), written to out[0 .. count): C order over the row's shape, e.g.
+// count = 3 * H * W.
+inline void fill_normal_row(std::uint64_t seed, std::uint32_t row, float* out, std::size_t count) {
     const std::uint64_t blocks = (static_cast<std::uint64_t>(count) + 3) / 4;
     if (blocks > (std::uint64_t{1} << 32)) throw std::length_error("a noise row holds at most 4 * 2**32 values");
     const std::array<std::uint32_t, 2> key = {static_cast<std::uint32_t>(seed), static_cast<std::uint32_t>(seed >> 32)};
-    std::vector<float> out(count);
     for (std::uint64_t i = 0; i < blocks; ++i) {
         const auto x = philox4x32_10({static_cast<std::uint32_t>(i), row, 0u, 0u}, key);
         const auto v01 = box_muller_pair(x[0], x[1]);
@@ -261,6 +261,11 @@ inline std::vector<float> normal_row(std::uint64_t seed, std::uint32_t row, std:
         const float v[4] = {v01[0], v01[1], v23[0], v23[1]};
         for (std::size_t e = 0; e < 4 && 4 * i + e < count; ++e) out[4 * i + e] = v[e];
     }
+}
+
+inline std::vector<float> normal_row(std::uint64_t seed, std::uint32_t row, std::size_t count) {
+    std::vector<float> out(count);
+    fill_normal_row(seed, row, out.data(), count);
     return out;
 }
 
