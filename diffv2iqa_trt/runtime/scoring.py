@@ -77,7 +77,7 @@ class FileResult:
         return row
 
 
-def _checked(path: Path, score: ImageScore) -> FileResult:
+def checked_result(path: Path, score: ImageScore) -> FileResult:
     """A score with a NaN or infinite value (score or a branch that ran) is that file's error."""
     values = [score.score, *(v for v in (score.vcg, score.vda) if v is not None)]
     bad = [v for v in values if not math.isfinite(v)]
@@ -105,7 +105,7 @@ def score_files(pipeline: ScoringPipeline, files: Sequence[str | os.PathLike[str
         nonlocal pixels
         scores = pipeline.score_prepared([units for _, units in prepared])
         for (i, _), score in zip(prepared, scores, strict=True):
-            slots[i] = _checked(paths[i], score)
+            slots[i] = checked_result(paths[i], score)
         results.extend(r for r in slots if r is not None)
         if progress is not None:
             progress(len(slots))

@@ -22,7 +22,7 @@ from ..errors import ImageDecodeError
 from ..runtime.crops import ImageSizeError, prepare
 from ..runtime.images import allow_pillow_pixels, load_image
 from ..runtime.pipeline import PipelineSpec
-from ..runtime.scoring import FileResult, _checked
+from ..runtime.scoring import FileResult, checked_result
 from ..scorers import ScoreOptions, open_scorer
 
 
@@ -97,7 +97,7 @@ class BundleScorer:
         todo = [(i, blob) for i, blob in enumerate(blobs) if blob is not None]
         prepared = [pickle.loads(blob) for _, blob in todo]  # written by decode_and_crop in this same job
         for (i, _), score in zip(todo, self.scorer.pipeline.score_prepared(prepared), strict=True):
-            results[i] = _checked(paths[i], score)
+            results[i] = checked_result(paths[i], score)
         rows = [r.row() for r in results]
         columns: dict[str, list[Any]] = {
             "path_bytes": raws,
