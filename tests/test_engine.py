@@ -25,7 +25,14 @@ from diffv2iqa_trt.bundle.summary import bundle_summary, engine_rows
 from diffv2iqa_trt.cli import app
 from diffv2iqa_trt.engine.builder import BuildSettings
 from diffv2iqa_trt.engine.bundle_engines import EngineJob, engine_entry, engine_jobs
-from diffv2iqa_trt.engine.census import judge, layer_precision, onnx_intent, parse_census, tensor_precision
+from diffv2iqa_trt.engine.census import (
+    judge,
+    layer_class,
+    layer_precision,
+    onnx_intent,
+    parse_census,
+    tensor_precision,
+)
 from diffv2iqa_trt.engine.compatibility import Machine, check_loadable, refusal
 from diffv2iqa_trt.engine.gpu import GpuInfo
 from diffv2iqa_trt.engine.loader import load_engine
@@ -150,13 +157,90 @@ def test_judge_fails_silent_fallback_to_fp32() -> None:
     assert judge(census, {"int8": 2, "fp16": 1}, allowance=0.4).ok
 
 
-def test_judge_fails_when_formats_are_unknown() -> None:
+def test_judge_reports_unknown_formats_without_refusing() -> None:
     doc = json.loads(inspector_10x())
     for layer in doc["Layers"]:
         for t in [*layer["Inputs"], *layer["Outputs"]]:
             t["Format/Datatype"] = "N/A due to dynamic shapes"
     verdict = judge(parse_census(json.dumps(doc)), {"int8": 2, "fp16": 1}, allowance=0.05)
-    assert not verdict.ok and "3 of 3 compute layers name no precision" in verdict.problems[0]
+    assert verdict.ok and verdict.problems == ()  # nothing measured, so nothing refused
+    assert "3 of 3 compute layers name no precision" in verdict.warnings[0]
+    assert "the fallback rule measured nothing" in verdict.warnings[1]
+    assert verdict.to_dict()["warnings"] == list(verdict.warnings)
+
+
+MYELIN_BLOCKS = 8
+
+
+def inspector_vit(patch_format: str = "Row major linear FP16 format") -> str:
+    """A 10.x ViT-like FP16 engine as TensorRT's Myelin compiler leaves it: a patch-embedding convolution, each
+    transformer block one opaque Myelin layer named {ForeignNode[...]}, a head gemm whose formats are not reported,
+    reformats and a softmax. 8 of the 13 layers (62 %) are of no type the census rules classify."""
+    half = "Row major linear FP16 format"
+    layers: list[dict[str, Any]] = [
+        {"Name": "Reformatting CopyNode for Input Tensor 0 to /patch_embed/proj/Conv", "LayerType": "Reformat",
+         "Inputs": [_tensor10("x", [32, 3, 224, 224], FP32_LINEAR)],
+         "Outputs": [_tensor10("x_r", [32, 3, 224, 224], patch_format)]},
+        {"Name": "/patch_embed/proj/Conv", "LayerType": "CaskConvolution", "ParameterType": "Convolution",
+         "Inputs": [_tensor10("x_r", [32, 3, 224, 224], patch_format)],
+         "Outputs": [_tensor10("tokens", [32, 192, 14, 14], half)]},
+        {"Name": "/Reshape + /Transpose", "LayerType": "Shuffle",
+         "Inputs": [_tensor10("tokens", [32, 192, 14, 14], half)], "Outputs": [_tensor10("t0", [32, 196, 192], half)]},
+    ]
+    for i in range(MYELIN_BLOCKS):
+        layers.append({"Name": f"{{ForeignNode[/blocks.{i}/norm1/LayerNormalization.../blocks.{i}/mlp/fc2/MatMul]}}",
+                       "LayerType": "Myelin", "Inputs": [_tensor10(f"t{i}", [32, 196, 192], half)],
+                       "Outputs": [_tensor10(f"t{i + 1}", [32, 196, 192], half)], "TacticValue": "0x0000000000000000"})
+    layers += [
+        {"Name": "/head/MatMul", "LayerType": "gemm", "ParameterType": "MatrixMultiply",
+         "Inputs": [{"Name": "pooled", "Format/Datatype": "N/A due to dynamic shapes"}],
+         "Outputs": [{"Name": "logit", "Format/Datatype": "N/A due to dynamic shapes"}]},
+        {"Name": "/head/Softmax", "LayerType": "SoftMax", "Inputs": [_tensor10("logit", [32, 5], half)],
+         "Outputs": [_tensor10("p", [32, 5], half)]},
+    ]
+    return json.dumps({"Layers": layers, "Bindings": ["x", "score"]})
+
+
+def test_vit_engine_of_myelin_layers_passes_and_reports_them() -> None:
+    """Issue 21 (1.4): unknown layers (Myelin/ForeignNode, most of a ViT) are their own class, counted and reported,
+    and never fail the build; a compute layer whose formats are not reported is a warning, not a refusal."""
+    census = parse_census(inspector_vit())
+    assert census.layers == 13 and census.other == 3  # reformat, shuffle, softmax
+    assert dict(census.unknown) == {"Myelin": MYELIN_BLOCKS}
+    assert dict(census.compute) == {"fp16": 1, "unknown": 1}  # the patch conv; the head gemm names no format
+    record = census.to_dict()
+    assert record["unknown_layers"] == 8 and record["unknown_layer_types"] == {"Myelin": 8}
+    assert record["rules_checked_against_tensorrt"] == "none"
+    verdict = judge(census, {"fp16": 2 + 4 * MYELIN_BLOCKS}, allowance=0.05)  # AutoCast: every MatMul/Conv FP16
+    assert verdict.ok, verdict.problems
+    assert verdict.fp32_share == 0.0
+    assert "8 of 13 layers are of a kind the census rules do not classify (8 Myelin)" in verdict.warnings[0]
+    assert "1 of 2 compute layers name no precision" in verdict.warnings[1]
+
+
+def test_vit_engine_with_a_real_fp32_fallback_still_fails() -> None:
+    census = parse_census(inspector_vit(patch_format=FP32_LINEAR))  # the patch conv fell back to FP32
+    verdict = judge(census, {"fp16": 2 + 4 * MYELIN_BLOCKS}, allowance=0.05)
+    assert not verdict.ok
+    assert verdict.fp32_share == 1.0  # of the compute layers whose precision is known
+    assert "100.0 % of compute layers run in FP32 where the ONNX asks for 0.0 %" in verdict.problems[0]
+    assert "/patch_embed/proj/Conv" in verdict.problems[0]
+
+
+@pytest.mark.parametrize(("layer", "cls"), [
+    ({"LayerType": "Myelin", "Name": "{ForeignNode[/a/MatMul]}"}, "unknown"),
+    ({"LayerType": "Myelin", "ParameterType": "gemm"}, "unknown"),  # opaque even when its words look like compute
+    ({"LayerType": "kgen", "Name": "__myl_Fc_0"}, "unknown"),
+    ({"LayerType": "NewLayerKind2031"}, "unknown"),
+    ({}, "unknown"),
+    ({"LayerType": "CaskConvolution", "ParameterType": "Convolution"}, "compute"),
+    ({"LayerType": "CaskDeconvolution"}, "compute"),
+    ({"LayerType": "gemm", "ParameterType": "MatrixMultiply"}, "compute"),
+    ({"LayerType": "Reformat"}, "other"), ({"LayerType": "PointWiseV2"}, "other"), ({"LayerType": "NoOp"}, "other"),
+    ({"LayerType": "CaskPooling"}, "other"), ({"LayerType": "Shuffle"}, "other"), ({"LayerType": "SoftMax"}, "other"),
+])
+def test_layer_classes(layer: dict[str, Any], cls: str) -> None:
+    assert layer_class(layer) == cls
 
 
 def _conv_graph(kind: str) -> onnx.ModelProto:
@@ -386,6 +470,8 @@ def test_engine_entries_round_trip_through_a_bundle(onnx_bundle: Path, tmp_path:
     out = load_bundle(write_bundle(tmp_path / "with-engine", doc, files))
     e = out.engine("vcg", "fp32")
     assert e.extra["source_sha256"] == out.graph("vcg").variants["fp32"].sha256
+    assert e.extra["census"]["rules_checked_against_tensorrt"] == "none"  # no real engine has checked the rules
+    assert e.extra["lean_runtime"] is None  # not version-compatible: the full runtime runs it
     assert e.extra["profile"]["x"]["max"][0] == 16 and e.extra["build_seconds"] == 12.346
     trtexec = e.extra["equivalent"]["trtexec"]
     assert trtexec.startswith("trtexec --onnx=vcg.fp32.onnx --saveEngine=engines/vcg.fp32.plan --stronglyTyped")

@@ -1,7 +1,8 @@
 """`build --target tensorrt`: an engine for every ONNX variant TensorRT runs, written into a new bundle atomically.
 
 For each graph and each of its fp32/fp16/int8 variants (int8-cpu is laid out for ONNX Runtime's CPU kernels and gets
-no engine): build the engine, take its precision census and judge it against the ONNX, and record it in the
+no engine): build the engine, take its precision census and judge it against the ONNX (only a measured fallback of
+known compute layers fails; unknown layers such as Myelin's are counted and reported), and record it in the
 manifest with everything a loader needs to refuse it elsewhere. Any failure (parser, builder, census) stops the build
 and writes nothing: the output is either the complete bundle with every engine or untouched.
 
@@ -25,6 +26,7 @@ from .builder import BuildSettings, build_engine
 from .census import judge, onnx_intent, parse_census
 from .compatibility import Machine
 from .gpu import GpuInfo, current_gpu
+from .loader import lean_runtime_kind
 from .profiles import InputProfile, input_profiles, polygraphy_command, trtexec_command
 from .tensorrt_api import INSTALL_HINT, require_tensorrt, tensorrt_missing, tensorrt_version
 from .timing_cache import TimingCacheFile, default_cache_path
@@ -78,6 +80,8 @@ def engine_entry(job: EngineJob, source_sha256: str, machine: Machine, gpu: GpuI
         file=job.engine_file, tensorrt=machine.tensorrt, gpu=machine.gpu, sm=machine.sm,
         extra={"precision": job.precision, "source_onnx": job.onnx_file, "source_sha256": source_sha256,
                "version_compatible": settings.version_compatible, "flags": settings.flags(),
+               # None, "embedded" or "external" (the loader then needs the lean runtime library of this TensorRT)
+               "lean_runtime": lean_runtime_kind(settings.version_compatible, settings.exclude_lean_runtime),
                "device_memory_bytes": device_memory_bytes, "gpu_memory_bytes": gpu.memory_bytes,
                "cuda_driver": gpu.driver, "cuda_runtime": gpu.runtime,
                "profile": {p.name: {"min": list(p.min), "opt": list(p.opt), "max": list(p.max)} for p in profiles},
@@ -136,6 +140,9 @@ def add_engines(bundle: Bundle, out: str | Path, settings: BuildSettings, *, ove
                                  f"asks for: {'; '.join(verdict.problems)}. Nothing was written. Inspect "
                                  f"the layers with `polygraphy inspect model` on the engine, or accept it with a "
                                  f"larger --fallback-allowance")
+            if say:
+                for warning in verdict.warnings:  # reported, never a refusal (census.py)
+                    say(f"engine {k}/{len(jobs)}: {job.graph} {job.precision} census: {warning}")
             plan = Path(tmp) / job.engine_file
             plan.parent.mkdir(parents=True, exist_ok=True)
             plan.write_bytes(built.plan)

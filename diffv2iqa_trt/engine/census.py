@@ -4,12 +4,20 @@ asked for.
 A strongly typed engine follows the types in its ONNX, yet a "fast" engine can still run slow: a Q/DQ pair TensorRT
 cannot fuse leaves its convolution in FP16 or FP32, an unsupported FP16 pattern falls back. The engine inspector's
 layer information (JSON, profiling verbosity DETAILED, read with an execution context whose input shapes are set)
-names each layer's input and output tensors with their formats; the census counts the compute layers (convolutions,
-matrix multiplies) by the precision of their inputs and compares the shares with the compute nodes of the ONNX.
+names each layer's input and output tensors with their formats; the census sorts every layer into one of three
+classes by its type:
+- compute (convolutions, matrix multiplies), counted by the precision of their inputs;
+- known other layers (reformats, shuffles, pointwise, softmax, pooling, ...), counted only;
+- unknown: any layer the rules do not classify, above all TensorRT's Myelin layers ("LayerType": "Myelin", named
+  "{ForeignNode[...]}"), which fuse whole transformer blocks (most of the ViT) into one opaque layer. They are counted
+  and reported by type, never judged: the precision they run in is not visible in the layer information.
 
-The rule: a build fails when the share of compute layers in FP32 exceeds the ONNX's FP32 share by more than the
-allowance, or (int8 variants) the INT8 share falls short of the ONNX's by more than the allowance. Layer names and
-counts do not match one to one (TensorRT fuses), so shares are compared, not names.
+The rule: a build fails only on a measured fallback of known compute layers: their FP32 share exceeds the ONNX's FP32
+share by more than the allowance, or (int8 variants) their INT8 share falls short of the ONNX's by more than the
+allowance. Unknown layers and compute layers whose tensors name no precision are reported as warnings, never a
+refusal: the rules have not been checked against a real engine's inspector output (RULES_CHECKED_AGAINST, recorded
+in every engine entry). Layer names and counts do not match one to one (TensorRT fuses), so shares are compared, not
+names.
 
 Both inspector schemas are read: TensorRT 10.x writes one "Format/Datatype" string per tensor ("Row major linear
 FP32 format", "Thirty-two wide channel vectorized row major Int8 format"); TensorRT 11.x splits it into "Format" and
@@ -28,7 +36,17 @@ from typing import Any
 # Lower is faster; only floating and quantised types count (index tensors such as Int32/Int64/Bool do not).
 RANK = {"int4": 0, "fp4": 0, "int8": 1, "fp8": 1, "fp16": 2, "bf16": 2, "fp32": 3}
 REDUCED = tuple(p for p in RANK if p != "fp32")
+# The TensorRT version whose real inspector output the classification rules were checked against: "none" until an
+# engine has been built and its layer information read (then: that version, and the rules fixed to match it).
+RULES_CHECKED_AGAINST = "none"
+# Layer classes, matched on the lower-cased "LayerType ParameterType" text. Opaque fused layers first: a Myelin layer
+# may carry words such as "gemm" in its parameters, and must still count as unknown.
+_OPAQUE = re.compile(r"myelin|foreignnode|kgen")
 _COMPUTE = re.compile(r"conv|gemm|matmul|matrixmultiply|fullyconnected")
+_OTHER = re.compile(r"reformat|shuffle|noop|constant|slice|softmax|reduce|pool|pointwise|elementwise|activation|"
+                    r"scale|resize|concat|gather|scatter|padding|cast|identity|unary|select|fill|shape|normali[sz]|"
+                    r"topk|quantiz|signal|wait|trainstation|assertion|copy|squeeze|cumulative|onehot|nonzero|"
+                    r"reverse|lrn|gridsample")
 ONNX_COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 _SHOWN = 12  # fallen-back layer names kept in the report
 
@@ -52,9 +70,23 @@ def _tensor_text(desc: Any) -> str:
     return str(desc.get("DataType") or desc.get("Format/Datatype") or "")
 
 
+def _kind(layer: Mapping[str, Any]) -> str:
+    return f"{layer.get('LayerType', '')} {layer.get('ParameterType', '')}".lower()
+
+
+def layer_class(layer: Mapping[str, Any]) -> str:
+    """"compute", "other" (a layer type the rules know that is not a convolution or matrix multiply) or "unknown"
+    (Myelin/ForeignNode layers, generated kernels, and any type the rules do not know)."""
+    kind = _kind(layer)
+    if _OPAQUE.search(kind) or str(layer.get("Name", "")).startswith("{ForeignNode"):
+        return "unknown"
+    if _COMPUTE.search(kind):
+        return "compute"
+    return "other" if _OTHER.search(kind) else "unknown"
+
+
 def is_compute_layer(layer: Mapping[str, Any]) -> bool:
-    kind = f"{layer.get('LayerType', '')} {layer.get('ParameterType', '')}".lower()
-    return bool(_COMPUTE.search(kind))
+    return layer_class(layer) == "compute"
 
 
 def layer_precision(layer: Mapping[str, Any]) -> str | None:
@@ -69,23 +101,31 @@ def layer_precision(layer: Mapping[str, Any]) -> str | None:
 
 @dataclass(frozen=True)
 class Census:
-    """Compute layers of one engine by precision (None: not known)."""
+    """Layers of one engine by class, and its compute layers by precision ("unknown": no tensor names one)."""
 
     layers: int
     compute: Mapping[str, int]
     fp32_layers: tuple[str, ...]
     schema: str  # "10.x" or "11.x": which inspector JSON layout was read
+    other: int = 0  # layers of a known type that is not a compute layer
+    unknown: Mapping[str, int] = field(default_factory=dict)  # unclassified layers, by their LayerType
 
     @property
     def compute_total(self) -> int:
         return sum(self.compute.values())
+
+    @property
+    def unknown_total(self) -> int:
+        return sum(self.unknown.values())
 
     def share(self, precisions: Sequence[str]) -> float:
         return _share(self.compute, precisions)
 
     def to_dict(self) -> dict[str, Any]:
         return {"layers": self.layers, "compute_layers": dict(self.compute),
-                "fp32_compute_layers": list(self.fp32_layers), "inspector_schema": self.schema}
+                "fp32_compute_layers": list(self.fp32_layers), "other_layers": self.other,
+                "unknown_layers": self.unknown_total, "unknown_layer_types": dict(self.unknown),
+                "inspector_schema": self.schema, "rules_checked_against_tensorrt": RULES_CHECKED_AGAINST}
 
 
 def parse_census(text: str) -> Census:
@@ -102,16 +142,23 @@ def parse_census(text: str) -> Census:
         raise ValueError("the engine's layer information lists layer names only: build with profiling verbosity "
                          "DETAILED")
     counts: Counter[str] = Counter()
+    unknown: Counter[str] = Counter()
+    other = 0
     fp32: list[str] = []
     for layer in layers:
-        if not is_compute_layer(layer):
-            continue
-        precision = layer_precision(layer) or "unknown"
-        counts[precision] += 1
-        if precision == "fp32":
-            fp32.append(str(layer.get("Name", "?")))
+        cls = layer_class(layer)
+        if cls == "other":
+            other += 1
+        elif cls == "unknown":
+            unknown[str(layer.get("LayerType") or "(no type)")] += 1
+        else:
+            precision = layer_precision(layer) or "unknown"
+            counts[precision] += 1
+            if precision == "fp32":
+                fp32.append(str(layer.get("Name", "?")))
     schema = "11.x" if "I/O Tensors" in doc else "10.x"
-    return Census(layers=len(layers), compute=dict(counts), fp32_layers=tuple(fp32[:_SHOWN]), schema=schema)
+    return Census(layers=len(layers), compute=dict(counts), fp32_layers=tuple(fp32[:_SHOWN]), schema=schema,
+                  other=other, unknown=dict(unknown))
 
 
 def onnx_intent(model: Any) -> dict[str, int]:
@@ -150,12 +197,13 @@ class CensusVerdict:
     int8_share_onnx: float
     allowance: float
     problems: tuple[str, ...] = field(default=())
+    warnings: tuple[str, ...] = field(default=())  # what the census could not judge (unknown layers, formats)
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "allowance": self.allowance,
                 "fp32_share": round(self.fp32_share, 4), "fp32_share_onnx": round(self.fp32_share_onnx, 4),
                 "int8_share": round(self.int8_share, 4), "int8_share_onnx": round(self.int8_share_onnx, 4),
-                "problems": list(self.problems)}
+                "problems": list(self.problems), "warnings": list(self.warnings)}
 
 
 def _share(counts: Mapping[str, int], precisions: Sequence[str]) -> float:
@@ -165,21 +213,32 @@ def _share(counts: Mapping[str, int], precisions: Sequence[str]) -> float:
 
 
 def judge(census: Census, intent: Mapping[str, int], allowance: float) -> CensusVerdict:
-    """Apply the fallback rule (module docstring) to an engine's census and its ONNX's intent."""
-    problems = []
+    """Apply the fallback rule (module docstring) to an engine's census and its ONNX's intent: problems (a measured
+    fallback of known compute layers) fail the build; warnings (what could not be measured) are only reported."""
+    problems: list[str] = []
+    warnings: list[str] = []
     fp32, fp32_onnx = census.share(["fp32"]), _share(intent, ["fp32"])
     int8, int8_onnx = census.share(["int8"]), _share(intent, ["int8"])
-    unknown = census.compute.get("unknown", 0)
-    if census.compute_total and unknown / census.compute_total > allowance:
-        problems.append(f"{unknown} of {census.compute_total} compute layers name no precision (layer information "
-                        "read without input shapes set, or a format this toolkit does not know)")
-    if fp32 - fp32_onnx > allowance:
+    if census.unknown_total:
+        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(census.unknown.items(), key=lambda kv: -kv[1]))
+        warnings.append(f"{census.unknown_total} of {census.layers} layers are of a kind the census rules do not "
+                        f"classify ({kinds}): their precision is not judged (rules checked against TensorRT "
+                        f"{RULES_CHECKED_AGAINST})")
+    unnamed = census.compute.get("unknown", 0)
+    if unnamed:
+        warnings.append(f"{unnamed} of {census.compute_total} compute layers name no precision (layer information "
+                        "read without input shapes set, or a format this toolkit does not know): not judged")
+    measured = census.compute_total - unnamed > 0
+    if not measured:
+        warnings.append("no compute layer with a known precision: the fallback rule measured nothing")
+    if measured and fp32 - fp32_onnx > allowance:
         shown = ", ".join(census.fp32_layers[:5])
         problems.append(f"{100 * fp32:.1f} % of compute layers run in FP32 where the ONNX asks for "
                         f"{100 * fp32_onnx:.1f} % (allowance {100 * allowance:.1f} points): e.g. {shown}")
-    if int8_onnx - int8 > allowance:
+    if measured and int8_onnx - int8 > allowance:
         problems.append(f"{100 * int8:.1f} % of compute layers run in INT8 where the ONNX asks for "
                         f"{100 * int8_onnx:.1f} % (allowance {100 * allowance:.1f} points): Q/DQ pairs TensorRT did "
                         "not fuse")
     return CensusVerdict(ok=not problems, fp32_share=fp32, fp32_share_onnx=fp32_onnx, int8_share=int8,
-                         int8_share_onnx=int8_onnx, allowance=allowance, problems=tuple(problems))
+                         int8_share_onnx=int8_onnx, allowance=allowance, problems=tuple(problems),
+                         warnings=tuple(warnings))
