@@ -4,7 +4,12 @@ Arrays are `DeviceArray`s (a device pointer, a shape and a dtype; `a[i]` is a vi
 buffers are page-locked NumPy arrays, streams are non-blocking, and a captured graph is an instantiated
 `cudaGraphExec_t`. Every cuda-bindings call goes through `check`, which turns a non-success `cudaError_t` into a
 `CudaError` naming the call and the error. Semantics follow `HostDevice`: buffers start NaN-filled, and
-`synchronize`/`wait_host` inside a capture are refused the same way.
+`synchronize`/`wait_host` (and allocations) inside a capture are refused the same way. Handles are read with
+`cuda.bindings.utils.get_cuda_native_handle` (`int(handle)` is deprecated from cuda-bindings 12.9.1/13.0 on).
+
+Lifecycle: the device tracks what it made (streams, events, graphs, device and page-locked buffers); `close()`
+(idempotent; `with CudaDevice() as d:`) aborts a capture left open, waits for the GPU, and releases all of it, so
+nothing is left to the garbage collector. A buffer dropped earlier is freed when it is collected, as before.
 
 Typed against cuda-bindings names (checked by tests) and the TensorRT 10.13 stubs; never run here: no GPU with
 TensorRT was available.
@@ -24,11 +29,14 @@ from ..device import Work
 
 try:
     from cuda.bindings import runtime as cudart
+    from cuda.bindings import utils as cuda_utils
 except ImportError:  # the GPU extra is missing: CudaDevice() says what to install
     cudart = None
+    cuda_utils = None
 
 Copy2D = tuple[int, int, int, int, int, int]  # dst_ptr, dst_pitch, src_ptr, src_pitch, width_bytes, height
 H = TypeVar("H", bound="_Handle")
+_ALLOCATE_FIRST = "allocate buffers before capturing (a graph keeps the addresses it captured)"
 
 
 class CudaError(BackendError):
@@ -53,6 +61,20 @@ def check(call: str, result: Any) -> Any:
 def _release(fn: Callable[[Any], Any], handle: Any) -> None:
     # Unchecked: finalizers also run at interpreter exit, after the driver may be gone, and cannot report anyway.
     fn(handle)
+
+
+def native_handle(handle: Any) -> int:
+    """The address a cuda-bindings handle (cudaStream_t, cudaEvent_t, cudaGraphExec_t, ...) stands for, as an int
+    (what TensorRT's execute_async_v3 takes), read the supported way; a plain int is already one."""
+    if isinstance(handle, int):
+        return handle
+    return int(cuda_utils.get_cuda_native_handle(handle))
+
+
+def device_synchronize() -> None:
+    """Wait for all work on the current GPU; errors ignored (used only before releasing memory on close)."""
+    if cudart is not None:
+        cudart.cudaDeviceSynchronize()
 
 
 class DeviceArray:
@@ -112,12 +134,17 @@ class DeviceArray:
 def host_view(ptr: int, shape: tuple[int, ...], dtype: Any, free: Callable[[], None] | None) -> np.ndarray:
     """A NumPy array over `ptr` (no copy). `free` runs once the last array over that memory is gone: the buffer
     object is every view's base, so slices keep the memory alive too."""
+    return _host_view(ptr, shape, dtype, free)[0]
+
+
+def _host_view(ptr: int, shape: tuple[int, ...], dtype: Any,
+               free: Callable[[], None] | None) -> tuple[np.ndarray, weakref.finalize[Any, Any] | None]:
+    """host_view, and the finalizer that frees the memory (to free it early, on close)."""
     dt = np.dtype(dtype)
     count = int(np.prod(shape, dtype=np.int64))
     buffer = (ctypes.c_char * max(count * dt.itemsize, 1)).from_address(ptr)
-    if free is not None:
-        weakref.finalize(buffer, free)
-    return np.frombuffer(buffer, dt, count).reshape(shape)
+    finalizer = None if free is None else weakref.finalize(buffer, free)
+    return np.frombuffer(buffer, dt, count).reshape(shape), finalizer
 
 
 def window_copies(src_ptr: int, src_shape: tuple[int, ...], top: int, left: int, dst_ptr: int,
@@ -142,7 +169,7 @@ class _Handle:
 
     @property
     def ptr(self) -> int:
-        return int(self.handle)
+        return native_handle(self.handle)
 
     def close(self) -> None:
         self._destroy()
@@ -192,24 +219,40 @@ class CudaDevice:
         self.index = int(check("cudaGetDevice", cudart.cudaGetDevice())) if index is None else index
         check("cudaSetDevice", cudart.cudaSetDevice(self.index))  # also creates the context TensorRT will use
         self._handles: weakref.WeakSet[_Handle] = weakref.WeakSet()
+        # Finalizers of the device and page-locked buffers this device allocated: each frees its memory once, either
+        # when its array is collected or on close(), whichever comes first.
+        self._allocations: list[weakref.finalize[Any, Any]] = []
         self._capturing: CudaStream | None = None
+        self._closed = False
         # A private stream for the NaN fill of new buffers: non-blocking streams do not wait for the legacy default
         # stream, so a plain cudaMemset could land after the first upload.
         self._fill = self.stream()
 
     # --------------------------------------------------------------------------------------------------- memory
 
+    def _allocated(self, finalizer: weakref.finalize[Any, Any] | None) -> None:
+        if finalizer is not None:
+            if len(self._allocations) >= 64:  # forget buffers already freed, so the list stays as long as the live set
+                self._allocations = [f for f in self._allocations if f.alive]
+            self._allocations.append(finalizer)
+
     def empty(self, shape: tuple[int, ...], dtype: type = np.float32) -> DeviceArray:
+        self._not_capturing("allocation", _ALLOCATE_FIRST)
+        self._open()
         array = DeviceArray.allocate(shape, dtype)
+        self._allocated(array._free if isinstance(array._free, weakref.finalize) else None)
         if np.issubdtype(array.dtype, np.floating):  # all-ones bytes are a NaN in every float format
             check("cudaMemsetAsync", cudart.cudaMemsetAsync(array.ptr, 0xFF, array.nbytes, self._fill.handle))
             check("cudaStreamSynchronize", cudart.cudaStreamSynchronize(self._fill.handle))
         return array
 
     def pinned(self, shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
+        self._not_capturing("allocation", _ALLOCATE_FIRST)
+        self._open()
         nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
         ptr = int(check("cudaMallocHost", cudart.cudaMallocHost(max(nbytes, 1))))
-        array = host_view(ptr, shape, dtype, lambda: _release(cudart.cudaFreeHost, ptr))
+        array, finalizer = _host_view(ptr, shape, dtype, lambda: _release(cudart.cudaFreeHost, ptr))
+        self._allocated(finalizer)
         if np.issubdtype(array.dtype, np.floating):
             array.fill(np.nan)
         return array
@@ -220,12 +263,18 @@ class CudaDevice:
         self._handles.add(handle)
         return handle
 
+    def _open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this CudaDevice is closed")
+
     def stream(self) -> CudaStream:
+        self._open()
         # Non-blocking: no implicit sync with the legacy default stream, which TensorRT's own calls may use.
         raw = check("cudaStreamCreateWithFlags", cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking))
         return self._track(CudaStream(raw, cudart.cudaStreamDestroy))
 
     def event(self, timing: bool = False) -> CudaEvent:
+        self._open()
         flags = cudart.cudaEventDefault if timing else cudart.cudaEventDisableTiming
         raw = check("cudaEventCreateWithFlags", cudart.cudaEventCreateWithFlags(flags))
         return self._track(CudaEvent(raw, cudart.cudaEventDestroy))
@@ -267,9 +316,9 @@ class CudaDevice:
     def wait(self, stream: CudaStream, event: CudaEvent) -> None:
         check("cudaStreamWaitEvent", cudart.cudaStreamWaitEvent(stream.handle, event.handle, 0))
 
-    def _not_capturing(self, what: str) -> None:
+    def _not_capturing(self, what: str, why: str = "the orchestration waits inside the capture") -> None:
         if self._capturing is not None:
-            raise RuntimeError(f"{what} while capturing a graph: the orchestration waits inside the capture")
+            raise RuntimeError(f"{what} while capturing a graph: {why}")
 
     def synchronize(self, stream: CudaStream) -> None:
         self._not_capturing("synchronize")
@@ -305,15 +354,49 @@ class CudaDevice:
         check("cudaGraphDestroy", cudart.cudaGraphDestroy(graph))  # an executable graph does not need its template
         return self._track(CudaGraph(exec_, cudart.cudaGraphExecDestroy))
 
+    def abort_capture(self, stream: CudaStream) -> None:
+        """End a capture in progress on `stream` and destroy what it captured; a no-op when nothing is being
+        captured. Never raises: it runs after another error, which must not be hidden. The stream is usable again
+        afterwards (cudaStreamEndCapture ends even an invalidated capture, returning no graph)."""
+        try:
+            capturing = self._capturing is stream
+            if not capturing:
+                status = cudart.cudaStreamIsCapturing(stream.handle)
+                capturing = (status[0] == cudart.cudaError_t.cudaSuccess
+                             and status[1] != cudart.cudaStreamCaptureStatus.cudaStreamCaptureStatusNone)
+            if capturing:
+                err, graph = cudart.cudaStreamEndCapture(stream.handle)
+                if err == cudart.cudaError_t.cudaSuccess and graph is not None and native_handle(graph):
+                    cudart.cudaGraphDestroy(graph)
+                cudart.cudaGetLastError()  # an invalidated capture leaves its error as the thread's last error
+        except Exception:  # the error being handled is the one that matters
+            pass
+        finally:
+            if self._capturing is stream:
+                self._capturing = None
+
     def replay(self, graph: CudaGraph, stream: CudaStream) -> None:
         check("cudaGraphLaunch", cudart.cudaGraphLaunch(graph.handle, stream.handle))
 
     def close(self) -> None:
-        """Destroy every stream, event and graph this device made (still-running work finishes first, as CUDA
-        defers the release). Buffers are freed when dropped (or DeviceArray.close)."""
-        for handle in list(self._handles):
-            handle.close()
+        """Release everything this device made: abort a capture left open, wait for the GPU (memory may not be
+        freed under running work), destroy graphs, events and streams, then free the device and page-locked
+        buffers. Idempotent. Arrays and host views from this device must not be used afterwards."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._capturing is not None:
+            self.abort_capture(self._capturing)
+        device_synchronize()
+        handles = list(self._handles)
+        for kind in (CudaGraph, CudaEvent, CudaStream):  # graphs may use events and streams: they go first
+            for handle in handles:
+                if isinstance(handle, kind):
+                    handle.close()
         self._handles.clear()
+        for finalizer in self._allocations:
+            finalizer()
+        self._allocations.clear()
 
     def __enter__(self) -> CudaDevice:
         return self
