@@ -2,7 +2,8 @@
 
 - No module may name an API that TensorRT 11 removed (the weakly typed build, calibrators, the algorithm selector,
   the platform_has_fast_* queries, per-layer precision): checked on every identifier of the source, statically.
-- Every `cudart.X` / `driver.X` the code uses exists in the installed cuda-bindings (which imports without a GPU).
+- Every `cudart.X` / `driver.X` / `utils.X` the code uses exists in the installed cuda-bindings (which imports
+  without a GPU), and handles are read with `cuda.bindings.utils.get_cuda_native_handle`.
 - mypy, against the fixed-up TensorRT 10.13 stubs, rejects misuse of the TensorRT API (so the lint that passes on
   engine/ is a real check) and accepts engine/.
 """
@@ -86,13 +87,14 @@ def test_no_module_names_an_api_tensorrt_11_removed() -> None:
 
 
 def cuda_names(source: str) -> dict[str, set[str]]:
-    """`module -> attributes` for every module alias bound by `from cuda.bindings import runtime/driver [as x]`."""
+    """`module -> attributes` for every module alias bound by `from cuda.bindings import runtime/driver/utils [as
+    x]`."""
     tree = ast.parse(source)
     aliases: dict[str, str] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module in ("cuda.bindings", "cuda"):
             for alias in node.names:
-                if alias.name in ("runtime", "driver", "cudart"):
+                if alias.name in ("runtime", "driver", "cudart", "utils"):
                     aliases[alias.asname or alias.name] = {"cudart": "runtime"}.get(alias.name, alias.name)
     used: dict[str, set[str]] = {}
     for node in ast.walk(tree):
@@ -102,8 +104,9 @@ def cuda_names(source: str) -> dict[str, set[str]]:
 
 
 def test_cuda_scanner_sees_aliases() -> None:
-    probe = "def f():\n    from cuda.bindings import runtime as cudart\n    cudart.cudaMallocc(4)\n"
-    assert cuda_names(probe) == {"runtime": {"cudaMallocc"}}
+    probe = ("def f():\n    from cuda.bindings import runtime as cudart\n    cudart.cudaMallocc(4)\n"
+             "from cuda.bindings import utils as cuda_utils\ncuda_utils.get_cuda_native_handle(s)\n")
+    assert cuda_names(probe) == {"runtime": {"cudaMallocc"}, "utils": {"get_cuda_native_handle"}}
 
 
 def test_every_cuda_name_the_code_uses_exists() -> None:
@@ -112,6 +115,7 @@ def test_every_cuda_name_the_code_uses_exists() -> None:
         for module, names in cuda_names(path.read_text()).items():
             used.setdefault(module, set()).update(names)
     assert used.get("runtime"), "no module uses cuda-bindings: this test checks nothing"
+    assert "get_cuda_native_handle" in used.get("utils", set()), "handles are read the supported way"
     missing = {m: sorted(n for n in names if not hasattr(importlib.import_module(f"cuda.bindings.{m}"), n))
                for m, names in used.items()}
     assert {m: n for m, n in missing.items() if n} == {}

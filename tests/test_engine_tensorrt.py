@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -74,3 +76,40 @@ def test_rebuilding_from_the_bundle_reuses_the_timing_cache(engine_bundle: Path,
     assert result.exit_code == 0, result.output
     assert cache.stat().st_size >= before
     assert load_bundle(out).engine_precisions("vcg") == ("fp32",)
+
+
+def test_tensorrt_scores_match_onnx_runtime_in_fp32(auto_built: tuple[Any, str], photos: list[np.ndarray],
+                                                    tmp_path: Path) -> None:
+    """The parity check the first TensorRT machine runs: engines built for the tiny bundle (add_engines, as `build
+    --target tensorrt --from-bundle` does), scored through the real TensorRTLauncher and CudaDevice in the stream
+    pipeline, with and without CUDA graphs and branch streams, against the ONNX Runtime CPU pipeline: FP32 scores
+    agree to 1e-3."""
+    from diffv2iqa_trt.config import ScoringConfig
+    from diffv2iqa_trt.engine.builder import BuildSettings
+    from diffv2iqa_trt.engine.bundle_engines import add_engines
+    from diffv2iqa_trt.runtime.from_bundle import bundle_pipeline, bundle_stream_pipeline
+
+    source = auto_built[0]
+    if source.engine_precisions("vcg"):  # where TensorRT is installed, `build --target auto` built them already
+        bundle = source
+    else:
+        bundle = load_bundle(add_engines(source, tmp_path / "engines", BuildSettings(
+            timing_cache=tmp_path / "timing.cache"), precisions=["fp32"]))
+    scoring = ScoringConfig(crops="five", mode="crops")
+    images = [p[:256, :256] for p in photos[:3]]
+    want = np.array([r.score for r in bundle_pipeline(bundle, "onnxruntime", scoring=scoring,
+                                                      batch_size=4).score(images)])
+    for streams in (True, False):
+        for graph in (True, False):
+            pipe = bundle_stream_pipeline(bundle, "tensorrt", precision="fp32", scoring=scoring, batch_size=4,
+                                          streams=streams, cuda_graph=graph)
+            try:
+                got = np.array([r.score for r in pipe.score(images)])
+                again = np.array([r.score for r in pipe.score(images)])  # with graphs: the captured replay
+            finally:
+                close = getattr(pipe, "close", None)
+                if close is not None:
+                    close()
+            assert np.isfinite(got).all()
+            assert np.abs(got - want).max() <= 1e-3, (streams, graph, got, want)
+            assert np.abs(again - want).max() <= 1e-3, (streams, graph, again, want)

@@ -40,8 +40,8 @@ def current_gpu() -> GpuInfo:
     try:
         from cuda.bindings import runtime as cudart
     except ImportError as exc:
-        raise DependencyError(f"cuda-bindings is not installed ({exc}): `pip install cuda-bindings` (the GPU extra "
-                              "of diffv2iqa-trt brings it)") from None
+        raise DependencyError(f"cuda-bindings is not installed ({exc}): `pip install 'diffv2iqa-trt[gpu-cu12]'` "
+                              "or `[gpu-cu13]`, by the CUDA major of the driver") from None
     (index,) = _ok(cudart, cudart.cudaGetDevice(), "cudaGetDevice")
     (prop,) = _ok(cudart, cudart.cudaGetDeviceProperties(index), "cudaGetDeviceProperties")
     (driver,) = _ok(cudart, cudart.cudaDriverGetVersion(), "cudaDriverGetVersion")

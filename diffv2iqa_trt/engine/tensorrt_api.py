@@ -20,7 +20,8 @@ from ..errors import DependencyError
 
 INSTALL_HINT = ("TensorRT comes from NVIDIA's package index, not PyPI: on a machine with an NVIDIA GPU and driver run "
                 "`pip install --extra-index-url https://pypi.nvidia.com tensorrt` (TensorRT 10.x or 11.x; or "
-                "`pip install 'diffv2iqa-trt[tensorrt]'`, which also brings cuda-bindings). Without it, "
+                "`pip install 'diffv2iqa-trt[tensorrt-cu12]'` or `[tensorrt-cu13]`, by the CUDA major of the "
+                "driver, which also bring the matching cuda-bindings). Without it, "
                 "`build --target onnx` writes the ONNX bundle, and `--target auto` builds engines only where "
                 "TensorRT is importable")
 

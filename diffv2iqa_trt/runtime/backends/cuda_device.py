@@ -207,8 +207,9 @@ class CudaDevice:
 
     def __init__(self, index: int | None = None) -> None:
         if cudart is None:
-            raise DependencyError("the tensorrt backend needs cuda-bindings: pip install cuda-bindings (the "
-                                  "`tensorrt` and `gpu` extras of diffv2iqa-trt bring it)")
+            raise DependencyError("the tensorrt backend needs cuda-bindings: pip install "
+                                  "'diffv2iqa-trt[tensorrt-cu12]' or '[tensorrt-cu13]' (by the CUDA major of the "
+                                  "driver), which bring the matching cuda-bindings")
         try:
             count = int(check("cudaGetDeviceCount", cudart.cudaGetDeviceCount()))
         except CudaError as exc:
