@@ -875,7 +875,7 @@ def score_dataset(
                          part_rows=part_rows, max_parts=max_parts, max_pixels=max_pixels)
 
     def report(p: RunProgress) -> None:
-        err.print(f"part {p.parts}: {p.done}/{p.total} images scored, {p.failed} failed")
+        err.print(f"part {p.parts}: {p.done}/{p.total} images done: {p.done - p.failed} scored, {p.failed} failed")
 
     try:
         summary = run_score_dataset(source, out_dir, options, job, progress=report)

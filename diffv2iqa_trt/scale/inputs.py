@@ -53,7 +53,9 @@ def iter_paths(source: str | os.PathLike[str], path_column: str = DEFAULT_PATH_C
 
     A folder is searched recursively for image suffixes (as `score` does); a text list has one path per line (blank
     lines and lines starting with # are skipped); a CSV list has a header naming `path_column`; a Parquet table has a
-    string column `path_column`."""
+    string column `path_column`. A name is kept exactly as written, spaces included (only a text line's terminator
+    is removed): `y.png ` is another file than `y.png`, and a missing one becomes an error row, never another file's
+    score."""
     src = Path(source)
     kind = source_kind(src)
     if kind == "folder":
@@ -90,11 +92,18 @@ def _local(raw: bytes, src: Path, where: int) -> bytes:
     return raw
 
 
+def _blank(entry: bytes) -> bool:
+    """An entry that names nothing (empty, or only spaces and tabs): skipped rather than scored as a folder."""
+    return not entry.strip()
+
+
 def _text_entries(src: Path) -> Iterator[tuple[int, bytes]]:
     with src.open("rb") as f:
         for number, line in enumerate(f, start=1):
-            entry = line.rstrip(b"\r\n").strip()
-            if entry and not entry.startswith(b"#"):
+            # Only the line terminator (\n or \r\n) goes: spaces belong to the name.
+            entry = line[:-1] if line.endswith(b"\n") else line
+            entry = entry[:-1] if entry.endswith(b"\r") else entry
+            if not _blank(entry) and not entry.startswith(b"#"):
                 yield number, entry
 
 
@@ -111,9 +120,9 @@ def _csv_entries(src: Path, column: str) -> Iterator[tuple[int, bytes]]:
             raise ConfigError(f"{src}: no column {column!r} in the header ({', '.join(map(repr, header))}); name the "
                               "column of paths with --path-column")
         index = header.index(column)
-        for row in reader:
-            if index < len(row) and row[index].strip():
-                yield reader.line_num, os.fsencode(row[index].strip())
+        for row in reader:  # a field as the csv module reads it: quotes removed, spaces kept
+            if index < len(row) and not _blank(raw := os.fsencode(row[index])):
+                yield reader.line_num, raw
 
 
 def _parquet_entries(src: Path, column: str) -> Iterator[tuple[int, bytes]]:
@@ -139,5 +148,5 @@ def _parquet_entries(src: Path, column: str) -> Iterator[tuple[int, bytes]]:
             if value is None:
                 continue
             raw = value if isinstance(value, bytes) else os.fsencode(value)
-            if raw.strip():
-                yield row, raw.strip()
+            if not _blank(raw):
+                yield row, raw

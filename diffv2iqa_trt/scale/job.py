@@ -12,10 +12,13 @@ in the tests); only an instance started here is shut down here.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,13 +32,17 @@ from ..runtime.backends import STREAM_BACKENDS
 from ..runtime.images import DEFAULT_MAX_PIXELS, check_max_pixels
 from ..runtime.pipeline import PipelineSpec
 from ..scorers import ScoreOptions, check_options
-from .inputs import DEFAULT_PATH_COLUMN, iter_paths
+from .inputs import DEFAULT_PATH_COLUMN, iter_paths, source_kind
+from .local_ray import private_root, quiet_ray_data_console, session_logs, start_local_ray, stop_local_ray
 from .output import (
     FORMATS,
     PartWriter,
     ScoringKey,
     arrow_schema,
-    check_output_folder,
+    check_free_space,
+    check_part_format,
+    estimate_output_bytes,
+    make_output_folder,
     output_lock,
     remove_temporary_parts,
     resume_index,
@@ -172,28 +179,35 @@ def score_dataset(source: str | os.PathLike[str], out: str | os.PathLike[str], s
     its error, not an exception. `progress` is called after each part."""
     started = time.monotonic()
     _check(score, options)
+    source_kind(Path(source))  # a missing source is refused before anything is created
     ray = _import_ray()
     resolved, rules, key = resolve(score)
     out_dir = Path(out)
-    check_output_folder(out_dir)
-    with output_lock(out_dir):
-        remove_temporary_parts(out_dir)
-        index = resume_index(out_dir, key)
-        listed, duplicates, skipped, paths = _pending_paths(source, options, index.done)
-        del index  # the done set is no longer needed
-        total = len(paths)
-        gpus = gpus_per_worker(resolved)
-        summary = DatasetSummary(out=out_dir, key=key, listed=listed, duplicates=duplicates, skipped=skipped,
-                                 scored=0, failed=0, parts=0, remaining=total, seconds=0.0, startup_seconds=0.0,
-                                 workers=options.workers, gpus_per_worker=gpus)
-        if total == 0:
-            return dataclasses.replace(summary, seconds=time.monotonic() - started)
-        started_here = _start_ray(ray, options, resolved)
+    # Before Ray starts: the folder is writable, its lock a plain file, its parts of this format, the disk has room.
+    created = make_output_folder(out_dir)
+    with output_lock(out_dir) as lock:
+        writer = PartWriter(out_dir, options.fmt)
         try:
-            return _run(ray, paths, resolved, rules, key, options, out_dir, summary, started, progress)
-        finally:
-            if started_here:
-                ray.shutdown()
+            check_part_format(out_dir, options.fmt)
+            remove_temporary_parts(out_dir)
+            index = resume_index(out_dir, key)
+            listed, duplicates, skipped, paths = _pending_paths(source, options, index.done)
+            del index  # the done set is no longer needed
+            total = len(paths)
+            gpus = gpus_per_worker(resolved)
+            summary = DatasetSummary(out=out_dir, key=key, listed=listed, duplicates=duplicates, skipped=skipped,
+                                     scored=0, failed=0, parts=0, remaining=total, seconds=0.0, startup_seconds=0.0,
+                                     workers=options.workers, gpus_per_worker=gpus)
+            if total == 0:
+                return dataclasses.replace(summary, seconds=time.monotonic() - started)
+            now = total if options.max_parts is None else min(total, options.max_parts * options.part_rows)
+            check_free_space(out_dir, estimate_output_bytes(paths[:now], math.ceil(now / options.part_rows)), now)
+            with _ray_session(ray, options, resolved):
+                return _run(ray, paths, resolved, rules, key, options, writer, summary, started, progress)
+        except BaseException:
+            if writer.written == 0:  # a failed start leaves the folder as it found it
+                lock.discard(created)
+            raise
 
 
 def _pending_paths(source: str | os.PathLike[str], options: DatasetOptions,
@@ -224,26 +238,51 @@ def block_count(images: int, options: DatasetOptions) -> int:
     return max(1, math.ceil(images / rows))
 
 
-def _start_ray(ray: Any, options: DatasetOptions, score: ScoreOptions) -> bool:
-    """Connect to the cluster or start a local instance; False when Ray was already initialised by the caller."""
+@contextlib.contextmanager
+def _ray_session(ray: Any, options: DatasetOptions, score: ScoreOptions) -> Iterator[None]:
+    """Ray for the run: the caller's instance if Ray is already initialised (left as it is), else the cluster at
+    `address`, else a local instance for this run (loopback only, see local_ray). Only what is started here is shut
+    down here."""
     if ray.is_initialized():
-        return False
-    try:
-        if options.address is not None:  # the cluster's own settings hold (Ray Client refuses some local ones)
+        yield
+        return
+    if options.address is not None:  # the cluster's own settings hold (Ray Client refuses some local ones)
+        try:
             ray.init(address=options.address, logging_level=logging.WARNING)
-        else:
-            # Logical CPUs: every actor holds its own, and the decoding tasks need at least one more to run at all.
-            per_worker = 1 if score.threads is None else score.threads
-            cpus = options.local_cpus or max(os.cpu_count() or 1, options.workers * per_worker + 1)
-            ray.init(num_cpus=cpus, logging_level=logging.WARNING, include_dashboard=False)
-    except ConnectionError as exc:
-        raise ScaleJobError(f"cannot reach the Ray cluster at {options.address!r} ({exc}); start it (`ray start "
-                            "--head`) or check --address") from None
-    return True
+        except ConnectionError as exc:
+            raise ScaleJobError(f"cannot reach the Ray cluster at {options.address!r} ({exc}); start it (`ray "
+                                "start --head`) or check --address") from None
+        try:
+            quiet_ray_data_console()
+            yield
+        finally:
+            ray.shutdown()
+        return
+    # Logical CPUs: every actor holds its own, and the decoding tasks need at least one more to run at all.
+    per_worker = 1 if score.threads is None else score.threads
+    cpus = options.local_cpus or max(os.cpu_count() or 1, options.workers * per_worker + 1)
+    root = private_root()
+    try:
+        start_local_ray(ray, cpus, root)
+    except BaseException as exc:
+        logs = session_logs(root)
+        if isinstance(exc, DiffV2IQAError) or not isinstance(exc, Exception) or not logs.is_dir():
+            shutil.rmtree(root, ignore_errors=True)
+        if isinstance(exc, Exception) and not isinstance(exc, DiffV2IQAError):  # Ray's own errors
+            where = f"Ray's logs are in {logs} (remove {root} after reading them)" if logs.is_dir() else \
+                "Ray wrote no logs"
+            raise ScaleJobError(f"the local Ray instance did not start: {_first_line(exc)}; nothing was scored; "
+                                f"{where}; or start Ray yourself (`ray start --head`) and pass --address") from None
+        raise
+    try:
+        quiet_ray_data_console()
+        yield
+    finally:
+        stop_local_ray(ray, root)
 
 
 def _run(ray: Any, paths: list[bytes], score: ScoreOptions, rules: CropRules, key: ScoringKey,
-         options: DatasetOptions, out: Path, summary: DatasetSummary, started: float,
+         options: DatasetOptions, writer: PartWriter, summary: DatasetSummary, started: float,
          progress: Callable[[RunProgress], None] | None) -> DatasetSummary:
     import pyarrow as pa
 
@@ -258,7 +297,6 @@ def _run(ray: Any, paths: list[bytes], score: ScoreOptions, rules: CropRules, ke
     ds = ds.map_batches(BundleScorer, fn_constructor_kwargs={"options": score, "rules": rules},
                         compute=ray.data.ActorPoolStrategy(size=options.workers), batch_size=options.batch_size,
                         batch_format="pyarrow", num_cpus=score.threads or 1, num_gpus=gpus or None)
-    writer = PartWriter(out, options.fmt)
     schema = arrow_schema()
     held: list[Any] = []
     held_rows = 0
@@ -275,7 +313,13 @@ def _run(ray: Any, paths: list[bytes], score: ScoreOptions, rules: CropRules, ke
         part = part.drop_columns(["path_bytes"]).append_column(
             "bundle_sha256", pa.array([key.bundle_sha256] * n, pa.string())).append_column(
             "settings", pa.array([key.settings] * n, pa.string()))
-        writer.write(part.select(schema.names).cast(schema))
+        try:
+            writer.write(part.select(schema.names).cast(schema))
+        except OSError as exc:
+            fix = "free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "fix the cause"
+            raise ScaleJobError(f"cannot write a result part in {writer.out} ({exc.strerror or exc}); the "
+                                f"{writer.written} parts written before are complete and kept: {fix} and run the "
+                                "same command again to resume") from None
         held, held_rows = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
         last_write = time.monotonic()
         if progress is not None:
