@@ -266,7 +266,10 @@ class FakeRuntime:
         self.loaded: list[str] = []
         self.plan_engine: FakeEngine | None = None  # what deserialize returns (handed over once)
         self.lean: FakeRuntime | None = None  # what load_runtime returns (handed over once)
-        weakref.finalize(self, events.append, (f"{name} freed", ""))
+
+    def __del__(self) -> None:
+        # Like a pybind11 object, whose C++ destructor runs before its weak references' callbacks.
+        self.events.append((f"{self.name} freed", ""))
 
     @property
     def engine_host_code_allowed(self) -> bool:
@@ -718,6 +721,19 @@ def test_embedded_lean_runtime_needs_nothing_more(tmp_path: Path, events: list[t
     runtime.plan_engine = expected = FakeEngine("vcg", 1, events)
     assert load_engine(bundle, "vcg", "fp32", runtime, HERE) is expected  # type: ignore[arg-type]
     assert runtime.engine_host_code_allowed
+
+
+def test_a_lean_runtime_keeps_its_parent_alive(tmp_path: Path, events: list[tuple[str, str]]) -> None:
+    (tmp_path / "lean.so").write_bytes(b"")
+    parent = FakeRuntime(None, events)
+    parent.lean = FakeRuntime(None, events, name="lean")
+    lean = load_lean_runtime(parent, tmp_path / "lean.so")  # type: ignore[arg-type]
+    del parent
+    gc.collect()
+    assert events[-1] == ("lean host code allowed", "True")  # nothing freed: the lean runtime holds its parent
+    del lean
+    gc.collect()
+    assert [e[0] for e in events[-2:]] == ["lean freed", "runtime freed"]
 
 
 def test_lean_runtime_library_errors(tmp_path: Path, events: list[tuple[str, str]]) -> None:

@@ -16,8 +16,9 @@ Typed against the TensorRT 10.13 stubs; never run here.
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..bundle import Bundle, EngineEntry
 from ..errors import BundleError, DependencyError
@@ -51,10 +52,15 @@ def needs_lean_runtime(entry: EngineEntry) -> bool:
                                                              and excluded)
 
 
+# Parent runtimes of the lean runtimes loaded from them, by id(lean): the bindings' load_runtime does not keep the
+# parent alive (deserialize_cuda_engine does keep an engine's runtime alive), and trtexec keeps the parent for the
+# lean runtime's whole life. An entry goes when its lean runtime is collected.
+_PARENTS: dict[int, Any] = {}
+
+
 def load_lean_runtime(runtime: trt.Runtime, path: Path) -> trt.Runtime:
-    """The lean runtime in the library `path`, allowed to run version-compatible plans. The parent `runtime` must
-    outlive it (the bindings do not keep it alive). DependencyError when the file is missing or TensorRT cannot
-    load it."""
+    """The lean runtime in the library `path`, allowed to run version-compatible plans; `runtime` (its parent) is
+    kept alive as long as it is. DependencyError when the file is missing or TensorRT cannot load it."""
     if not path.is_file():
         raise DependencyError(f"the lean runtime library {path} does not exist: give the path of "
                               "libnvinfer_lean.so.<major> from the TensorRT release that built the engines")
@@ -63,6 +69,8 @@ def load_lean_runtime(runtime: trt.Runtime, path: Path) -> trt.Runtime:
         raise DependencyError(f"TensorRT could not load the lean runtime library {path} (its log above says why); "
                               "it must be libnvinfer_lean from the TensorRT release that built the engines")
     lean.engine_host_code_allowed = True
+    _PARENTS[id(lean)] = runtime
+    weakref.finalize(lean, _PARENTS.pop, id(lean), None)
     return lean
 
 
