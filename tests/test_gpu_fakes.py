@@ -30,7 +30,7 @@ from diffv2iqa_trt.engine.profiles import InputProfile  # noqa: E402
 from diffv2iqa_trt.errors import BackendError, BuildError, ConfigError, DependencyError  # noqa: E402
 from diffv2iqa_trt.runtime.backends import cuda_device, tensorrt_backend  # noqa: E402
 from diffv2iqa_trt.runtime.backends.cuda_device import CudaDevice, CudaStream, DeviceArray  # noqa: E402
-from diffv2iqa_trt.runtime.backends.tensorrt_backend import IO, TensorRTLauncher  # noqa: E402
+from diffv2iqa_trt.runtime.backends.tensorrt_backend import IO, TensorRTLauncher, context_budget  # noqa: E402
 
 OK = real.cudaError_t.cudaSuccess
 
@@ -449,6 +449,17 @@ def test_lru_eviction_keeps_captured_contexts_alive(monkeypatch: pytest.MonkeyPa
     del refs
     gc.collect()
     assert captured() is None
+
+
+def test_context_budget_covers_every_branch_batch_size() -> None:
+    def bundle(max_batch: int) -> Any:
+        entry = EngineEntry(file="e", tensorrt="10.13.0.35", gpu="G", sm="9.0",
+                            extra={"profile": {"x": {"min": [1, 3, 64, 64], "max": [max_batch, 3, 64, 64]}}})
+        return types.SimpleNamespace(engine=lambda g, p: entry)
+
+    plan = dict.fromkeys(MEMORY, "fp32")
+    assert context_budget(bundle(4), plan) == 32  # 8 slots + 2 x 4 branch sizes fit the default
+    assert context_budget(bundle(16), plan) == 8 + 2 * 16  # faithful mode at batch 8 with `five`: up to 16 crops
 
 
 def test_max_contexts_is_checked(monkeypatch: pytest.MonkeyPatch, cudart: FakeCudart, trt: types.ModuleType,

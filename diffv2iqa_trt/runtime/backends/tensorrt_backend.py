@@ -12,18 +12,22 @@ launcher's, not TensorRT's (user-managed allocation, as NVIDIA's demoDiffusion s
 - every block has the size of the largest engine's `device_memory_size_v2` (what a context needs at any shape of its
   profile), fixed when the launcher is made: a block never grows or moves, so a captured graph keeps pointing at
   valid memory;
-- the contexts are an LRU cache of at most `max_contexts` (default 32; the stream pipeline's 8 slots need at most
-  24: a restore shape and two branch batches each). A context evicted while a captured graph uses it stays alive
-  with the graph: `take_capture_refs()` hands the pipeline the contexts each capture used.
+- the contexts are an LRU cache of at most `max_contexts` (`context_budget`: 32, or more when the bundle's branch
+  profiles allow more batch sizes: the stream pipeline's slots need one restore context each and at most one VCG
+  and one VDA context per branch batch size, so the contexts of every slot the pipeline keeps fit in the cache
+  together, and a slot's contexts are normally still there when it is captured on its second run). A context
+  evicted while a captured graph uses it stays alive with the graph: `take_capture_refs()` hands the pipeline the
+  contexts each capture used.
 Memory bound: blocks x block size (at most 3 x the largest engine's device_memory_size_v2 with the stream
 pipeline, 1 x with --streams off), plus the engines' weights, plus each cached context's own small state (at most
-`max_contexts` of them); the per-context activation memory of TensorRT's default (static) allocation is gone.
+`max_contexts` of them, plus those captured graphs still hold); the per-context activation memory of TensorRT's
+default (static) allocation is gone.
 One optimisation profile per engine means an engine's contexts must not run concurrently (TensorRT's rule for
 dynamic shapes): every engine is used on one stream only, and a second stream is refused.
 Every launch binds all tensor addresses again, so one context serves every step of the loop and both ping-pong slots.
 
 Typed against cuda-bindings names (checked by tests) and the TensorRT 10.13 stubs; never run here: no GPU with
-TensorRT was available. Tested with a fake TensorRT module and a fake cudart (tests/test_tensorrt_launcher.py).
+TensorRT was available. Tested with a fake TensorRT module and a fake cudart (tests/test_gpu_fakes.py).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from ...engine.tensorrt_api import require_tensorrt
 from ...errors import BackendError, BundleError, ConfigError
 from ...precision_plan import PrecisionPlan, runnable_plan
 from ..pipeline import PipelineSpec
-from ..stream_pipeline import StreamPipeline
+from ..stream_pipeline import DEFAULT_SLOTS, StreamPipeline
 from .cuda_device import CudaDevice, CudaStream, DeviceArray, device_synchronize
 
 if TYPE_CHECKING:
@@ -229,13 +233,24 @@ def _check_io(engine: trt.ICudaEngine, graph: str, what: str) -> None:
                               "engines with `diffv2iqa-trt build --target tensorrt --from-bundle`")
 
 
+def context_budget(bundle: Bundle, plan: Mapping[str, str], slots: int = DEFAULT_SLOTS) -> int:
+    """How many contexts the launcher caches for the stream pipeline: one restore context per slot, and one per
+    possible branch batch size (1 to the profile's maximum) for VCG and VDA; at least DEFAULT_MAX_CONTEXTS."""
+    branch = 0
+    for graph in (VCG, VDA):
+        profile = bundle.engine(graph, plan[graph]).extra.get("profile") or {}
+        first = profile.get(IO[graph][0][0]) or {}
+        branch += int((first.get("max") or [0])[0])
+    return max(DEFAULT_MAX_CONTEXTS, slots + branch)
+
+
 def stream_pipeline_from_bundle(bundle: Bundle, spec: PipelineSpec, *, batch_size: int = 8, streams: bool = True,
                                 cuda_graph: bool = True, precision: str | None = None,
                                 lean_runtime: Path | None = None,
-                                max_contexts: int = DEFAULT_MAX_CONTEXTS) -> StreamPipeline:
+                                max_contexts: int | None = None) -> StreamPipeline:
     """The registry's `tensorrt` pipeline: the bundle's engines chosen by `precision` (a --precision text; None: the
     plan the bundle's build chose), run exactly as planned (no int8-cpu substitution). `lean_runtime`: the lean
-    runtime library engines built with --exclude-lean-runtime need."""
+    runtime library engines built with --exclude-lean-runtime need; `max_contexts`: None for `context_budget`."""
     bare = [g for g in GRAPH_NAMES if not bundle.engine_precisions(g)]
     if bare:  # runnable_plan's message is about ONNX variants; an ONNX-only bundle needs its engines built
         raise BundleError(f"{bundle.root} has no TensorRT engine for {', '.join(bare)}; build them on this machine "
@@ -246,7 +261,8 @@ def stream_pipeline_from_bundle(bundle: Bundle, spec: PipelineSpec, *, batch_siz
     device = CudaDevice()  # first: engines are deserialised onto the current CUDA device
     launcher = None
     try:
-        launcher = TensorRTLauncher(bundle, plan.to_dict(), lean_runtime=lean_runtime, max_contexts=max_contexts)
+        budget = context_budget(bundle, plan.to_dict()) if max_contexts is None else max_contexts
+        launcher = TensorRTLauncher(bundle, plan.to_dict(), lean_runtime=lean_runtime, max_contexts=budget)
         return StreamPipeline(device, launcher, spec, batch_size=batch_size, streams=streams, cuda_graph=cuda_graph)
     except BaseException:  # nothing half-made is left to the garbage collector
         if launcher is not None:
