@@ -44,6 +44,8 @@ class FakeRay:
     def __init__(self, initialized: bool = True) -> None:
         self.initialized = initialized
         self.data = self
+        self.util = self
+        self.node_ip = "127.0.0.1"
         self.items: list[bytes] | None = None  # None: no Ray job was built
         self.init_calls: list[dict[str, Any]] = []
         self.shutdowns = 0
@@ -64,6 +66,9 @@ class FakeRay:
             (temp / "session_latest" / "logs").mkdir(parents=True)
             raise self.fail_start
         self.initialized = True
+
+    def get_node_ip_address(self) -> str:
+        return self.node_ip
 
     def shutdown(self) -> None:
         self.shutdowns += 1
@@ -412,6 +417,11 @@ def test_local_ray_is_loopback_private_and_authenticated(fake_ray: FakeRay, imag
     fake_ray.init_calls.clear()
     score_dataset(images, tmp_path / "scores2", ScoreOptions(bundle=Path("/models/bundle")))
     assert stat.S_IMODE(token.stat().st_mode) == 0o600 and len(fake_ray.init_calls) == 1
+
+    fake_ray.node_ip = "192.0.2.2"  # a Ray that ignored the settings: the run stops before any work
+    with pytest.raises(ConfigError, match="took the address 192.0.2.2, not 127.0.0.1"):
+        score_dataset(images, tmp_path / "scores3", ScoreOptions(bundle=Path("/models/bundle")))
+    assert fake_ray.shutdowns == 3 and not (tmp_path / "scores3").exists()
 
 
 def test_ray_that_does_not_start_is_a_message(fake_ray: FakeRay, images: Path, tmp_path: Path,

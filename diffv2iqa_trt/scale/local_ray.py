@@ -142,6 +142,12 @@ def start_local_ray(ray: Any, num_cpus: int, root: Path) -> None:
         with _single_machine(ray):
             ray.init(num_cpus=num_cpus, logging_level=logging.WARNING, include_dashboard=False,
                      _node_ip_address=LOOPBACK, _temp_dir=str(root / "ray"))
+        address = ray.util.get_node_ip_address()
+        if address != LOOPBACK:  # a Ray version that no longer honours the settings: do not run exposed
+            raise ConfigError(f"the local Ray instance took the address {address}, not {LOOPBACK} (this Ray version "
+                              "ignores the settings that keep it on the loopback address); start Ray yourself with "
+                              "the network settings you want (`ray start --head --node-ip-address ...`) and pass "
+                              "--address")
     except BaseException:
         with contextlib.suppress(Exception):
             ray.shutdown()
