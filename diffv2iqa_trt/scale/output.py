@@ -332,7 +332,8 @@ class OutputLock:
         remove_created_folders(self.out, created_folder)
 
 
-_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) \
+# Read-only is enough for flock, and the run never writes to whatever sits at the lock's name.
+_LOCK_FLAGS = os.O_RDONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) \
     | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -351,9 +352,8 @@ def _open_lock(out: Path) -> tuple[int, bool]:
         if exc.errno == errno.EISDIR or os.path.isdir(path):
             raise ConfigError(f"{path} is a folder, not the lock file: {remove}") from None
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise ConfigError(f"--out {out}: cannot open the lock file {LOCK_NAME} for writing "
-                              f"({_os_reason(exc)}); make the folder and the file writable or choose another "
-                              "--out") from None
+            raise ConfigError(f"--out {out}: cannot open or create the lock file {LOCK_NAME} ({_os_reason(exc)}); "
+                              "make the folder writable and the file readable, or choose another --out") from None
         raise ConfigError(f"{path}: cannot open the lock file ({_os_reason(exc)}): {remove}") from None
     try:
         mode = os.fstat(fd).st_mode
