@@ -57,7 +57,28 @@ class Device(Protocol):
     def elapsed_ms(self, start: Any, end: Any) -> float: ...
     def begin_capture(self, stream: Any) -> None: ...
     def end_capture(self, stream: Any) -> Any: ...
+    def abort_capture(self, stream: Any) -> None:
+        """End a capture in progress on `stream` and discard what it recorded; never raises (it runs while another
+        error propagates, which it must not hide); no-op when nothing is being captured."""
+        ...
     def replay(self, graph: Any, stream: Any) -> None: ...
+    def close(self) -> None:
+        """Release the streams, events, graphs (and memory) this device made; idempotent."""
+        ...
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One launcher call with its buffers fixed when it is enqueued and run when the device says (a kernel launch).
+    Devices call it; a simulated device also reads `inputs` and `out` to check the ordering of the buffers' uses."""
+
+    fn: Callable[..., None]
+    inputs: tuple[Any, ...]
+    out: Any
+    stream: Any
+
+    def __call__(self) -> None:
+        self.fn(*self.inputs, self.out, self.stream)
 
 
 class Launcher(Protocol):
@@ -69,6 +90,16 @@ class Launcher(Protocol):
     def restore_step(self, x: Any, y: Any, gamma: Any, coef: Any, z: Any, out: Any, stream: Any) -> None: ...
     def vcg(self, x: Any, y0: Any, yt1: Any, yt2: Any, out: Any, stream: Any) -> None: ...
     def vda(self, x: Any, y0: Any, yt1: Any, yt2: Any, out: Any, stream: Any) -> None: ...
+    def close(self) -> None:
+        """Release what the launcher made (sessions, contexts, device memory); idempotent."""
+        ...
+
+
+def take_capture_refs(launcher: Launcher) -> list[Any]:
+    """What a graph just captured needs kept alive (a launcher's evictable execution contexts), when the launcher
+    keeps such things; the pipeline stores it with the graph."""
+    take = getattr(launcher, "take_capture_refs", None)
+    return list(take()) if take is not None else []
 
 
 @dataclass
@@ -175,10 +206,16 @@ class HostDevice:
             raise RuntimeError("end_capture without begin_capture")
         return graph
 
+    def abort_capture(self, stream: HostStream) -> None:
+        self._capturing = None
+
     def replay(self, graph: HostGraph, stream: HostStream) -> None:
         self.log["replay"] = self.log.get("replay", 0) + 1
         for work in graph.work:
             work()
+
+    def close(self) -> None:
+        self._capturing = None
 
 
 class ExecutorLauncher:
@@ -208,3 +245,6 @@ class ExecutorLauncher:
     def vda(self, x: np.ndarray, y0: np.ndarray, yt1: np.ndarray, yt2: np.ndarray, out: np.ndarray,
             stream: Any) -> None:
         self._into(out, self.executor.vda(*self._up(x, y0, yt1, yt2)))
+
+    def close(self) -> None:
+        """The executor belongs to whoever made it (the host pipeline may share it): nothing to release here."""

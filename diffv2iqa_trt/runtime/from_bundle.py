@@ -6,8 +6,12 @@ from ..bundle.store import Bundle
 from ..config import ScoringConfig
 from ..errors import ConfigError
 from .backends import STREAM_BACKENDS, BackendOptions, create_executor, stream_factory
+from .batching import BatchLimits
 from .pipeline import Pipeline, PipelineSpec
 from .stream_pipeline import StreamPipeline
+
+# Stream backends whose engines refuse shapes outside the bundle's profiles (torch-cuda runs any size).
+PROFILE_BOUND_BACKENDS = ("tensorrt",)
 
 
 def bundle_pipeline(bundle: Bundle, backend: str = "onnxruntime", *, precision: str | None = None, device: str = "cpu",
@@ -15,7 +19,9 @@ def bundle_pipeline(bundle: Bundle, backend: str = "onnxruntime", *, precision: 
     """A pipeline over the bundle's graphs on `backend`; `scoring` overrides the bundle's crops, mode and seed."""
     spec = PipelineSpec.from_manifest(bundle.manifest.pipeline, scoring)
     executor = create_executor(backend, bundle, BackendOptions(precision=precision, device=device, threads=threads))
-    return Pipeline(executor, spec, batch_size)
+    # Batches follow the bundle's profiles on every backend; sizes only where TensorRT (the EP) enforces them.
+    limits = BatchLimits.from_bundle(bundle, resolution=device == "tensorrt")
+    return Pipeline(executor, spec, batch_size, limits=limits)
 
 
 def bundle_stream_pipeline(bundle: Bundle, backend: str, *, precision: str | None = None,
@@ -27,4 +33,5 @@ def bundle_stream_pipeline(bundle: Bundle, backend: str, *, precision: str | Non
     spec = PipelineSpec.from_manifest(bundle.manifest.pipeline, scoring)
     pipeline: StreamPipeline = stream_factory(backend)(bundle, spec, batch_size=batch_size, streams=streams,
                                                        cuda_graph=cuda_graph, precision=precision)
+    pipeline.limits = BatchLimits.from_bundle(bundle, resolution=backend in PROFILE_BOUND_BACKENDS)
     return pipeline

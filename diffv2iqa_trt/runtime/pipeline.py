@@ -19,6 +19,7 @@ from ..config import MAX_STEPS, ModelConfig, ScoringConfig, check_seed
 from ..contract import COEF_WIDTH
 from ..errors import ConfigError
 from ..schedule import check_capture_steps, step_tables
+from .batching import UNLIMITED, BatchLimits
 from .crops import WorkUnit, prepare
 from .executor import Executor, Handle
 from .noise import noise_bank
@@ -104,6 +105,7 @@ class Pipeline:
     spec: PipelineSpec
     batch_size: int = 8
     max_noise_banks: int = DEFAULT_NOISE_BANKS
+    limits: BatchLimits = UNLIMITED  # the batching rule (batching.py), from the bundle's profiles
     _banks: OrderedDict[tuple[int, int], tuple[np.ndarray, list[Handle]]] = field(default_factory=OrderedDict,
                                                                                     repr=False)
     _step_inputs: dict[int, list[tuple[Handle, Handle]]] = field(default_factory=dict, repr=False)
@@ -165,9 +167,8 @@ class Pipeline:
         return vcg, vda
 
     def prepare(self, rgb: np.ndarray) -> list[WorkUnit]:
-        """One decoded image's work units (ImageSizeError for an image the crop rules refuse)."""
-        s = self.spec
-        return prepare(rgb, s.crops, s.mode, s.crop_size, s.size_multiple)
+        """One decoded image's work units (ImageSizeError for an image the crop rules or the limits refuse)."""
+        return prepare_within(rgb, self.spec, self.limits)
 
     def work_units(self, images: Sequence[np.ndarray]) -> list[tuple[int, WorkUnit]]:
         """Every image's work units, tagged with the image's index."""
@@ -178,9 +179,10 @@ class Pipeline:
         image of each crop, VCG per crop, VDA per crop; NaN for a branch with fusion weight 0, which is not run).
 
         Crops are scored as soon as a batch of them is ready, so memory holds one restoration batch and one branch
-        batch, not every crop of the list; the branch batches are the same consecutive runs of `batch_size` crops
-        as if all crops were collected first."""
+        batch, not every crop of the list; the branch batches are the same consecutive runs of crops as if all crops
+        were collected first. Batch sizes follow the batching rule (batching.py)."""
         s = self.spec
+        branch_batch = self.limits.branch_batch_for(self.batch_size)
         by_shape: dict[tuple[int, ...], list[tuple[int, WorkUnit]]] = defaultdict(list)
         for item in units:
             by_shape[item[1].shape].append(item)
@@ -198,8 +200,9 @@ class Pipeline:
             vda_all.append(vda if vda is not None else np.full(count, np.nan, np.float32))
 
         for group in by_shape.values():
-            for start in range(0, len(group), self.batch_size):
-                chunk = group[start:start + self.batch_size]
+            restore_batch = self.limits.restore_batch_for(self.batch_size, is_direct(group[0][1], s.crop_size))
+            for start in range(0, len(group), restore_batch):
+                chunk = group[start:start + restore_batch]
                 x = np.stack([u.x for _, u in chunk])
                 snaps = self.restore(x)
                 for j, (owner, unit) in enumerate(chunk):
@@ -208,8 +211,8 @@ class Pipeline:
                         for k, arr in enumerate((x, snaps.y0, snaps.yt1, snaps.yt2)):
                             pending[k].append(arr[j][window])
                         owners.append(owner)
-                        if len(pending[0]) >= self.batch_size:
-                            flush(self.batch_size)
+                        if len(pending[0]) >= branch_batch:
+                            flush(branch_batch)
         if pending[0]:
             flush(len(pending[0]))
         if not vcg_all:
@@ -226,6 +229,19 @@ class Pipeline:
             return []
         owners, vcg, vda = self.crop_scores([(index, u) for index, units in enumerate(prepared) for u in units])
         return _aggregate(owners, vcg, vda, len(prepared), self.spec.vcg_weight, self.spec.vda_weight)
+
+
+def is_direct(unit: WorkUnit, crop_size: int) -> bool:
+    """Whether a unit's restoration is its one crop (crops mode, resize224): the restored batch is a branch batch."""
+    return unit.shape[1:] == (crop_size, crop_size) and tuple(unit.boxes) == ((0, 0),)
+
+
+def prepare_within(rgb: np.ndarray, spec: PipelineSpec, limits: BatchLimits) -> list[WorkUnit]:
+    """An image's work units under the crop rules and the batching limits (ImageSizeError otherwise)."""
+    units = prepare(rgb, spec.crops, spec.mode, spec.crop_size, spec.size_multiple)
+    for unit in units:
+        limits.check_unit(unit)
+    return units
 
 
 class ScoringPipeline(Protocol):

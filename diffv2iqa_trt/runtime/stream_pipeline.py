@@ -10,10 +10,13 @@ What differs is where data lives and when the host waits:
 - the loop runs on one stream; the snapshots after steps t1 and t2 are copied device-to-device; the last step's
   buffer is y0;
 - VCG and VDA run on two streams after an event (fork) and the loop stream waits for both (join); in `crops` mode
-  the restored images are the crops, otherwise each crop is cut on the device (copy_window);
+  the restored images are the crops, otherwise each crop is cut on the device (copy_window) into branch batches of
+  at most the rule's branch batch (batching.py: the engines' profiles bound every batch);
 - only the scores come back (into page-locked host buffers); the fusion is on the host;
 - with `cuda_graph=True` a slot's first batch runs eagerly, its second is captured (the whole loop and both branches
-  as one graph) and every later one replays it;
+  as one graph) and every later one replays it; a failure during the capture ends (aborts) it, so the stream stays
+  usable;
+- host staging buffers live until the copies that read them are known to be done (a synchronize or an event).
 - each slot exists twice and batches alternate between the two, so the host prepares (and uploads) the next batch
   while the device works on the current one.
 """
@@ -29,20 +32,23 @@ import numpy as np
 
 from ..contract import COEF_WIDTH
 from ..errors import ConfigError
-from .crops import WorkUnit, prepare
-from .device import Device, Launcher
+from .batching import UNLIMITED, BatchLimits
+from .crops import WorkUnit
+from .device import Device, Launch, Launcher, take_capture_refs
 from .noise import noise_bank
-from .pipeline import DEFAULT_NOISE_BANKS, ImageScore, PipelineSpec, _aggregate, check_steps
+from .pipeline import DEFAULT_NOISE_BANKS, ImageScore, PipelineSpec, _aggregate, check_steps, is_direct, prepare_within
 
 IMAGE_BUFFERS = ("x", "start", "y_a", "y_b", "y_t1", "y_t2")
 PER_STEP = ("gamma", "coef", "noise")  # per-step inputs: step i reads entry i (its own allocation, see _slot)
 CROP_BUFFERS = ("crop_x", "crop_y0", "crop_t1", "crop_t2")
+BRANCHES = ("vcg", "vda")
 DEFAULT_SLOTS = 8  # (shape, parity) slots kept; each holds one batch's buffers (and graph)
 
 
 @dataclass(frozen=True)
 class BufferPlan:
-    """The device buffers of one slot: a batch of `batch` images of height x width, `crops_per_image` crops each."""
+    """The device buffers of one slot: a batch of `batch` images of height x width, `crops_per_image` crops each,
+    scored in branch batches of at most `branch_batch` crops (`direct`: the restored images are the crops)."""
 
     batch: int
     height: int
@@ -51,18 +57,27 @@ class BufferPlan:
     crop_size: int
     steps: int
     direct: bool  # the restored images are the crops (crops mode): no crop buffers
+    branch_batch: int = 0  # 0: all crops in one branch batch
 
     @property
     def crops(self) -> int:
         return self.batch * self.crops_per_image
 
+    def chunks(self) -> list[tuple[int, int]]:
+        """[start, stop) of each branch batch over the slot's crops, in crop order."""
+        size = self.branch_batch or self.crops
+        return [(c, min(c + size, self.crops)) for c in range(0, self.crops, size)]
+
     def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every buffer's shape; branch buffers are per branch batch k: `vcg/k`, `crop_x/k`, ..."""
         image = (self.batch, 3, self.height, self.width)
         out: dict[str, tuple[int, ...]] = dict.fromkeys(IMAGE_BUFFERS, image)
         out |= {"gamma": (self.steps, self.batch), "coef": (self.steps, self.batch, COEF_WIDTH),
-                "noise": (self.steps, 1, 3, self.height, self.width), "vcg": (self.crops,), "vda": (self.crops,)}
-        if not self.direct:
-            out |= dict.fromkeys(CROP_BUFFERS, (self.crops, 3, self.crop_size, self.crop_size))
+                "noise": (self.steps, 1, 3, self.height, self.width)}
+        for k, (start, stop) in enumerate(self.chunks()):
+            out |= {f"{name}/{k}": (stop - start,) for name in BRANCHES}
+            if not self.direct:
+                out |= {f"{name}/{k}": (stop - start, 3, self.crop_size, self.crop_size) for name in CROP_BUFFERS}
         return out
 
     @property
@@ -85,6 +100,7 @@ class Slot:
     fork: Any
     joins: tuple[Any, Any]
     graph: Any = None
+    graph_refs: list[Any] = field(default_factory=list)  # what the graph's launches need alive (take_capture_refs)
     runs: int = 0
 
 
@@ -107,6 +123,7 @@ class StreamPipeline:
     streams: bool = True  # VCG and VDA on their own streams (False: everything on the loop stream)
     cuda_graph: bool = False
     max_slots: int = DEFAULT_SLOTS
+    limits: BatchLimits = UNLIMITED  # the batching rule (batching.py), from the bundle's profiles
     timings: list[StageTimes] = field(default_factory=list, repr=False)
     _slots: OrderedDict[tuple[int, ...], Slot] = field(default_factory=OrderedDict, repr=False)
     _banks: OrderedDict[tuple[int, int], np.ndarray] = field(default_factory=OrderedDict, repr=False)
@@ -115,12 +132,15 @@ class StreamPipeline:
         check_steps(self.spec.steps)
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.max_slots < 2:  # the slot being collected and the one just submitted are both in use
+            raise ConfigError(f"max_slots must be at least 2, got {self.max_slots}")
         if self.cuda_graph and not self.launcher.capturable:
             raise ConfigError(f"the {self.launcher.name} launcher cannot be captured into a CUDA graph; use "
                               "--cuda-graph off")
         d = self.device
         self.loop_stream = d.stream()
         self.branch_streams = (d.stream(), d.stream()) if self.streams else (self.loop_stream, self.loop_stream)
+        self._closed = False
 
     # ---------------------------------------------------------------------------------------------------- buffers
 
@@ -133,8 +153,9 @@ class StreamPipeline:
             self._slots.move_to_end(key)
             return self._slots[key]
         s, d = self.spec, self.device
-        direct = (h, w) == (s.crop_size, s.crop_size) and boxes == ((0, 0),)
-        plan = BufferPlan(b, h, w, len(boxes), s.crop_size, s.steps, direct)
+        direct = is_direct(units[0], s.crop_size)
+        plan = BufferPlan(b, h, w, len(boxes), s.crop_size, s.steps, direct,
+                          branch_batch=self.limits.branch_batch_for(self.batch_size))
         buffers: dict[str, Any] = {name: d.empty(shape) for name, shape in plan.shapes().items()
                                    if name not in PER_STEP}
         # Constant inputs, uploaded once per slot: start sample, step tables, noise rows.
@@ -144,9 +165,11 @@ class StreamPipeline:
                 "coef": np.ascontiguousarray(np.broadcast_to(s.coef[:, None, :], (s.steps, b, s.coef.shape[1])),
                                              np.float32),
                 "noise": np.ascontiguousarray(bank[:-1, None], np.float32)}
+        staging: list[np.ndarray] = []  # alive until the synchronize below: the copies read them asynchronously
         for name, array in host.items():
             staged = d.pinned(array.shape)
             np.copyto(staged, array)
+            staging.append(staged)
             if name in PER_STEP:
                 # One allocation per step row, not rows of one table: TensorRT needs every tensor address 256-byte
                 # aligned, and row i of a (T, B) table starts at i*B*4 bytes.
@@ -155,13 +178,14 @@ class StreamPipeline:
                     d.upload(row, dst, self.loop_stream)
             else:
                 d.upload(staged, buffers[name], self.loop_stream)
-        d.synchronize(self.loop_stream)  # the staging buffers may go once the copies are done
+        d.synchronize(self.loop_stream)
+        del staging  # every copy that read them is done
         slot = Slot(plan, boxes, buffers, d.pinned((b, 3, h, w)),
-                    {"vcg": d.pinned((plan.crops,)), "vda": d.pinned((plan.crops,))},
+                    {name: d.pinned((plan.crops,)) for name in BRANCHES},
                     marks=[d.event(timing=True) for _ in range(5)], fork=d.event(), joins=(d.event(), d.event()))
         self._slots[key] = slot
         while len(self._slots) > self.max_slots:
-            self._slots.popitem(last=False)
+            self._slots.popitem(last=False)  # the oldest slot: its last batch was collected, nothing uses it
         return slot
 
     def _bank(self, height: int, width: int) -> np.ndarray:
@@ -185,22 +209,25 @@ class StreamPipeline:
         for i in reversed(range(s.steps)):
             src = "y_a" if (s.steps - 1 - i) % 2 == 0 else "y_b"
             dst = plan.written_by(i)
-            d.enqueue(_bind(la.restore_step, buf["x"], buf[src], buf["gamma"][i], buf["coef"][i], buf["noise"][i],
-                            buf[dst], loop), loop)
+            d.enqueue(Launch(la.restore_step, (buf["x"], buf[src], buf["gamma"][i], buf["coef"][i],
+                                               buf["noise"][i]), buf[dst], loop), loop)
             if i == s.capture_t1:
                 d.copy(buf[dst], buf["y_t1"], loop)
             if i == s.capture_t2:
                 d.copy(buf[dst], buf["y_t2"], loop)
         y0 = buf[plan.written_by(0)]
-        if plan.direct:
-            inputs = (buf["x"], y0, buf["y_t1"], buf["y_t2"])
+        chunks = plan.chunks()
+        if plan.direct:  # one branch batch: the restoration batch is capped by the branches (batching.py)
+            batches = [(buf["x"], y0, buf["y_t1"], buf["y_t2"])]
         else:
-            inputs = tuple(buf[n] for n in CROP_BUFFERS)
+            batches = [tuple(buf[f"{n}/{k}"] for n in CROP_BUFFERS) for k in range(len(chunks))]
+            size = chunks[0][1] - chunks[0][0]
             for j in range(plan.batch):
-                for k, (top, left) in enumerate(slot.boxes):
-                    c = j * plan.crops_per_image + k
-                    for src_buf, dst in zip((buf["x"], y0, buf["y_t1"], buf["y_t2"]), inputs, strict=True):
-                        d.copy_window(src_buf[j], top, left, dst[c], loop)
+                for m, (top, left) in enumerate(slot.boxes):
+                    c = j * plan.crops_per_image + m
+                    for src_buf, dst in zip((buf["x"], y0, buf["y_t1"], buf["y_t2"]), batches[c // size],
+                                            strict=True):
+                        d.copy_window(src_buf[j], top, left, dst[c % size], loop)
         if eager:
             d.record(slot.marks[2], loop)
         d.record(slot.fork, loop)
@@ -210,10 +237,26 @@ class StreamPipeline:
                 continue
             if stream is not loop:
                 d.wait(stream, slot.fork)
-            d.enqueue(_bind(launch, *inputs, buf[name], stream), stream)
+            for k, inputs in enumerate(batches):
+                d.enqueue(Launch(launch, inputs, buf[f"{name}/{k}"], stream), stream)
             if stream is not loop:
                 d.record(join, stream)
                 d.wait(loop, join)
+
+    def _capture(self, slot: Slot) -> None:
+        """Capture the slot's device work as a graph; on any failure the capture is ended and discarded, so the loop
+        stream is usable again (a stream left capturing fails every later call)."""
+        d, loop = self.device, self.loop_stream
+        d.begin_capture(loop)
+        try:
+            self._device_work(slot, eager=False)
+            slot.graph = d.end_capture(loop)
+        except BaseException:
+            d.abort_capture(loop)
+            raise
+        finally:
+            refs = take_capture_refs(self.launcher)  # taken even after a failure: a later capture starts clean
+        slot.graph_refs = refs
 
     def _submit(self, units: Sequence[WorkUnit], parity: int) -> Slot:
         """Upload a batch and enqueue its device work; returns without waiting for the device."""
@@ -228,13 +271,13 @@ class StreamPipeline:
             self._device_work(slot, eager=True)  # the first run of a slot is always eager
         else:
             if slot.graph is None:
-                d.begin_capture(loop)
-                self._device_work(slot, eager=False)
-                slot.graph = d.end_capture(loop)
+                self._capture(slot)
             d.replay(slot.graph, loop)
         d.record(slot.marks[3], loop)
-        for name in ("vcg", "vda"):
-            d.download(slot.buffers[name], slot.host_scores[name], loop)
+        for name in BRANCHES:
+            host = slot.host_scores[name]
+            for k, (start, stop) in enumerate(slot.plan.chunks()):
+                d.download(slot.buffers[f"{name}/{k}"], host[start:stop], loop)
         d.record(slot.marks[4], loop)
         slot.runs += 1
         return slot
@@ -262,8 +305,8 @@ class StreamPipeline:
         return self.launcher
 
     def prepare(self, rgb: np.ndarray) -> list[WorkUnit]:
-        s = self.spec
-        return prepare(rgb, s.crops, s.mode, s.crop_size, s.size_multiple)
+        """One decoded image's work units (ImageSizeError for an image the crop rules or the limits refuse)."""
+        return prepare_within(rgb, self.spec, self.limits)
 
     def score(self, images: Sequence[np.ndarray]) -> list[ImageScore]:
         return self.score_prepared([self.prepare(rgb) for rgb in images])
@@ -271,11 +314,15 @@ class StreamPipeline:
     def crop_scores(self, units: Sequence[tuple[int, WorkUnit]]) -> tuple[list[int], np.ndarray, np.ndarray]:
         """Like Pipeline.crop_scores: (owning image of each crop, VCG per crop, VDA per crop). Batches of one
         resolution go to the device one after the other, the next submitted before the current is collected."""
+        if self._closed:
+            raise ConfigError("this stream pipeline was closed; make a new one")
         by_shape: dict[tuple[int, ...], list[tuple[int, WorkUnit]]] = defaultdict(list)
         for item in units:
             by_shape[item[1].shape].append(item)
-        chunks = [group[i:i + self.batch_size] for group in by_shape.values()
-                  for i in range(0, len(group), self.batch_size)]
+        chunks = []
+        for group in by_shape.values():
+            size = self.limits.restore_batch_for(self.batch_size, is_direct(group[0][1], self.spec.crop_size))
+            chunks += [group[i:i + size] for i in range(0, len(group), size)]
         owners: list[int] = []
         vcg_all: list[np.ndarray] = []
         vda_all: list[np.ndarray] = []
@@ -299,7 +346,21 @@ class StreamPipeline:
         owners, vcg, vda = self.crop_scores([(index, u) for index, units in enumerate(prepared) for u in units])
         return _aggregate(owners, vcg, vda, len(prepared), self.spec.vcg_weight, self.spec.vda_weight)
 
+    # -------------------------------------------------------------------------------------------------- lifecycle
 
-def _bind(fn: Any, *args: Any) -> Any:
-    """A call with its arguments fixed now (the buffers of this step), run when the device says."""
-    return lambda: fn(*args)
+    def close(self) -> None:
+        """Drop the slots (buffers and graphs), then close the launcher and the device; idempotent. Graphs go before
+        the launcher's contexts and the device's streams they point at."""
+        if self._closed:
+            return
+        self._closed = True
+        self._slots.clear()
+        self._banks.clear()
+        self.launcher.close()
+        self.device.close()
+
+    def __enter__(self) -> StreamPipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
