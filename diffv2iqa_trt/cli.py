@@ -171,6 +171,9 @@ def score(
     cuda_graph: Annotated[OnOff | None, typer.Option(help="torch-cuda/tensorrt: capture the whole loop and both "
                                                           "branches as one CUDA graph per batch shape and replay it "
                                                           "(default on).")] = None,
+    lean_runtime: Annotated[Path | None, typer.Option(
+        help="tensorrt: the lean runtime library (libnvinfer_lean.so.<major>) that engines built with "
+             "--exclude-lean-runtime need.")] = None,
 ) -> None:
     """Score images. Bad files are reported and skipped; the exit code is 1 if any file could not be scored."""
     from .runtime.images import allow_pillow_pixels, expand_paths
@@ -181,7 +184,8 @@ def score(
                            checkpoint=checkpoint, preset=preset.value if preset else None, crops=crops, mode=mode,
                            steps=steps, seed=seed, batch_size=batch_size, device=device, threads=threads,
                            streams=None if streams is None else streams is OnOff.on,
-                           cuda_graph=None if cuda_graph is None else cuda_graph is OnOff.on)
+                           cuda_graph=None if cuda_graph is None else cuda_graph is OnOff.on,
+                           lean_runtime=lean_runtime)
     try:
         allow_pillow_pixels(max_pixels)
         scorer = open_scorer(options)
@@ -302,8 +306,11 @@ def build(
     version_compatible: Annotated[bool, typer.Option(help="Build version-compatible engines: they load on later "
                                                           "TensorRT releases of the same major.")] = False,
     exclude_lean_runtime: Annotated[bool, typer.Option(help="With --version-compatible: do not embed the lean "
-                                                            "runtime in the engines (the loader must supply "
-                                                            "one).")] = False,
+                                                            "runtime in the engines (smaller plans; loading them "
+                                                            "needs --lean-runtime).")] = False,
+    lean_runtime: Annotated[Path | None, typer.Option(
+        help="With --exclude-lean-runtime: the lean runtime library of this TensorRT (libnvinfer_lean.so.<major>), "
+             "which TensorRT needs to load (and inspect) the engines it builds.")] = None,
     fallback_allowance: Annotated[float, typer.Option(
         help="Precision census: how much larger than the ONNX asks (fraction of compute layers) the FP32 share of "
              "an engine, or how much smaller its INT8 share, may be before the build fails.")] = 0.05,
@@ -325,7 +332,7 @@ def build(
         variants = _variant_options(request, calib_images, eval_images, calib_crops, calib_methods, min_srcc,
                                     max_delta, overwrite)
         engines = _engine_settings(target, timing_cache, opt_level, workspace_mib, version_compatible,
-                                   exclude_lean_runtime, fallback_allowance)
+                                   exclude_lean_runtime, lean_runtime, fallback_allowance)
         if from_bundle is not None:
             _extend(from_bundle, out_dir, request, variants, engines, overwrite)
             return
@@ -367,7 +374,7 @@ def _progress(status: Any, message: str) -> None:
 
 
 def _engine_settings(target: BuildTarget, timing_cache: Path | None, opt_level: int, workspace_mib: int | None,
-                     version_compatible: bool, exclude_lean_runtime: bool,
+                     version_compatible: bool, exclude_lean_runtime: bool, lean_runtime: Path | None,
                      fallback_allowance: float) -> BuildSettings | None:
     """The engine options of `build`, or None when no engines are built. Checked before anything is exported:
     --target tensorrt without TensorRT or a GPU is a DependencyError (exit 2, nothing written); --target auto then
@@ -377,12 +384,13 @@ def _engine_settings(target: BuildTarget, timing_cache: Path | None, opt_level: 
     from .errors import DependencyError
 
     settings = BuildSettings(opt_level=opt_level, workspace_mib=workspace_mib, version_compatible=version_compatible,
-                             exclude_lean_runtime=exclude_lean_runtime, timing_cache=timing_cache,
-                             fallback_allowance=fallback_allowance)
+                             exclude_lean_runtime=exclude_lean_runtime, lean_runtime=lean_runtime,
+                             timing_cache=timing_cache, fallback_allowance=fallback_allowance)
     if target is BuildTarget.onnx:
         if settings != BuildSettings(fallback_allowance=fallback_allowance):
-            raise ConfigError("--timing-cache, --opt-level, --workspace-mib, --version-compatible and "
-                              "--exclude-lean-runtime are TensorRT engine options: add --target tensorrt (or auto)")
+            raise ConfigError("--timing-cache, --opt-level, --workspace-mib, --version-compatible, "
+                              "--exclude-lean-runtime and --lean-runtime are TensorRT engine options: add --target "
+                              "tensorrt (or auto)")
         return None
     settings.check()
     why = engines_unavailable()
@@ -706,8 +714,11 @@ def calibrate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary and per-step ranges as JSON.")] = False,
 ) -> None:
     """Record (or reuse) the calibration set of a bundle: restore_step inputs at every step, branch snapshot crops."""
+    import warnings
+
     from .bundle import load_bundle
     from .calibration import calibration_set, step_ranges
+    from .calibration.cache import CalibrationCacheWarning
     from .runtime.images import allow_pillow_pixels
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -715,7 +726,8 @@ def calibrate(
     try:
         allow_pillow_pixels(max_pixels)
         b = load_bundle(bundle)
-        with progress:
+        with progress, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", CalibrationCacheWarning)
             task = progress.add_task("calibration", total=None)
             cs, reused = calibration_set(
                 b, list(images), crops=crops, mode=mode, max_crops=max_crops, rows_per_step=rows_per_step,
@@ -725,6 +737,8 @@ def calibrate(
                                                                     total=total))
     except DiffV2IQAError as exc:
         raise _failed(exc) from None
+    for w in caught:  # e.g. a cached set that failed its hash check and was recorded again
+        err.print(f"[yellow]warning:[/] {_show(str(w.message), message=True)}")
     for skipped in cs.meta.get("skipped", []):
         err.print(f"[yellow]skipped:[/] {_show(skipped['file'])}: {_show(skipped['reason'], message=True)}")
     ranges = step_ranges(cs)

@@ -37,6 +37,7 @@ class ScoreOptions:
     threads: int | None = None
     streams: bool | None = None  # GPU stream backends: VCG and VDA on their own streams (default on)
     cuda_graph: bool | None = None  # GPU stream backends: capture and replay CUDA graphs (default on)
+    lean_runtime: Path | None = None  # tensorrt: the lean runtime library --exclude-lean-runtime engines need
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,8 @@ def check_options(o: ScoreOptions) -> None:
     if not gpu_stream and (o.streams is not None or o.cuda_graph is not None):
         raise ConfigError(f"--streams and --cuda-graph apply to the GPU backends ({', '.join(STREAM_BACKENDS)}), "
                           f"not to {o.backend or 'the default backend'}")
+    if o.lean_runtime is not None and o.backend != "tensorrt":
+        raise ConfigError("--lean-runtime applies to --backend tensorrt only")
     if gpu_stream and o.bundle is None:
         raise ConfigError(f"--backend {o.backend} needs --bundle (build one with `diffv2iqa-trt build`)")
     if gpu_stream and (o.device not in ("cpu", "cuda") or o.threads is not None):
@@ -112,9 +115,10 @@ def _bundle_scorer(o: ScoreOptions) -> Scorer:
                             noise_seed=p.noise.seed if o.seed is None else o.seed)
     pipeline: ScoringPipeline
     if o.backend in STREAM_BACKENDS:
+        extra = {} if o.lean_runtime is None else {"lean_runtime": o.lean_runtime}
         pipeline = bundle_stream_pipeline(bundle, o.backend, precision=o.precision, scoring=scoring,
                                           batch_size=o.batch_size, streams=o.streams is not False,
-                                          cuda_graph=o.cuda_graph is not False)
+                                          cuda_graph=o.cuda_graph is not False, **extra)
     else:
         pipeline = bundle_pipeline(bundle, o.backend or "onnxruntime", precision=o.precision, device=o.device,
                                    scoring=scoring, batch_size=o.batch_size, threads=o.threads)

@@ -512,7 +512,16 @@ def test_engine_options_need_an_engine_target(tmp_path: Path) -> None:
     result = runner.invoke(app, ["build", "--preset", "tiny", "--out", str(tmp_path / "b"), "--target", "auto",
                                  "--exclude-lean-runtime"])
     assert result.exit_code == 2 and "only applies to --version-compatible" in result.output
+    result = runner.invoke(app, ["build", "--preset", "tiny", "--out", str(tmp_path / "b"), "--lean-runtime",
+                                 str(tmp_path / "libnvinfer_lean.so.10")])
+    assert result.exit_code == 2 and "--lean-runtime are TensorRT engine options" in result.output
+    result = runner.invoke(app, ["build", "--preset", "tiny", "--out", str(tmp_path / "b"), "--target", "auto",
+                                 "--version-compatible", "--exclude-lean-runtime"])
+    assert result.exit_code == 2 and "--lean-runtime" in result.output, result.output
     assert not (tmp_path / "b").exists()
+    result = runner.invoke(app, ["score", str(tmp_path / "x.png"), "--preset", "tiny", "--lean-runtime",
+                                 str(tmp_path / "libnvinfer_lean.so.10")])
+    assert result.exit_code == 2 and "--lean-runtime applies to --backend tensorrt only" in result.output
 
 
 def test_type_stubs_on_the_path_do_not_count_as_tensorrt(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from diffv2iqa_trt.runtime.batching import BatchLimits
 from diffv2iqa_trt.runtime.crops import ImageSizeError
 from diffv2iqa_trt.runtime.device import ExecutorLauncher, HostDevice
 from diffv2iqa_trt.runtime.from_bundle import bundle_pipeline
-from diffv2iqa_trt.runtime.pipeline import Pipeline
+from diffv2iqa_trt.runtime.pipeline import Pipeline, is_direct
 from diffv2iqa_trt.runtime.sim_device import ProfileLauncher, StrictDevice
 from diffv2iqa_trt.runtime.stream_pipeline import BufferPlan, StreamPipeline
 
@@ -104,12 +104,13 @@ CONFIGS = [(crops, mode) for mode in ("crops", "faithful") for crops in ("center
 TOY_SEEDS = tuple(range(6))
 
 
-def _restore_batches(prepared: list[list[Any]], batch: int) -> int:
-    groups: dict[tuple[int, ...], int] = {}
+def _restore_batches(prepared: list[list[Any]], batch: int, limits: BatchLimits, crop_size: int) -> int:
+    """Restoration batches the batching rule makes: per resolution, runs of the rule's restoration batch."""
+    groups: dict[tuple[int, ...], list[Any]] = {}
     for units in prepared:
         for u in units:
-            groups[u.shape] = groups.get(u.shape, 0) + 1
-    return sum(-(-n // batch) for n in groups.values())
+            groups.setdefault(u.shape, []).append(u)
+    return sum(-(-len(g) // limits.restore_batch_for(batch, is_direct(g[0], crop_size))) for g in groups.values())
 
 
 @pytest.mark.parametrize(("crops", "mode"), CONFIGS)
@@ -133,8 +134,7 @@ def test_orchestration_over_interleavings(bundle: Bundle, images: list[np.ndarra
                 with StreamPipeline(device, launcher, spec, batch_size=batch, streams=streams, cuda_graph=graph,
                                     limits=limits) as pipe:
                     got = pipe.score_prepared(prepared)
-                    assert len(pipe.timings) == _restore_batches(prepared, limits.restore_batch_for(batch, False)) \
-                        or mode == "crops" or crops == "resize224"
+                    assert len(pipe.timings) == _restore_batches(prepared, batch, limits, spec.crop_size)
                 assert [r.score for r in got] == want, (streams, graph, seed)
                 assert [r.crops for r in got] == [len(u) * len(u[0].boxes) for u in prepared]
                 assert device.races == []

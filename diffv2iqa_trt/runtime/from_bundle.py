@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..bundle.store import Bundle
 from ..config import ScoringConfig
 from ..errors import ConfigError
@@ -26,12 +28,14 @@ def bundle_pipeline(bundle: Bundle, backend: str = "onnxruntime", *, precision: 
 
 def bundle_stream_pipeline(bundle: Bundle, backend: str, *, precision: str | None = None,
                            scoring: ScoringConfig | None = None, batch_size: int = 8, streams: bool = True,
-                           cuda_graph: bool = True) -> StreamPipeline:
-    """A stream pipeline (the loop on a GPU) over the bundle's graphs on `backend` (torch-cuda or tensorrt)."""
+                           cuda_graph: bool = True, **backend_options: Any) -> StreamPipeline:
+    """A stream pipeline (the loop on a GPU) over the bundle's graphs on `backend` (torch-cuda or tensorrt);
+    `backend_options` go to that backend's factory (tensorrt: lean_runtime, max_contexts)."""
     if backend not in STREAM_BACKENDS:
         raise ConfigError(f"{backend!r} is not a GPU stream backend; use one of {', '.join(STREAM_BACKENDS)}")
     spec = PipelineSpec.from_manifest(bundle.manifest.pipeline, scoring)
     pipeline: StreamPipeline = stream_factory(backend)(bundle, spec, batch_size=batch_size, streams=streams,
-                                                       cuda_graph=cuda_graph, precision=precision)
+                                                       cuda_graph=cuda_graph, precision=precision,
+                                                       **backend_options)
     pipeline.limits = BatchLimits.from_bundle(bundle, resolution=backend in PROFILE_BOUND_BACKENDS)
     return pipeline
