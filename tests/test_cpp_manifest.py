@@ -1,5 +1,6 @@
-"""The C++ bundle reader (cpp/include/diffv2iqa/{json,sha256,manifest}.hpp, cpp/src/manifest.cpp) against the Python
-loader: cpp/tests/verify_bundle.cpp is compiled with g++ and run on the session's tiny bundle and on damaged copies.
+"""The C++ bundle reader (cpp/include/diffv2iqa/{json,sha256,manifest,onnx_refs}.hpp, cpp/src/{manifest,onnx_refs}.cpp)
+against the Python loader: cpp/tests/verify_bundle.cpp is compiled with g++ and run on the session's tiny bundle, on
+damaged copies and on the shared hostile files of tests/data/hostile/ (see its README.md).
 """
 
 from __future__ import annotations
@@ -12,14 +13,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnx
 import pytest
 
 from diffv2iqa_trt.bundle import load_bundle
+from diffv2iqa_trt.bundle.store import _external_locations
 from diffv2iqa_trt.errors import BundleError
 
 REPO = Path(__file__).resolve().parents[1]
 CPP = REPO / "cpp"
 GXX = shutil.which("g++")
+HOSTILE = REPO / "tests" / "data" / "hostile"
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +33,8 @@ def verify_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip("g++ is not installed: the C++ bundle reader cannot be built here")
     exe = tmp_path_factory.mktemp("cpp") / "verify_bundle"
     cmd = [GXX, "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-I", str(CPP / "include"),
-           str(CPP / "tests" / "verify_bundle.cpp"), str(CPP / "src" / "manifest.cpp"), "-o", str(exe)]
+           str(CPP / "tests" / "verify_bundle.cpp"), str(CPP / "src" / "manifest.cpp"),
+           str(CPP / "src" / "onnx_refs.cpp"), "-o", str(exe)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return exe
@@ -61,6 +67,7 @@ def test_summary_equals_the_python_loader(verify_bundle: Path, auto_built: tuple
     assert got["gamma_head"] == [f"{g:.9g}" for g in p.gamma[:3]]
     assert got["graphs"] == {name: g.variants["fp32"].file for name, g in bundle.manifest.graphs.items()}
     assert got["files"] == {name: {"sha256": e.sha256, "bytes": e.bytes} for name, e in bundle.manifest.files.items()}
+    assert got["external_data"] == {}  # the toolkit's graphs keep their weights inside
     # ...and the C++ digests are the files' real ones, not the manifest's text echoed back.
     for name, entry in got["files"].items():
         assert entry["sha256"] == hashlib.sha256((bundle.root / name).read_bytes()).hexdigest()
@@ -203,3 +210,195 @@ def test_json_reader_is_strict(verify_bundle: Path, tmp_path: Path) -> None:
         (tmp_path / "n.json").write_text(text, encoding="ascii")
         result = _run(verify_bundle, "--json", tmp_path / "n.json")
         assert result.returncode == 0 and result.stdout.split()[-2:] == [as_int64, as_uint64], (text, result)
+
+
+# --- issue 22, case 7: the noise test vectors must be the crop-size bank's rows ---------------------------------------
+
+EDITS = json.loads((HOSTILE / "manifest_edits.json").read_text(encoding="utf-8"))["cases"]
+
+
+def apply_edits(doc: dict[str, Any], edits: list[dict[str, Any]]) -> None:
+    """tests/data/hostile/manifest_edits.json's edits, applied to a parsed manifest (see its 'about')."""
+    p = doc["pipeline"]
+    known = {"steps": p["steps"], "crop_size": p["crop_size"]}
+
+    def value(v: Any) -> Any:
+        return [known.get(x, x) if isinstance(x, str) else x for x in v] if isinstance(v, list) else known.get(v, v)
+
+    def parent(path: list[Any]) -> Any:
+        node: Any = doc
+        for key in path[:-1]:
+            node = node[key]
+        return node
+
+    for edit in edits:
+        if edit["op"] == "set":
+            parent(edit["path"])[edit["path"][-1]] = value(edit["value"])
+        elif edit["op"] == "resize":
+            items = parent(edit["path"])[edit["path"][-1]]
+            length = value(edit["length"])
+            items[:] = items[:length] + [items[-1]] * max(0, length - len(items))
+        else:
+            assert edit["op"] == "copy", edit
+            parent(edit["to"])[edit["to"][-1]] = parent(edit["from"])[edit["from"][-1]]
+
+
+@pytest.mark.parametrize("case", EDITS, ids=[c["name"] for c in EDITS])
+def test_hostile_noise_test_vectors_are_refused_at_load(case: dict[str, Any], verify_bundle: Path,
+                                                        auto_built: tuple[Any, str], tmp_path: Path) -> None:
+    copy = tmp_path / "bundle"
+    shutil.copytree(auto_built[0].root, copy)
+    doc = json.loads((copy / "manifest.json").read_text(encoding="utf-8"))
+    apply_edits(doc, case["edits"])
+    (copy / "manifest.json").write_text(json.dumps(doc), encoding="utf-8")
+    result = _run(verify_bundle, copy)
+    if case["refused_at"] is None:
+        assert result.returncode == 0, result.stderr
+        return
+    assert result.returncode == 2 and result.stdout == "", (result.stdout, result.stderr[-2000:])
+    assert f"at {case['refused_at']}" in result.stderr and "rebuild the bundle" in result.stderr, result.stderr
+
+
+def test_test_vector_messages_name_the_expected_values(verify_bundle: Path, auto_built: tuple[Any, str],
+                                                       tmp_path: Path) -> None:
+    copy = tmp_path / "bundle"
+    shutil.copytree(auto_built[0].root, copy)
+    doc = json.loads((copy / "manifest.json").read_text(encoding="utf-8"))
+    steps, crop = doc["pipeline"]["steps"], doc["pipeline"]["crop_size"]
+    for edit, message in [
+            ({"op": "set", "path": ["pipeline", "noise", "test_vectors", "shape"], "value": [3, 4096, 4096]},
+             f"[3, 4096, 4096] is not the shape of a noise row at crop size, [3, {crop}, {crop}]"),
+            ({"op": "resize", "path": ["pipeline", "noise", "test_vectors", "row_sha256"], "length": "steps"},
+             f"{steps} digests, but the noise bank of {steps} steps has {steps + 1} rows (0..{steps})"),
+            ({"op": "copy", "from": ["pipeline", "noise", "test_vectors", "first8_bits", "0"],
+              "to": ["pipeline", "noise", "test_vectors", "first8_bits", str(steps + 1)]},
+             f"row {steps + 1} does not exist: the bank has rows 0..{steps}")]:
+        edited = json.loads(json.dumps(doc))
+        apply_edits(edited, [edit])
+        (copy / "manifest.json").write_text(json.dumps(edited), encoding="utf-8")
+        result = _run(verify_bundle, copy)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+# --- issue 22, case 6: ONNX external data must be listed bundle files ------------------------------------------------
+
+ONNX_INDEX = json.loads((HOSTILE / "onnx_external" / "index.json").read_text(encoding="utf-8"))
+
+
+def _refs(exe: Path, path: Path) -> subprocess.CompletedProcess[str]:
+    return _run(exe, "--onnx-refs", path)
+
+
+def test_onnx_walker_finds_every_reference_of_the_shared_files(verify_bundle: Path) -> None:
+    """Every place an ONNX file can hold a tensor (tests/data/hostile/onnx_external), against the index and, where
+    it finds them all, the Python loader's walker."""
+    for name, entry in ONNX_INDEX.items():
+        path = HOSTILE / "onnx_external" / name
+        result = _refs(verify_bundle, path)
+        if "error" in entry:
+            assert result.returncode == 2 and entry["error"] in result.stderr, (name, result.stderr)
+            with pytest.raises(Exception):  # noqa: B017 - protobuf's DecodeError: the Python loader refuses it too
+                onnx.load(str(path), load_external_data=False)
+            continue
+        assert result.returncode == 0, (name, result.stderr)
+        got = [json.loads(line) for line in result.stdout.splitlines()]
+        assert got == entry["locations"], name
+        if entry["python_walker_finds_all"]:
+            python = _external_locations(onnx.load(str(path), load_external_data=False))
+            assert sorted(python, key=str) == sorted(got, key=str), name
+
+
+def _relist(root: Path, doc: dict[str, Any], name: str) -> None:
+    """Record bundle file `name`'s size and sha256 in the manifest (and in the variant entry that names it)."""
+    data = (root / name).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    doc["files"][name] = {"sha256": digest, "bytes": len(data)}
+    for graph in doc["graphs"].values():
+        for variant in graph["variants"].values():
+            if variant["file"] == name:
+                variant["sha256"] = digest
+
+
+def external_vcg(source: Path, root: Path, *, location: str = "vcg.data", listed: bool = True,
+                 data_scale: float = 1.0) -> Path:
+    """A copy of bundle `source` whose vcg.fp32.onnx keeps its initializers of 1 kB or more (its weights; ONNX Runtime
+    needs the small shape constants inline) in the external file vcg.data, the graph
+    naming it as `location`, the data file listed and hashed in the manifest or not. With `data_scale`, vcg.data is
+    then replaced by the same layout holding every float weight times data_scale (what an unlisted, unhashed file
+    lets anyone do)."""
+    shutil.copytree(source, root)
+    model = onnx.load(str(root / "vcg.fp32.onnx"))
+    onnx.save_model(model, str(root / "vcg.fp32.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="vcg.data", size_threshold=1024)
+    if data_scale != 1.0:
+        data = bytearray((root / "vcg.data").read_bytes())
+        for t in onnx.load(str(root / "vcg.fp32.onnx"), load_external_data=False).graph.initializer:
+            if t.data_type == onnx.TensorProto.FLOAT and t.data_location == onnx.TensorProto.EXTERNAL:
+                info = {e.key: e.value for e in t.external_data}
+                start, length = int(info.get("offset", 0)), int(info["length"])
+                values = np.frombuffer(bytes(data[start:start + length]), "<f4") * np.float32(data_scale)
+                data[start:start + length] = values.astype("<f4").tobytes()
+        (root / "vcg.data").write_bytes(bytes(data))
+    if location != "vcg.data":
+        graph = onnx.load(str(root / "vcg.fp32.onnx"), load_external_data=False)
+        for t in graph.graph.initializer:
+            for e in t.external_data:
+                if e.key == "location":
+                    e.value = location
+        (root / "vcg.fp32.onnx").write_bytes(graph.SerializeToString())
+    doc = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+    _relist(root, doc, "vcg.fp32.onnx")
+    if listed:
+        _relist(root, doc, "vcg.data")
+    (root / "manifest.json").write_text(json.dumps(doc), encoding="utf-8")
+    return root
+
+
+def test_external_data_must_be_a_listed_file(verify_bundle: Path, auto_built: tuple[Any, str],
+                                             tmp_path: Path) -> None:
+    source = auto_built[0].root
+    # Listed and hashed: accepted, and the summary names it as the Python loader does.
+    listed = external_vcg(source, tmp_path / "listed")
+    result = _run(verify_bundle, listed)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["external_data"] == {"vcg.fp32.onnx": ["vcg.data"]}
+    assert load_bundle(listed).check_onnx_references("vcg") == ("vcg.data",)
+    # Before: an unlisted data file beside the graph was read unchecked (verify_bundle exited 0).
+    unlisted = external_vcg(source, tmp_path / "unlisted", listed=False, data_scale=3.0)
+    result = _run(verify_bundle, unlisted)
+    assert result.returncode == 2 and result.stdout == "", result.stdout
+    assert (f"{unlisted}/vcg.fp32.onnx (the fp32 vcg graph) loads external data from 'vcg.data', which is not a "
+            f"file listed in {unlisted}/manifest.json") in result.stderr, result.stderr
+    with pytest.raises(BundleError, match="loads external data from 'vcg.data'"):
+        load_bundle(unlisted).check_onnx_references("vcg")
+    # Listed, but named by a path that leaves the graph's folder, or ONNX Runtime's memory-address tag.
+    outside = tmp_path / "outside.data"
+    shutil.copy(listed / "vcg.data", outside)
+    for k, location in enumerate(["../outside.data", str(outside), "sub/../vcg.data", "*/_ORT_MEM_ADDR_/*"]):
+        root = external_vcg(source, tmp_path / f"loc{k}", location=location)
+        result = _run(verify_bundle, root)
+        assert result.returncode == 2, (location, result.stdout)
+        assert f"loads external data from '{location}'" in result.stderr, result.stderr
+        if location.startswith("*"):
+            assert "ONNX Runtime's tag for data at a memory address" in result.stderr
+
+
+@pytest.mark.parametrize("name", [n for n, e in ONNX_INDEX.items() if "error" in e or None in e["bundle_names"]])
+def test_shared_hostile_graphs_are_refused_in_a_bundle(name: str, verify_bundle: Path, auto_built: tuple[Any, str],
+                                                       tmp_path: Path) -> None:
+    """Each shared hostile ONNX file as a bundle's vda graph (listed and hashed): refused at load."""
+    root = tmp_path / "bundle"
+    shutil.copytree(auto_built[0].root, root)
+    shutil.copy(HOSTILE / "onnx_external" / name, root / "vda.fp32.onnx")
+    doc = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+    _relist(root, doc, "vda.fp32.onnx")
+    (root / "manifest.json").write_text(json.dumps(doc), encoding="utf-8")
+    result = _run(verify_bundle, root)
+    assert result.returncode == 2 and result.stdout == "", result.stdout
+    entry = ONNX_INDEX[name]
+    if "error" in entry:
+        assert "vda.fp32.onnx (the fp32 vda graph) is not a readable ONNX model" in result.stderr, result.stderr
+    else:
+        location = entry["locations"][0]
+        shown = "an external tensor without a location" if location is None else f"'{location}'"
+        assert f"vda.fp32.onnx (the fp32 vda graph) loads external data from {shown}" in result.stderr, result.stderr

@@ -12,6 +12,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+from test_cpp_manifest import EDITS, apply_edits, external_vcg
 
 from diffv2iqa_trt.data.photos import photo
 from diffv2iqa_trt.golden import read_ppm, write_ppm
@@ -317,3 +319,102 @@ def test_bad_files_are_error_rows_and_bad_usage_is_refused(cpp_tools: Path, bund
     (copy / "vda.fp32.onnx").write_bytes(b"")
     result = _run(tool, "--bundle", copy, photo_files[0])
     assert result.returncode == 2 and "vda.fp32.onnx is 0 bytes" in result.stderr, result.stderr
+
+
+# --- issue 22: hostile input ------------------------------------------------------------------------------------------
+
+# Runs argv[3:] under RLIMIT_AS = argv[1] bytes with a timeout of argv[2] s, then prints its peak RSS on stderr. The
+# command is forked from this small interpreter, not from pytest: a child's ru_maxrss counts the pages it shares with
+# the process it was forked from, and pytest's (torch loaded) are ~500 MB.
+_MEASURE = """
+import os, resource, signal, sys
+limit, timeout = int(sys.argv[1]), int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[3], sys.argv[3:])
+signal.signal(signal.SIGALRM, lambda *_: os.kill(pid, signal.SIGKILL))
+signal.alarm(timeout)
+_, status, usage = os.wait4(pid, 0)
+sys.stderr.write("\\n@peak_rss %d\\n" % (usage.ru_maxrss * 1024))
+sys.exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
+"""
+
+
+def _run_measured(args: list[Any], address_space: int, timeout: int = 120) -> tuple[int, str, str, int]:
+    """Run with RLIMIT_AS = address_space bytes: (exit status, stdout, stderr, the command's own peak RSS in bytes)."""
+    result = subprocess.run([sys.executable, "-c", _MEASURE, str(address_space), str(timeout), *map(str, args)],
+                            capture_output=True, text=True, timeout=timeout + 30)
+    err, _, peak = result.stderr.rpartition("\n@peak_rss ")
+    return result.returncode, result.stdout, err, int(peak)
+
+
+def test_huge_sparse_files_are_error_rows_in_bounded_memory(cpp_tools: Path, bundle: Any, photo_files: list[Path],
+                                                            tmp_path: Path) -> None:
+    """Issue 22, case 2: files were read whole, so a 20 GB sparse file cost 20 GB (std::bad_alloc under a memory
+    limit: exit 2, no output, the good images unscored). Now they are streamed: memory is bounded by the decoded
+    pixels, not the file size."""
+    size = 20 << 30
+    zeros, tail, ppm = tmp_path / "x.png", tmp_path / "tail.png", tmp_path / "big.ppm"
+    shutil.copy(photo_files[0], tail)  # a valid PNG followed by 20 GB of zeros after its IEND
+    ppm.write_bytes(b"P6\n100 100\n255\n")  # a 100x100 header over 20 GB
+    try:
+        for path in (zeros, tail, ppm):
+            with open(path, "ab") as f:
+                f.truncate(size)
+    except OSError as exc:
+        pytest.skip(f"this filesystem cannot hold a 20 GB sparse file ({exc})")
+    status, out, err, peak = _run_measured(
+        [cpp_tools / "diffv2iqa-score", "--bundle", bundle.root, "--threads", "1", photo_files[0], zeros, tail, ppm],
+        address_space=3 << 30)
+    assert status == 1 and out, (status, err)
+    rows = json.loads(out)["results"]
+    assert [r["path"] for r in rows] == [str(p) for p in (photo_files[0], zeros, tail, ppm)]
+    assert rows[0]["error"] is None and rows[2]["error"] is None
+    assert rows[2]["score"] == rows[0]["score"]  # the trailing zeros are never read
+    assert rows[1]["score"] is None and "not a PNG or binary PPM" in rows[1]["error"]
+    assert rows[3]["error"] == f"PPM of 100x100 pixels has {size - 15} bytes of pixels, expected 30000"
+    assert peak < 300 << 20, f"peak RSS {peak / 2**20:.0f} MiB"
+    print(f"20 GB sparse inputs: peak RSS {peak / 2**20:.0f} MiB")
+
+
+def test_unlisted_external_data_is_refused_before_scoring(cpp_tools: Path, bundle: Any, photo_files: list[Path],
+                                                          tmp_path: Path) -> None:
+    """Issue 22, case 6: a graph reading an unlisted data file was scored (its weights anything); now refused."""
+    tool = cpp_tools / "diffv2iqa-score"
+    args = ["--threads", "1", "--crops", "center", photo_files[0]]
+    want = json.loads(_run(tool, "--bundle", bundle.root, *args).stdout)["results"][0]
+    listed = external_vcg(bundle.root, tmp_path / "listed")
+    got = json.loads(_run(tool, "--bundle", listed, *args).stdout)["results"][0]
+    assert (got["score"], got["vcg"]) == (want["score"], want["vcg"])  # external data itself is fine
+    unlisted = external_vcg(bundle.root, tmp_path / "unlisted", listed=False, data_scale=3.0)
+    result = _run(tool, "--bundle", unlisted, *args)
+    assert result.returncode == 2 and result.stdout == "", result.stdout  # before: scored, vcg from other weights
+    assert "vcg.fp32.onnx (the fp32 vcg graph) loads external data from 'vcg.data', which is not a file listed" \
+        in result.stderr, result.stderr
+
+
+def test_check_golden_refuses_test_vectors_scoring_never_uses(cpp_tools: Path, bundle: Any, tmp_path: Path) -> None:
+    """Issue 22, case 7: --check-golden computed noise rows of whatever shape the manifest gave ([3, 4096, 4096]: 44 s
+    on the tiny bundle; [4096]*3: bad_alloc) and scored 10000-step golden cases before saying the vectors differ."""
+    cases = {c["name"]: c for c in EDITS}
+    for name, budget in [("test-vector-shape-4096", 10.0), ("test-vector-shape-cube", 10.0),
+                         ("steps-10000-copied-tables", 60.0)]:
+        copy = tmp_path / name
+        shutil.copytree(bundle.root, copy)
+        doc = json.loads((copy / "manifest.json").read_text(encoding="utf-8"))
+        apply_edits(doc, cases[name]["edits"])
+        (copy / "manifest.json").write_text(json.dumps(doc), encoding="utf-8")
+        start = time.monotonic()
+        status, out, err, _ = _run_measured([cpp_tools / "diffv2iqa-score", "--bundle", copy, "--check-golden",
+                                             "--threads", "1"], address_space=8 << 30, timeout=int(budget * 2))
+        seconds = time.monotonic() - start
+        assert seconds < budget, (name, seconds, err)
+        if cases[name]["refused_at"] is not None:
+            assert status == 2 and out == "" and f"at {cases[name]['refused_at']}" in err, (name, status, err)
+        else:  # the bundle loads; the noise rows differ, so no golden input is scored
+            report = json.loads(out)
+            assert status == 1 and report["ok"] is False and report["golden"] == [], (name, err)
+            assert report["noise"]["rows"] == 10001 and report["noise"]["ok"] is False
+            assert "the noise test vectors DIFFER" in err and "not scored" in err, err
+        print(f"{name}: exit {status} in {seconds:.1f} s")

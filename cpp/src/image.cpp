@@ -1,9 +1,12 @@
 // PPM and PNG input: see include/diffv2iqa/image.hpp for the conversions and why.
 #include "diffv2iqa/image.hpp"
 
+#include <fcntl.h>
 #include <png.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -35,22 +38,92 @@ namespace {
 
 bool is_space(unsigned char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
 
-std::string read_file(const std::string& path) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) {
-    if (errno == ENOENT || errno == ENOTDIR) throw ImageError(path, "file not found");
-    throw ImageError(path, std::string("cannot read the file (") + std::strerror(errno) + ")");
+// An image file read in order, through a 64 KiB buffer: the decoders take the bytes they need and no file is ever
+// read whole, so the memory a file costs is bounded by the pixels its header declares (at most max_pixels), not by its
+// size (a 20 GB file costs 64 KiB until a decoder refuses it). Also serves bytes already in memory (decode_ppm).
+// Never throws (libpng calls read() from C frames): a read error ends the stream and is kept in error().
+class ByteSource {
+ public:
+  ByteSource(int fd, std::uint64_t size) : fd_(fd), size_(size), storage_(kBuffer) {}
+  ByteSource(const char* data, std::size_t size) : size_(size), data_(data), len_(size) {}
+  ByteSource(const ByteSource&) = delete;
+  ByteSource& operator=(const ByteSource&) = delete;
+
+  // Up to n bytes into out; fewer only at the end of the file or on a read error.
+  std::size_t read(void* out, std::size_t n) {
+    auto* dst = static_cast<unsigned char*>(out);
+    std::size_t done = 0;
+    while (done < n) {
+      if (pos_ == len_) {
+        if (n - done >= kBuffer && fd_ >= 0) {  // a large read (PPM pixels) goes straight to its destination
+          const std::size_t got = read_fd(dst + done, n - done);
+          done += got;
+          consumed_ += got;
+          return done;
+        }
+        if (!refill()) break;
+      }
+      const std::size_t take = std::min(n - done, len_ - pos_);
+      std::memcpy(dst + done, data_ + pos_, take);
+      pos_ += take;
+      done += take;
+      consumed_ += take;
+    }
+    return done;
   }
-  if (S_ISDIR(st.st_mode)) throw ImageError(path, "is a directory, not an image");
-  if (!S_ISREG(st.st_mode)) throw ImageError(path, "is not a regular file (a pipe, socket or device?)");
-  if (st.st_size == 0) throw ImageError(path, "not an image file (the file is empty)");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ImageError(path, std::string("cannot read the file (") + std::strerror(errno) + ")");
-  std::string bytes(static_cast<std::size_t>(st.st_size), '\0');
-  in.read(&bytes[0], static_cast<std::streamsize>(bytes.size()));
-  if (static_cast<std::size_t>(in.gcount()) != bytes.size()) throw ImageError(path, "the file shrank while read");
-  return bytes;
-}
+  // The next byte, or -1 at the end.
+  int get() {
+    if (pos_ == len_ && !refill()) return -1;
+    ++consumed_;
+    return static_cast<unsigned char>(data_[pos_++]);
+  }
+  // Up to n (<= 64 KiB) bytes from the current position into out, without consuming them.
+  std::size_t peek(void* out, std::size_t n) {
+    if (len_ - pos_ < n && fd_ >= 0) {  // move what is left to the front and top the buffer up
+      if (len_ > pos_) std::memmove(storage_.data(), data_ + pos_, len_ - pos_);
+      len_ -= pos_;
+      pos_ = 0;
+      data_ = storage_.data();
+      len_ += read_fd(reinterpret_cast<unsigned char*>(storage_.data()) + len_, std::min(n, kBuffer) - len_);
+    }
+    const std::size_t take = std::min(n, len_ - pos_);
+    std::memcpy(out, data_ + pos_, take);
+    return take;
+  }
+  std::uint64_t size() const { return size_; }          // the file's size when opened
+  std::uint64_t consumed() const { return consumed_; }  // bytes handed out so far
+  const std::string& error() const { return error_; }
+
+ private:
+  static constexpr std::size_t kBuffer = std::size_t{1} << 16;
+
+  bool refill() {
+    if (fd_ < 0) return false;
+    data_ = storage_.data();
+    pos_ = 0;
+    len_ = read_fd(reinterpret_cast<unsigned char*>(storage_.data()), kBuffer);
+    return len_ > 0;
+  }
+  std::size_t read_fd(unsigned char* out, std::size_t n) {
+    std::size_t done = 0;
+    while (done < n && error_.empty()) {
+      const ssize_t got = ::read(fd_, out + done, n - done);
+      if (got < 0 && errno == EINTR) continue;
+      if (got < 0) error_ = std::string("cannot read the file (") + std::strerror(errno) + ")";
+      if (got <= 0) break;
+      done += static_cast<std::size_t>(got);
+    }
+    return done;
+  }
+
+  int fd_ = -1;
+  std::uint64_t size_ = 0;
+  std::vector<char> storage_;
+  const char* data_ = nullptr;  // storage_ for a file, the caller's bytes for memory
+  std::size_t pos_ = 0, len_ = 0;
+  std::uint64_t consumed_ = 0;
+  std::string error_;
+};
 
 std::string too_large(std::uint64_t w, std::uint64_t h, std::uint64_t max_pixels) {
   return "image is " + std::to_string(w) + "x" + std::to_string(h) + " pixels, above the limit of " +
@@ -60,17 +133,14 @@ std::string too_large(std::uint64_t w, std::uint64_t h, std::uint64_t max_pixels
 // ---- PNG ---------------------------------------------------------------------------------------------------------
 
 struct PngReader {
-  const std::string& bytes;
-  std::size_t offset = 8;  // after the signature, which read_image has checked
-  std::string path;
+  ByteSource& source;
   std::string error;
 };
 
 void png_read_bytes(png_structp png, png_bytep out, png_size_t count) {
   auto* r = static_cast<PngReader*>(png_get_io_ptr(png));
-  if (count > r->bytes.size() - r->offset) png_error(png, "truncated PNG (the file ends early)");
-  std::memcpy(out, r->bytes.data() + r->offset, count);
-  r->offset += count;
+  if (r->source.read(out, count) != count)
+    png_error(png, r->source.error().empty() ? "truncated PNG (the file ends early)" : r->source.error().c_str());
 }
 
 void png_fail(png_structp png, png_const_charp message) {
@@ -103,8 +173,9 @@ int exif_orientation(const unsigned char* p, std::size_t n) {
   return 1;
 }
 
-RgbImage decode_png(const std::string& bytes, const std::string& path, std::uint64_t max_pixels) {
-  PngReader reader{bytes, 8, path, ""};
+// The PNG after its 8-byte signature (read_image has checked and consumed it).
+RgbImage decode_png(ByteSource& source, const std::string& path, std::uint64_t max_pixels) {
+  PngReader reader{source, ""};
   png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &reader, png_fail, png_warn);
   if (!png) throw ImageError(path, "out of memory creating the PNG reader");
   png_infop info = png_create_info_struct(png);
@@ -185,49 +256,92 @@ RgbImage decode_png(const std::string& bytes, const std::string& path, std::uint
 
 }  // namespace
 
-RgbImage decode_ppm(const std::string& bytes, const std::string& path, std::uint64_t max_pixels) {
-  std::size_t i = 2;
-  if (bytes.size() < 2 || bytes[0] != 'P' || bytes[1] != '6')
-    throw ImageError(path, "not a binary PPM (P6)");
+namespace {
+
+// A binary PPM from its first byte: the header is parsed byte by byte, the pixel count checked against max_pixels and
+// the file's size against the header before any pixel is read; then exactly width x height x 3 bytes are read.
+RgbImage decode_ppm(ByteSource& source, const std::string& path, std::uint64_t max_pixels) {
+  const int p = source.get(), six = source.get();
+  if (p != 'P' || six != '6') throw ImageError(path, "not a binary PPM (P6)");
+  const std::string malformed = "not a binary PPM: its header (P6 WIDTH HEIGHT 255) is malformed";
   std::uint64_t fields[3] = {0, 0, 0};  // width, height, maxval
+  int c = source.get();
   for (std::uint64_t& field : fields) {
     // whitespace and comments, then decimal digits
     for (;;) {
-      while (i < bytes.size() && is_space(static_cast<unsigned char>(bytes[i]))) ++i;
-      if (i < bytes.size() && bytes[i] == '#') {
-        while (i < bytes.size() && bytes[i] != '\n' && bytes[i] != '\r') ++i;
+      while (c >= 0 && is_space(static_cast<unsigned char>(c))) c = source.get();
+      if (c == '#') {
+        while (c >= 0 && c != '\n' && c != '\r') c = source.get();
         continue;
       }
       break;
     }
-    std::size_t start = i;
-    while (i < bytes.size() && bytes[i] >= '0' && bytes[i] <= '9' && i - start < 9)
-      field = field * 10 + static_cast<std::uint64_t>(bytes[i++] - '0');
-    if (i == start || (i < bytes.size() && bytes[i] >= '0' && bytes[i] <= '9'))
-      throw ImageError(path, "not a binary PPM: its header (P6 WIDTH HEIGHT 255) is malformed");
+    int digits = 0;
+    while (c >= '0' && c <= '9' && digits < 9) {
+      field = field * 10 + static_cast<std::uint64_t>(c - '0');
+      ++digits;
+      c = source.get();
+    }
+    if (digits == 0 || (c >= '0' && c <= '9')) throw ImageError(path, malformed);
   }
-  if (i >= bytes.size() || !is_space(static_cast<unsigned char>(bytes[i])))
-    throw ImageError(path, "not a binary PPM: its header (P6 WIDTH HEIGHT 255) is malformed");
-  ++i;  // exactly one whitespace byte ends the header
+  if (c < 0 || !is_space(static_cast<unsigned char>(c))) throw ImageError(path, malformed);
+  // exactly one whitespace byte ends the header: it was consumed by the last get()
   const std::uint64_t w = fields[0], h = fields[1];
   if (fields[2] != 255) throw ImageError(path, "PPM with maxval " + std::to_string(fields[2]) + ": only 255 is read");
   if (w == 0 || h == 0 || w > 65535 || h > 65535)
     throw ImageError(path, "PPM of " + std::to_string(w) + "x" + std::to_string(h) + " pixels: sides must be 1..65535");
   if (w * h > max_pixels) throw ImageError(path, too_large(w, h, max_pixels));
-  if (bytes.size() - i != w * h * 3)
+  const std::uint64_t have = source.size() - std::min(source.size(), source.consumed());
+  if (have != w * h * 3)
     throw ImageError(path, "PPM of " + std::to_string(w) + "x" + std::to_string(h) + " pixels has " +
-                               std::to_string(bytes.size() - i) + " bytes of pixels, expected " +
-                               std::to_string(w * h * 3));
+                               std::to_string(have) + " bytes of pixels, expected " + std::to_string(w * h * 3));
   RgbImage out(static_cast<int>(h), static_cast<int>(w));
-  std::memcpy(out.data.data(), bytes.data() + i, out.data.size());
+  if (source.read(out.data.data(), out.data.size()) != out.data.size())
+    throw ImageError(path, source.error().empty() ? "the file shrank while read" : source.error());
   return out;
 }
 
+struct Fd {
+  int fd;
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+}  // namespace
+
+RgbImage decode_ppm(const std::string& bytes, const std::string& path, std::uint64_t max_pixels) {
+  ByteSource source(bytes.data(), bytes.size());
+  return decode_ppm(source, path, max_pixels);
+}
+
 RgbImage read_image(const std::string& path, std::uint64_t max_pixels) {
-  const std::string bytes = read_file(path);
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT || errno == ENOTDIR) throw ImageError(path, "file not found");
+    throw ImageError(path, std::string("cannot read the file (") + std::strerror(errno) + ")");
+  }
+  if (S_ISDIR(st.st_mode)) throw ImageError(path, "is a directory, not an image");
+  if (!S_ISREG(st.st_mode)) throw ImageError(path, "is not a regular file (a pipe, socket or device?)");
+  // O_NONBLOCK: should the name be swapped for a FIFO after the stat, the open does not wait for a writer.
+  Fd fd{::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK)};
+  if (fd.fd < 0) {
+    if (errno == ENOENT) throw ImageError(path, "file not found");
+    throw ImageError(path, std::string("cannot read the file (") + std::strerror(errno) + ")");
+  }
+  if (::fstat(fd.fd, &st) != 0 || !S_ISREG(st.st_mode))
+    throw ImageError(path, "is not a regular file (a pipe, socket or device?)");
+  if (st.st_size == 0) throw ImageError(path, "not an image file (the file is empty)");
+  ByteSource source(fd.fd, static_cast<std::uint64_t>(st.st_size));
   static const unsigned char kPng[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
-  if (bytes.size() >= 8 && std::memcmp(bytes.data(), kPng, 8) == 0) return decode_png(bytes, path, max_pixels);
-  if (bytes.size() >= 2 && bytes[0] == 'P' && bytes[1] == '6') return decode_ppm(bytes, path, max_pixels);
+  unsigned char magic[8] = {0};
+  const std::size_t n = source.peek(magic, 8);
+  if (!source.error().empty()) throw ImageError(path, source.error());
+  if (n == 8 && std::memcmp(magic, kPng, 8) == 0) {
+    source.read(magic, 8);
+    return decode_png(source, path, max_pixels);
+  }
+  if (n >= 2 && magic[0] == 'P' && magic[1] == '6') return decode_ppm(source, path, max_pixels);
   throw ImageError(path, "not a PNG or binary PPM (P6) file: this tool reads only those two formats");
 }
 

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cfloat>
 #include <cmath>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "diffv2iqa/json.hpp"
+#include "diffv2iqa/onnx_refs.hpp"
 #include "diffv2iqa/sha256.hpp"
 
 namespace diffv2iqa {
@@ -322,6 +324,7 @@ Pipeline read_pipeline(const Reader& r, const Value& doc) {
       r.bad(tvw + ".shape[" + std::to_string(i) + "]", "expected an integer in [1, " + std::to_string(kMaxCrop) + "]");
     out.noise.test_vectors.shape[i] = d.integer;
   }
+  // (compared with crop_size below, once it is read)
   const Value& first = r.object(tv, "first8_bits", tvw);
   for (std::size_t i = 0; i < first.keys.size(); ++i) {
     const std::string& key = first.keys[i];
@@ -329,6 +332,9 @@ Pipeline read_pipeline(const Reader& r, const Value& doc) {
     bool digits = !key.empty() && key.size() <= 5 && (key == "0" || key[0] != '0');
     for (char c : key) digits = digits && c >= '0' && c <= '9';
     if (!digits) r.bad(fw, "the key is not a row number");
+    if (std::stoul(key) > static_cast<unsigned long>(out.steps))
+      r.bad(fw, "row " + key + " does not exist: the bank has rows 0.." + std::to_string(out.steps) +
+                    " (steps + 1 rows)");
     const Value& bits = first.values[i];
     if (!bits.is_array() || bits.items.size() != 8) r.bad(fw, "expected an array of 8 strings '0x........'");
     std::vector<std::uint32_t> words;
@@ -353,6 +359,11 @@ Pipeline read_pipeline(const Reader& r, const Value& doc) {
       r.bad(tvw + ".row_sha256[" + std::to_string(i) + "]", "not 64 lowercase hexadecimal digits");
     out.noise.test_vectors.row_sha256.push_back(h.string);
   }
+  // One digest per row of the bank, rows 0..T: checking them computes exactly the bank scoring uses, no more.
+  if (rows.items.size() != static_cast<std::size_t>(out.steps) + 1)
+    r.bad(tvw + ".row_sha256", std::to_string(rows.items.size()) + " digests, but the noise bank of " +
+                                   std::to_string(out.steps) + " steps has " + std::to_string(out.steps + 1) +
+                                   " rows (0.." + std::to_string(out.steps) + ")");
 
   out.size_multiple = static_cast<int>(r.integer(p, "size_multiple", at, 1, kMaxSizeMultiple));
   if (out.size_multiple & (out.size_multiple - 1))
@@ -362,6 +373,13 @@ Pipeline read_pipeline(const Reader& r, const Value& doc) {
   if (out.crop_size % out.size_multiple)
     r.bad(at + ".crop_size", std::to_string(out.crop_size) + " is not a multiple of size_multiple " +
                                  std::to_string(out.size_multiple));
+  // The test vectors are rows of the bank a crop-size restoration uses: shape (3, crop_size, crop_size), nothing else
+  // (a larger shape would make --check-golden compute a bank scoring never uses: [3, 4096, 4096] took 44 s).
+  const std::int64_t* tshape = out.noise.test_vectors.shape;
+  if (tshape[0] != 3 || tshape[1] != out.crop_size || tshape[2] != out.crop_size)
+    r.bad(tvw + ".shape", "[" + std::to_string(tshape[0]) + ", " + std::to_string(tshape[1]) + ", " +
+                              std::to_string(tshape[2]) + "] is not the shape of a noise row at crop size, [3, " +
+                              std::to_string(out.crop_size) + ", " + std::to_string(out.crop_size) + "]");
   std::uint64_t bank = static_cast<std::uint64_t>(out.steps + 1) * 3u * static_cast<std::uint64_t>(out.crop_size) *
                        static_cast<std::uint64_t>(out.crop_size) * 4u;
   if (bank > kMaxNoiseBank) r.bad(at, "the noise bank at crop size would exceed 4 GiB");
@@ -597,6 +615,41 @@ Bundle load_bundle(const std::string& dir, bool verify_hashes) {
     msg << "bundle " << root << " is damaged (" << kRebuild << ", or copy it again):";
     for (const std::string& p : problems) msg << "\n  " << p;
     throw std::runtime_error(msg.str());
+  }
+
+  // A graph reads only listed (so checked) bundle files: the rule of the Python loader's check_onnx_references.
+  for (auto& kv : b.graphs) {
+    GraphEntry& graph = kv.second;
+    for (const auto& variant : graph.variants) {
+      const std::string& file = variant.second;
+      const std::string path = b.path_of(file);
+      const std::string what = path + " (the " + variant.first + " " + graph.name + " graph)";
+      std::vector<ExternalRef> refs;
+      try {
+        refs = onnx_external_refs(path);
+      } catch (const OnnxFormatError& e) {
+        throw std::runtime_error(what + " is not a readable ONNX model (" + e.what() + "); " + kRebuild);
+      }
+      std::vector<std::string>& names = graph.external_data[variant.first];
+      for (const ExternalRef& ref : refs) {
+        const std::string name = ref.has_location ? external_data_name(file, ref.location) : "";
+        if (ref.has_location && ref.location == kOrtMemoryAddressTag)
+          throw std::runtime_error(what + " loads external data from '" + ref.location + "', ONNX Runtime's tag for "
+                                   "data at a memory address (the tensor's offset would be read as a pointer): a "
+                                   "bundle's graphs may read only the bundle's own listed and hashed files; " +
+                                   kRebuild);
+        if (name.empty() || b.files.find(name) == b.files.end()) {
+          std::string shown = ref.has_location ? "'" + ref.location.substr(0, 200) + "'"
+                                               : "an external tensor without a location";
+          for (char& c : shown)
+            if (static_cast<unsigned char>(c) < 0x20) c = '?';
+          throw std::runtime_error(what + " loads external data from " + shown + ", which is not a file listed in " +
+                                   manifest_path + ": a bundle's graphs may read only the bundle's own listed and "
+                                   "hashed files; " + kRebuild);
+        }
+        if (std::find(names.begin(), names.end(), name) == names.end()) names.push_back(name);
+      }
+    }
   }
   return b;
 }

@@ -4,14 +4,18 @@
 //   verify_bundle --sha256 FILE...  prints "<hex digest>  FILE" per file (streamed in 1 MiB chunks);
 //   verify_bundle --json FILE       parses FILE with the strict reader (4 MiB, 32 levels, no duplicates, no NaN);
 //                                   prints the value's type, and for a top-level string its bytes on a second line.
+//   verify_bundle --onnx-refs FILE  the external-data references of an ONNX file (onnx_refs.hpp), one JSON string
+//                                   per line (null for an external tensor without a location).
 //
 // Build: g++ -std=c++17 -O2 -Wall -Wextra -Werror -I cpp/include cpp/tests/verify_bundle.cpp cpp/src/manifest.cpp
+//        cpp/src/onnx_refs.cpp
 #include <cstdio>
 #include <exception>
 #include <string>
 
 #include "diffv2iqa/json.hpp"
 #include "diffv2iqa/manifest.hpp"
+#include "diffv2iqa/onnx_refs.hpp"
 #include "diffv2iqa/sha256.hpp"
 
 namespace {
@@ -39,9 +43,9 @@ std::string read_all(const char* path) {
 
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "";
-  const bool usage_ok = mode == "--sha256" ? argc >= 3 : mode == "--json" ? argc == 3 : argc == 2;
+  const bool usage_ok = mode == "--sha256" ? argc >= 3 : mode == "--json" || mode == "--onnx-refs" ? argc == 3 : argc == 2;
   if (!usage_ok) {
-    std::fprintf(stderr, "usage: %s BUNDLE_DIR | --sha256 FILE... | --json FILE\n",
+    std::fprintf(stderr, "usage: %s BUNDLE_DIR | --sha256 FILE... | --json FILE | --onnx-refs FILE\n",
                  argc > 0 ? argv[0] : "verify_bundle");
     return 2;
   }
@@ -57,6 +61,11 @@ int main(int argc, char** argv) {
       if (v.is_number()) std::printf("%s %s %s\n", num(v.number, 17).c_str(),
                                      v.integral ? std::to_string(v.integer).c_str() : "-",
                                      v.unsigned_integral ? std::to_string(v.uinteger).c_str() : "-");
+      return 0;
+    }
+    if (mode == "--onnx-refs") {
+      for (const diffv2iqa::ExternalRef& ref : diffv2iqa::onnx_external_refs(argv[2]))
+        std::printf("%s\n", ref.has_location ? quote(ref.location).c_str() : "null");
       return 0;
     }
     const diffv2iqa::Bundle b = diffv2iqa::load_bundle(argv[1], true);
@@ -108,6 +117,16 @@ int main(int argc, char** argv) {
       o += std::string(first ? "" : ", ") + quote(g.first) + ": " + quote(g.second.fp32_file);
       first = false;
     }
+    o += "},\n  \"external_data\": {";
+    first = true;
+    for (const auto& g : b.graphs)
+      for (const auto& v : g.second.external_data) {
+        if (v.second.empty()) continue;
+        o += std::string(first ? "" : ", ") + quote(g.second.variants.at(v.first)) + ": [";
+        for (std::size_t i = 0; i < v.second.size(); ++i) o += (i ? ", " : "") + quote(v.second[i]);
+        o += "]";
+        first = false;
+      }
     o += "},\n  \"files\": {";
     first = true;
     for (const auto& f : b.files) {

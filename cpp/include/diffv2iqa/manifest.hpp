@@ -79,6 +79,8 @@ struct GraphEntry {  // one graph of the manifest (backend.hpp's Graph is the en
   std::map<std::string, std::string> engines;   // precision -> bundle-relative engine file
   std::string fp32_file;                        // bundle-relative path of the fp32 ONNX variant
   std::string fp32_path;                        // the same joined to the bundle directory
+  // precision -> the bundle files its ONNX variant reads as external data (each listed and checked; usually none)
+  std::map<std::string, std::vector<std::string>> external_data;
 };
 
 // One recorded score of a golden input: the Python runtime's result in one mode and crop policy.
@@ -123,7 +125,8 @@ struct Bundle {
 // Load and check a bundle directory (a path to its manifest.json is accepted too). Throws std::runtime_error with a
 // message naming the file and the problem: missing, not a regular file, a symbolic link, truncated (other size),
 // altered (other sha256, only with verify_hashes), another schema or version (rebuild), a manifest that is not
-// strict JSON within the bounds, or a pipeline outside the supported bounds.
+// strict JSON within the bounds, a pipeline outside the supported bounds, or an ONNX variant that reads external data
+// from anything but a listed bundle file (onnx_refs.hpp; checked for every variant, also without verify_hashes).
 Bundle load_bundle(const std::string& dir, bool verify_hashes = true);
 
 // "" for a crop policy the contract knows (center, five, resize224, grid:N with N in [1, 64]), else the reason.
