@@ -34,7 +34,7 @@ from diffv2iqa_trt.bundle.summary import bundle_summary
 from diffv2iqa_trt.config import ModelConfig, tiny_config
 from diffv2iqa_trt.contract import COEF_NAMES
 from diffv2iqa_trt.errors import ConfigError
-from diffv2iqa_trt.runtime.noise import GENERATOR
+from diffv2iqa_trt.runtime.noise import GENERATOR, row_test_vectors
 from diffv2iqa_trt.runtime.resize import RESIZE
 
 STEPS = 12
@@ -85,8 +85,7 @@ def make_manifest() -> dict[str, Any]:
             "gamma": rng.uniform(0.0, 1.0, STEPS).astype(np.float32),  # numpy on purpose: write_bundle converts
             "coef": rng.normal(size=(STEPS, 5)).tolist(),
             "coef_names": list(COEF_NAMES),
-            "noise": {"generator": GENERATOR, "seed": 0,
-                      "test_vectors": {"shape": [3, CROP, CROP], "first8_bits": {}, "row_sha256": []}},
+            "noise": {"generator": GENERATOR, "seed": 0, "test_vectors": row_test_vectors(0, STEPS, CROP, CROP)},
             "resize": RESIZE,
             "crop_size": CROP, "size_multiple": 16, "crops": "center", "mode": "crops",
             "fusion": {"vcg_weight": 0.5, "vda_weight": 0.5},

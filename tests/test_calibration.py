@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,14 @@ from diffv2iqa_trt.assemble import BuildOptions, build_onnx_bundle
 from diffv2iqa_trt.bundle import Bundle, load_bundle, sha256_file
 from diffv2iqa_trt.calibration import MIN_IMAGES, CalibrationSet, calibration_set, step_ranges
 from diffv2iqa_trt.calibration import record as recording
+from diffv2iqa_trt.calibration.cache import (
+    CalibrationCacheWarning,
+    arrays_sha256,
+    cache_path,
+    check_cached,
+    load_cached,
+    save,
+)
 from diffv2iqa_trt.contract import BRANCH_INPUTS, GRAPH_NAMES, RESTORE_INPUTS, RESTORE_STEP
 from diffv2iqa_trt.data.distortions import distort
 from diffv2iqa_trt.data.photos import SET_DISTORTIONS, photos
@@ -274,14 +283,65 @@ def test_cache_is_reused_until_something_changes(bundle: Bundle, bundle_dir: Pat
     assert not reused and len(runs) == 6 and other.key != changed.key
     assert other.meta["bundle"]["weights"]["vcg"] != changed.meta["bundle"]["weights"]["vcg"]
 
-    # A damaged cache file is a miss: rebuilt and replaced, then reused.
+    # A damaged cache file is a miss: rebuilt and replaced (a warning says so), then reused.
     path = cache / f"{changed.key}.npz"
     path.write_bytes(path.read_bytes()[:1000])
-    rebuilt, reused = calibrate()
+    with pytest.warns(CalibrationCacheWarning, match=r"\.npz does not load .*recorded again and the file replaced"):
+        rebuilt, reused = calibrate()
     assert not reused and len(runs) == 7 and np.array_equal(rebuilt.y, changed.y)
     assert calibrate()[1] and len(runs) == 7
     # One file per key, nothing half-written left behind.
     assert sorted(p.suffix for p in cache.iterdir()) == [".npz"] * 6
+
+
+class _Recording(Exception):
+    """Raised by a stand-in for the recorder: the cache was not used and the set would be recorded again (the real
+    re-recording is test_cache_is_reused_until_something_changes's; here it would only cost time)."""
+
+
+def test_a_swapped_or_altered_cache_file_is_detected_and_recorded_again(
+        center: CalibrationSet, bundle: Bundle, image_dir: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 22, case 3. Before: the key hashed the inputs only and the arrays were never checked, so a file whose
+    metadata carried the key was reused whatever arrays it held, and a file of another key was replaced silently."""
+    assert center.meta["arrays_sha256"] == arrays_sha256(center.arrays())  # recorded with the set
+    cache = tmp_path / "cache"
+    path = cache_path(cache, center.key)
+    save(center, path)  # the fixture's own set, as calibration_set wrote it
+    def no_recording(*args: Any, **kwargs: Any) -> Any:
+        raise _Recording()
+
+    monkeypatch.setattr(recording, "record", no_recording)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert calibration_set(bundle, [image_dir], cache_dir=cache)[1]  # intact: reused, silently
+
+    def write(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        np.savez(path, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+
+    # Other arrays under this key's own metadata: a valid file that loads as a calibration set.
+    other = center.arrays() | {"y": center.y * 0.5, "y0": center.y0[::-1].copy()}
+    write(other, dict(center.meta))
+    assert CalibrationSet.from_arrays(other, center.meta).crops == center.crops
+    altered = (rf"{center.key}\.npz holds arrays whose sha256 [0-9a-f]{{16}}… is not the "
+               rf"{center.meta['arrays_sha256'][:16]}… recorded when it was written .*recorded again and the file "
+               r"replaced")
+    with pytest.warns(CalibrationCacheWarning, match=altered), pytest.raises(_Recording):
+        calibration_set(bundle, [image_dir], cache_dir=cache)
+    # One value nudged in place is caught the same way.
+    nudged = center.arrays() | {"gamma": center.gamma + np.float32(1e-3) * (np.arange(len(center.gamma)) == 0)}
+    write(nudged, dict(center.meta))
+    assert load_cached(path, center.key) is None
+    assert (check_cached(path, center.key)[1] or "").startswith("holds arrays whose sha256")
+
+    # Another key's set renamed to this key's file: before, a silent miss; now the warning says which file and why.
+    write(center.arrays(), {**center.meta, "key": "0" * 64})
+    swapped = r"holds the set of another key \(the file was renamed or swapped\); .*recorded again"
+    with pytest.warns(CalibrationCacheWarning, match=swapped), pytest.raises(_Recording):
+        calibration_set(bundle, [image_dir], cache_dir=cache)
+    # A file of an earlier release (no hash recorded) is not trusted either.
+    write(center.arrays(), {k: v for k, v in center.meta.items() if k != "arrays_sha256"})
+    assert check_cached(path, center.key) == (None, "records no hash of its arrays (written by an earlier release)")
 
 
 def test_failed_recording_writes_nothing(bundle: Bundle, image_dir: Path, tmp_path: Path,
@@ -371,5 +431,14 @@ def test_calibrate_cli_records_then_reuses(bundle_dir: Path, image_dir: Path, tm
     assert second["reused"] is True and second["key"] == doc["key"]
     table = runner.invoke(app, args[:-1])
     assert table.exit_code == 0 and "reused cached calibration set" in table.stdout
+    # A cached file whose arrays were altered: a warning line (no traceback), and the set is recorded again.
+    cached = tmp_path / "cache" / f"{doc['key']}.npz"
+    with np.load(cached) as npz:
+        arrays = dict(npz)
+    np.savez(cached, **arrays | {"y": arrays["y"] * 0.5})
+    altered = runner.invoke(app, args)
+    assert altered.exit_code == 0 and json.loads(altered.stdout)["reused"] is False, altered.output
+    assert "warning: calibration cache file" in altered.stderr and "recorded again" in altered.stderr
+    assert "Traceback" not in altered.output and "CalibrationCacheWarning" not in altered.stderr
     missing = runner.invoke(app, ["calibrate", "--bundle", str(bundle_dir), "--images", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "Traceback" not in missing.output

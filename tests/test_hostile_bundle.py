@@ -355,10 +355,17 @@ def _pipeline(**changes: Any) -> Callable[[dict[str, Any]], None]:
     return lambda doc: doc["pipeline"].update(changes)
 
 
+def _vectors(steps: int, crop: int) -> dict[str, Any]:
+    """Noise test vectors of the right shape and row count (the hashes are placeholders: loaders do not recompute
+    them), so that an edit of steps or crop_size breaks only the rule its test is about."""
+    return {"shape": [3, crop, crop], "first8_bits": {}, "row_sha256": ["0" * 64] * (steps + 1)}
+
+
 def _symbolic_branches(crop: int, **changes: Any) -> Callable[[dict[str, Any]], None]:
     """crop_size `crop` with branch graphs described as taking any spatial size (so the old rules accepted it)."""
     def edit(doc: dict[str, Any]) -> None:
         doc["pipeline"].update(crop_size=crop, **changes)
+        doc["pipeline"]["noise"]["test_vectors"] = _vectors(doc["pipeline"]["steps"], crop)
         for g in ("vcg", "vda"):
             for t in doc["graphs"][g]["inputs"]:
                 t["shape"] = ["B", 3, "S", "S"]
@@ -369,7 +376,8 @@ def _symbolic_branches(crop: int, **changes: Any) -> Callable[[dict[str, Any]], 
 
 
 def _steps(n: int, crop: int = CROP) -> Callable[[dict[str, Any]], None]:
-    return lambda doc: doc["pipeline"].update(steps=n, gamma=[0.5] * n, coef=[[0.5] * 5] * n, crop_size=crop)
+    return lambda doc: doc["pipeline"].update(steps=n, gamma=[0.5] * n, coef=[[0.5] * 5] * n, crop_size=crop,
+                                              noise={**doc["pipeline"]["noise"], "test_vectors": _vectors(n, crop)})
 
 
 def _tensor(graph: str, index: int, **changes: Any) -> Callable[[dict[str, Any]], None]:

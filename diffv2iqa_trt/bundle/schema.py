@@ -82,11 +82,25 @@ def manifest_schema() -> dict[str, Any]:
     return schema
 
 
+def _is_json_integer(_checker: Any, instance: Any) -> bool:
+    """An integer as this toolkit and the C++ reader read it: a number written without a decimal point or exponent.
+    JSON Schema itself counts 12.0 as an integer, which then reaches code that needs an int (a TypeError in `range`)
+    or is silently taken as a size; Python's json parses 12.0 and 1e3 to float, so a float is refused here."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+# Draft 2020-12 with that one change; every "integer" of manifest.schema.json follows it, whatever field it is.
+_ManifestValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_json_integer))
+_WHOLE_NUMBER_HINT = "(whole numbers are written without a decimal point or exponent, e.g. 12, not 12.0)"
+
+
 @functools.lru_cache(maxsize=1)
-def _validator() -> jsonschema.Draft202012Validator:
+def _validator() -> Any:
     schema = manifest_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
-    return jsonschema.Draft202012Validator(schema)
+    return _ManifestValidator(schema)
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -150,7 +164,13 @@ def _short(message: str, limit: int = 240) -> str:
 
 def _schema_problems(doc: Any) -> list[str]:
     errors = itertools.islice(_validator().iter_errors(doc), _MAX_SCHEMA_ERRORS)
-    return [f"at {e.json_path}: {_short(e.message)}" for e in sorted(errors, key=lambda e: e.json_path)]
+    return [f"at {e.json_path}: {_short(e.message)}{_hint(e.instance)}"
+            for e in sorted(errors, key=lambda e: e.json_path)]
+
+
+def _hint(instance: Any) -> str:
+    whole = isinstance(instance, float) and math.isfinite(instance) and instance.is_integer()
+    return f" {_WHOLE_NUMBER_HINT}" if whole else ""
 
 
 def _size_problem(doc: Any) -> str | None:
@@ -308,6 +328,26 @@ def _pipeline_problems(p: dict[str, Any]) -> list[str]:
     for key in ("vcg_weight", "vda_weight"):
         if not _finite(p["fusion"][key]):
             problems.append(f"at $.pipeline.fusion.{key}: not a finite number")
+    return problems + _test_vector_problems(p)
+
+
+def _test_vector_problems(p: dict[str, Any]) -> list[str]:
+    """The noise test vectors describe the bank the pipeline derives: rows 0..steps of shape (3, crop, crop). A port
+    recomputes every row they list (diffv2iqa-score --check-golden), so a shape or row count of another pipeline
+    would make it compute a bank of that size (a [4096, 4096, 4096] shape: 200 GB) instead of the bundle's."""
+    problems: list[str] = []
+    tv, steps, crop = p["noise"]["test_vectors"], p["steps"], p["crop_size"]
+    at = "at $.pipeline.noise.test_vectors"
+    if tv["shape"] != [3, crop, crop]:
+        problems.append(f"{at}.shape: {_short(str(tv['shape']), 60)} is not the shape of a noise row at the "
+                        f"pipeline's crop size, [3, {crop}, {crop}] (3 x crop_size x crop_size)")
+    if len(tv["row_sha256"]) != steps + 1:
+        problems.append(f"{at}.row_sha256: {len(tv['row_sha256'])} row hashes, the noise bank of {steps} steps has "
+                        f"{steps + 1} rows (0 to steps)")
+    bad = [key for key in tv["first8_bits"] if not re.fullmatch(r"0|[1-9][0-9]{0,5}", key) or int(key) > steps]
+    if bad:
+        problems.append(f"at $.pipeline.noise.test_vectors.first8_bits: key {_short(repr(bad[0]), 40)} is not a row "
+                        f"number of the bank (0 to {steps}, in decimal)")
     return problems
 
 
@@ -412,6 +452,9 @@ def check_header(doc: Any, *, source: str | os.PathLike[str] | None = None) -> N
                           f"expected {SCHEMA_NAME!r}): point to a bundle directory written by "
                           f"`diffv2iqa-trt build`, or {REBUILD}", path=src)
     version = doc.get("schema_version")
+    if isinstance(version, float) and version in (*RETIRED_VERSIONS, SCHEMA_VERSION):
+        raise BundleError(f"{where}: \"schema_version\" is {version!r}, not an integer "
+                          f"{_WHOLE_NUMBER_HINT}; {REBUILD}", path=src)
     if version in RETIRED_VERSIONS and not isinstance(version, bool):
         raise BundleError(f"{where}: bundle schema version {version}: {RETIRED_VERSIONS[version]}; rebuild it with "
                           f"this toolkit: `diffv2iqa-trt build` (then `build --from-bundle` for precision variants "
@@ -432,7 +475,9 @@ def validate_manifest(doc: Any, *, source: str | os.PathLike[str] | None = None,
     multiple, itself a power of two), crop grid and noise bank stay within the MAX_* bounds, fusion weights are
     finite, every variant, engine and checkpoint file is in files, profiles name real inputs and bound every dynamic
     one, and graph I/O follows the runtime contract (names, dtypes, ranks, fixed dimensions, branch crops of
-    crop_size), and every engine was built from its graph's variant of the same precision (file and sha256).
+    crop_size), every engine was built from its graph's variant of the same precision (file and sha256), and the
+    noise test vectors describe the pipeline's bank (shape [3, crop_size, crop_size], steps + 1 row hashes, first8
+    keys that are row numbers). Where the schema says integer, a float (12.0, 1e3) is refused, as the C++ reader does.
     `source` names the file in messages; `hint` is the advice appended to them; `hashes=False` skips comparing
     hashes (for a writer whose files are not hashed yet).
     """

@@ -11,16 +11,26 @@ Not in the key: file names and order (images are processed in sha256 order), the
 (the same FP32 arithmetic, up to float rounding).
 
 One file per key, `<cache_dir>/<key>.npz` (uncompressed; the metadata as JSON bytes under `meta`), written atomically:
-a reader sees the old file, the new file or none, never half of one. A file that does not load or does not match its
-key is rebuilt and replaced.
+a reader sees the old file, the new file or none, never half of one.
+
+The key names what a set was recorded from, not what the file holds: a file swapped for another valid one (another
+key's set renamed, or arrays rewritten under the same metadata) would otherwise be reused and quietly calibrate a
+variant from other data. So the metadata also records `arrays_sha256` (`arrays_sha256()`: every array's name, dtype,
+shape and little-endian bytes, hashed at write), and a reader recomputes it. A file that does not load, carries
+another key or format, or whose arrays do not hash to its record is not used: the set is recorded again and the file
+replaced, and a `CalibrationCacheWarning` says which file and why (the library does not print; the CLI shows it).
+The digest is also what `build --precision` records in each variant's manifest entry (`calibration_sha256`), so a
+variant names the exact data it was calibrated on. Hashing costs about 1 s per GB (a paper set of 64 crops: ~2 GB).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +51,10 @@ from .dataset import DEFAULT_MAX_CROPS, FORMAT_VERSION, MIN_IMAGES, CalibrationS
 from .record import Progress, check_enough, image_files, plan_crops
 
 CACHE_ENV = "DIFFV2IQA_TRT_CACHE"  # overrides the cache root (its `calibration` folder holds the sets)
+
+
+class CalibrationCacheWarning(UserWarning):
+    """A cached calibration set was present but not used (damaged, swapped or altered): it is recorded again."""
 
 
 def default_cache_dir() -> Path:
@@ -90,23 +104,57 @@ def cache_path(cache_dir: str | os.PathLike[str], key: str) -> Path:
     return Path(cache_dir) / f"{key}.npz"
 
 
-def load_cached(path: Path, key: str) -> CalibrationSet | None:
-    """The set stored at path if it loads and carries `key`; None when missing, corrupt, of another key or format."""
-    if not path.is_file():
-        return None
+def arrays_sha256(arrays: Mapping[str, np.ndarray]) -> str:
+    """sha256 of a calibration set's arrays (`CalibrationSet.arrays()`), independent of how they are stored: for each
+    array in name order, the line `<name> <dtype as little-endian numpy str> <shape as JSON>\n`, then its bytes in C
+    order, little-endian."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.asarray(arrays[name])
+        a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))  # no copy for native arrays on x86 and ARM
+        h.update(f"{name} {a.dtype.str} {json.dumps(list(a.shape))}\n".encode())
+        h.update(a.reshape(-1).view(np.uint8).data)
+    return h.hexdigest()
+
+
+def check_cached(path: Path, key: str) -> tuple[CalibrationSet | None, str | None]:
+    """(the set stored at path, None) if it loads, carries `key` and the current format, and its arrays hash to
+    its recorded `arrays_sha256`; otherwise (None, why it was not used), with why None when there is no file."""
     try:
+        if not path.is_file():
+            return None, None if not path.exists() else "is not a regular file"
         with np.load(path, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
         meta = json.loads(arrays.pop("meta").tobytes().decode("utf-8"))
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION or meta.get("key") != key:
-            return None
-        return CalibrationSet.from_arrays(arrays, meta)
-    except Exception:  # whatever a damaged file raises (zip, npy, JSON, shapes), it is a cache miss
-        return None
+    except Exception as exc:  # whatever a damaged file raises (zip, npy, JSON): it is not used
+        return None, f"does not load ({type(exc).__name__}: the file is truncated or damaged)"
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+        return None, "is of another cache format"
+    if meta.get("key") != key:
+        return None, "holds the set of another key (the file was renamed or swapped)"
+    recorded = meta.get("arrays_sha256")
+    if not isinstance(recorded, str):
+        return None, "records no hash of its arrays (written by an earlier release)"
+    try:
+        cs = CalibrationSet.from_arrays(arrays, meta)
+        actual = arrays_sha256(cs.arrays())
+    except Exception as exc:  # missing arrays, shapes that do not fit together
+        return None, f"holds arrays that do not form a calibration set ({type(exc).__name__}: {exc})"[:300]
+    if actual != recorded:
+        return None, (f"holds arrays whose sha256 {actual[:16]}… is not the {recorded[:16]}… recorded when it was "
+                      f"written (the arrays were replaced or altered)")
+    return cs, None
+
+
+def load_cached(path: Path, key: str) -> CalibrationSet | None:
+    """The set stored at path if `check_cached` accepts it; None when missing, corrupt, of another key or format, or
+    when its arrays do not match their recorded hash."""
+    return check_cached(path, key)[0]
 
 
 def save(cs: CalibrationSet, path: Path) -> None:
-    """Write atomically (temp file in the same folder, then rename)."""
+    """Write atomically (temp file in the same folder, then rename). The meta must hold the arrays' `arrays_sha256`
+    (calibration_set puts it there), so a reader can check them."""
     meta = np.frombuffer(json.dumps(dict(cs.meta), allow_nan=False).encode("utf-8"), dtype=np.uint8)
     arrays: dict[str, Any] = {"meta": meta, **cs.arrays()}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
@@ -154,9 +202,13 @@ def calibration_set(bundle: Bundle, image_paths: Sequence[str | os.PathLike[str]
     key = cache_key(document)
     path = cache_path(cache_dir if cache_dir is not None else default_cache_dir(), key)
     if use_cache:
-        cached = load_cached(path, key)
+        cached, problem = check_cached(path, key)
         if cached is not None:
             return cached, True
+        if problem is not None:
+            warnings.warn(CalibrationCacheWarning(
+                f"calibration cache file {path} {problem}; it was not used: the calibration set is recorded again "
+                f"and the file replaced"), stacklevel=2)
 
     spec = PipelineSpec.from_manifest(p, scoring)
     plan = plan_crops(files, lambda rgb: _prepare(spec, rgb), max_crops, max_pixels, skipped, say)
@@ -178,6 +230,7 @@ def calibration_set(bundle: Bundle, image_paths: Sequence[str | os.PathLike[str]
         "recorded_with": recorded.executor,
     }
     cs = CalibrationSet.from_arrays(recorded.arrays, meta)
+    cs = dataclasses.replace(cs, meta={**meta, "arrays_sha256": arrays_sha256(cs.arrays())})
     if use_cache:
         save(cs, path)
     return cs, False

@@ -320,7 +320,9 @@ def _write(bundle: Bundle, request: PrecisionPlan, chosen: Mapping[str, Measured
             name = f"{g}.{precision}.onnx"
             files[name] = variant.made.path
             entry = VariantEntry(file=name, opset=bundle.graph(g).variants["fp32"].opset, precision=precision,
-                                 extra={"calibration": work.cs.key, "recipe": variant.made.to_dict(),
+                                 extra={"calibration": work.cs.key,
+                                        "calibration_sha256": work.cs.meta.get("arrays_sha256"),
+                                        "recipe": variant.made.to_dict(),
                                         "accuracy": {"tensor": variant.tensor, "scores": variant.alone,
                                                      "over_budget": variant.failures}})
             doc["graphs"][g]["variants"][precision] = entry.to_dict()
@@ -329,7 +331,8 @@ def _write(bundle: Bundle, request: PrecisionPlan, chosen: Mapping[str, Measured
                 files.pop(str(stale.get(key)), None)
     report.update({
         "budget": options.budget.to_dict(),
-        "calibration": {"key": work.cs.key, **work.cs.meta.get("counts", {})},
+        "calibration": {"key": work.cs.key, "sha256": work.cs.meta.get("arrays_sha256"),
+                        **work.cs.meta.get("counts", {})},
         "evaluation": {"images": len(eval_names), "disjoint_from_calibration": True} if eval_names else None,
         "candidates": {g: [m.to_dict() for m in ms.values()] for g, ms in work.measured.items() if ms},
         "failed": work.failed,
