@@ -130,3 +130,92 @@ def test_expand_paths_keeps_odd_entries_and_searches_image_named_folders(tmp_pat
     assert [p.name for p in found] == ["broken.png", "inner.png"]
     with pytest.raises(ImageDecodeError, match="file not found"):
         load_image(found[0])
+
+
+# --- issue 22, case 11a: the conversion to RGB runs in strips -------------------------------------------------------
+
+def _whole_image_rgb(img):
+    """The conversion as it was done on the whole image at once (the rules of runtime/images.py), for comparison."""
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N") or mode == "I":
+        a = np.asarray(img, dtype=np.float64)
+        if mode != "I" or a.max(initial=0.0) > 255:
+            a = a / 65535.0 * 255.0
+        return np.repeat(np.clip(np.rint(a), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    if mode == "F":
+        gray = np.clip(np.rint(np.nan_to_num(np.asarray(img, dtype=np.float64))), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode == "P" and "transparency" in img.info:
+        img, mode = img.convert("RGBA"), "RGBA"
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def _every_mode(tmp_path, h=21, w=30):
+    """One file per decoder mode the conversion distinguishes, with values that exercise its rules."""
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (h, w), dtype=np.uint8)
+    files = {}
+
+    def save(name, img, **kw):
+        img.save(tmp_path / name, **kw)
+        files[name] = tmp_path / name
+
+    save("rgb.png", Image.fromarray(rgb))
+    save("rgb.ppm", Image.fromarray(rgb))  # raw pixels: Pillow maps them from the file
+    save("gray.png", Image.fromarray(rgb[..., 0]))
+    save("g16.png", Image.fromarray(rng.integers(0, 65536, (h, w), dtype=np.uint16)))
+    save("g16_low.png", Image.fromarray(rng.integers(0, 200, (h, w), dtype=np.uint16)))
+    save("i32.tif", Image.fromarray(rng.integers(0, 65536, (h, w), dtype=np.int32)))
+    save("i32_low.tif", Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.int32)))
+    f = rng.normal(128, 100, (h, w)).astype(np.float32)
+    f[3, 4], f[5, 6] = np.nan, np.inf
+    save("float.tif", Image.fromarray(f))
+    save("rgba.png", Image.fromarray(np.dstack([rgb, alpha])))
+    save("la.png", Image.fromarray(np.dstack([rgb[..., 1], alpha]), mode="LA"))
+    pal = Image.fromarray(rgb).quantize(64)
+    save("p_transparent.png", pal, transparency=3)
+    save("p.png", pal)
+    save("bilevel.png", Image.fromarray(rgb[..., 2] > 127))
+    save("cmyk.jpg", Image.fromarray(np.dstack([rgb, alpha]), mode="RGBA").convert("CMYK"), quality=95)
+    return files
+
+
+@pytest.mark.parametrize("strip_pixels", [1, 64, 1 << 20])
+def test_strips_convert_exactly_like_the_whole_image(tmp_path, monkeypatch, strip_pixels):
+    """One-row strips, strips of two rows with a shorter last one (21 rows), and the whole image as one strip all give
+    the bytes the whole-image conversion gives, in every mode."""
+    from diffv2iqa_trt.runtime import images
+
+    files = _every_mode(tmp_path)
+    monkeypatch.setattr(images, "_STRIP_PIXELS", strip_pixels)
+    for name, path in files.items():
+        with Image.open(path) as img:
+            img.load()
+            expected = _whole_image_rgb(img)
+        got = load_image(path)
+        assert got.shape == (21, 30, 3) and got.dtype == np.uint8, name
+        np.testing.assert_array_equal(got, expected, err_msg=name)
+
+
+def test_sixteen_bit_image_is_converted_without_whole_image_temporaries(tmp_path):
+    """Before: 16-bit grey went through float64 arrays of the whole image (8 bytes per pixel, several at once): a
+    100-megapixel PNG of 190 kB cost 2.65 GB. Now the NumPy allocations are the 3-byte RGB result and one strip."""
+    import tracemalloc
+
+    h, w = 3000, 4000
+    g16 = np.zeros((h, w), np.uint16)
+    g16[::3, ::7] = 65535
+    Image.fromarray(g16).save(tmp_path / "big16.png")
+    tracemalloc.start()
+    try:
+        out = load_image(tmp_path / "big16.png")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.shape == (h, w, 3) and out[0, 0, 0] == 255 and out[0, 1, 0] == 0 and out[1, 0, 0] == 0
+    # measured: 44.3 MiB, of which 34.3 MiB is the result; the whole-image float64 conversion peaked near 300 MiB
+    assert peak < 3 * h * w + (16 << 20), peak / 2**20

@@ -6,7 +6,9 @@ chunk at a time (at most `images_per_chunk` images and about `pixels_per_chunk` 
 pipeline's crop batch size, so memory stays bounded on long lists.
 
 File names are bytes on POSIX; `path_text` shows them as text that is always valid Unicode (bytes that are not
-UTF-8 become `\\xNN`), and `path_bytes_hex` gives the exact bytes of such names.
+UTF-8 become `\\xNN`), and `path_bytes_hex` gives the exact bytes of such names. The CSV, which goes to terminals as
+often as to files, also shows control characters (ESC, BEL, line breaks, bidirectional overrides) escaped
+(`without_controls`), so a file name cannot colour, retitle or rearrange the terminal; the JSON escapes them itself.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import csv
 import io
 import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +31,16 @@ from .pipeline import ImageScore, ScoringPipeline
 DEFAULT_IMAGES_PER_CHUNK = 16
 DEFAULT_PIXELS_PER_CHUNK = DEFAULT_MAX_PIXELS  # decoded pixels held at once (one image at the cap, or many small)
 NON_FINITE = "the model produced a non-finite score ({}); the weights or the bundle's graphs are broken for this input"
+
+
+# Characters that act on a terminal rather than print: C0 and C1 controls (ESC starts colour, title and hyperlink
+# sequences) and the bidirectional overrides and isolates that reorder what is shown (as the CLI's tables escape them).
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def without_controls(text: str) -> str:
+    """`text` with every control character as its Python escape (`\\x1b`, `\\n`, `\\u202e`)."""
+    return _CONTROLS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def path_text(path: str | os.PathLike[str]) -> str:
@@ -138,13 +151,17 @@ def results_json(results: Sequence[FileResult], header: dict[str, Any]) -> dict[
 
 
 def results_csv(results: Sequence[FileResult], model_label: str) -> str:
-    """CSV with one row per file; paths as `path_text` (non-UTF-8 bytes as `\\xNN`), empty cells for no value."""
+    """CSV with one row per file; paths as `path_text` (non-UTF-8 bytes as `\\xNN`), empty cells for no value.
+    Paths, the model label and errors show control characters escaped (`without_controls`): one line per row, and
+    nothing in a cell acts on the terminal it is printed to."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=["path", "score", "vcg", "vda", "crops", "model", "error"],
                             lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
+    model = without_controls(valid_text(model_label))
     for r in results:
         row = r.row()
-        writer.writerow({**row, "model": model_label, "error": row["error"] or ""})
+        writer.writerow({**row, "path": without_controls(row["path"]), "model": model,
+                         "error": without_controls(row["error"] or "")})
     return buf.getvalue()
 
