@@ -11,6 +11,7 @@ the Python loader's `_external_locations`), not models to run.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def _external(name: str, location: str | None, **extra: str) -> TensorProto:
     return t
 
 
-def _model(nodes: list[onnx.NodeProto], initializers: list[TensorProto] = (), **kwargs: Any) -> onnx.ModelProto:  # type: ignore[assignment]
+def _model(nodes: list[onnx.NodeProto], initializers: Sequence[TensorProto] = (), **kwargs: Any) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F32, [4])],
                               [helper.make_tensor_value_info("y", F32, [4])], initializer=list(initializers),
                               sparse_initializer=kwargs.pop("sparse", None))
