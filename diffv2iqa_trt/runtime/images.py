@@ -112,7 +112,7 @@ def _strip_to_rgb(strip: Image.Image, scale_integers: bool) -> np.ndarray:
             rgba = strip.convert("RGBA")
             white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             strip = Image.alpha_composite(white, rgba)
-        return np.asarray(strip.convert("RGB"), dtype=np.uint8)
+        return np.asarray(strip if strip.mode == "RGB" else strip.convert("RGB"), dtype=np.uint8)
     return gray[..., None]
 
 
