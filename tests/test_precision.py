@@ -5,6 +5,7 @@ bad requests refused with exit code 2 and nothing written."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -198,6 +199,9 @@ def test_variants_are_listed_hashed_measured_and_chosen(mixed: Bundle) -> None:
             assert v.precision == p and v.sha256 == sha256_file(mixed.file_path(v.file)) == m.files[v.file].sha256
             if p != "fp32":
                 assert v.extra["calibration"] == m.precision.report["calibration"]["key"]
+                # the exact calibration data, by hash (issue 22, case 3)
+                assert re.fullmatch("[0-9a-f]{64}", v.extra["calibration_sha256"])
+                assert v.extra["calibration_sha256"] == m.precision.report["calibration"]["sha256"]
                 tensor = v.extra["accuracy"]["tensor"]
                 assert 0 < tensor["max_abs"] < 0.5 * tensor["reference_max_abs"] and tensor["cosine"] > 0.99
     # The plan's figures are in the report. On these 18 small images this plan measured SRCC 0.988 and max |Δ| under
