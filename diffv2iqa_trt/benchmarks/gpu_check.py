@@ -459,7 +459,9 @@ class GpuCheck:
             ok = fn(entry)
             entry["status"] = "ok" if ok is not False else "failed"
         except OutOfBudget as exc:
-            entry |= {"status": "ok" if entry.get("rows") or entry.get("result") else "skipped",
+            if str(exc) not in self.budget.skipped:
+                self.budget.skipped.append(str(exc))
+            entry |= {"status": "ok" if entry.get("rows") else "skipped",
                       "stopped": f"time budget spent before: {exc}"}
         except Exception as exc:  # recorded, and the next phase runs
             entry |= {"status": "error", **_error(exc)}
@@ -678,6 +680,8 @@ class GpuCheck:
             self.start_build()
         assert self.build is not None
         entry["work"] = str(self.work)
+        gpu_backend = "torch" if self.dry else "torch-cuda"  # the dry run has no CUDA: the torch CPU reference
+        entry["gpu_backend"] = gpu_backend
         paths = []
         (self.work / "images").mkdir(exist_ok=True)
         for i, rgb in enumerate(_images(3, 96)):
@@ -685,8 +689,6 @@ class GpuCheck:
             Image.fromarray(rgb).save(path)
             paths.append(str(path))
         self._finish(entry, self.build)
-        gpu_backend = "torch" if self.dry else "torch-cuda"  # the dry run has no CUDA: the torch CPU reference
-        entry["gpu_backend"] = gpu_backend
         runs = {}
         for backend in (gpu_backend, "onnxruntime"):  # both at once: most of each is start-up
             args = ["score", *paths, "--bundle", str(self.bundle_dir), "--backend", backend, "--format", "json",
