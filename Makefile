@@ -4,11 +4,16 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Where the CPU build of torch comes from. Empty: pip's configured indexes (this project's machines serve the CPU
+# wheel locally). On a plain PyPI set-up `torch==2.13.0` is the multi-GB CUDA build on Linux: pass
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu to get the CPU one.
+TORCH_INDEX ?=
+TORCH_PIP_ARGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
 $(BIN)/diffv2iqa-trt: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
-	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet $(TORCH_PIP_ARGS) torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[cpu,precision,dev,ray]'
 	touch $@
 
@@ -27,8 +32,9 @@ lint: install
 	$(BIN)/python -m ruff check diffv2iqa_trt tests
 	$(BIN)/python -m mypy diffv2iqa_trt
 
+# --durations: CI logs the slowest tests, so a test that grows slow is seen.
 test: install
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q --durations=15
 
 test-all: install
 	$(BIN)/python -m pytest -q

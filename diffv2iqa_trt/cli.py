@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
 import shlex
 import tempfile
+import time
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -31,6 +34,9 @@ app = typer.Typer(
     help="Deploy and run the DiffV2IQA no-reference image-quality model (PyTorch reference, ONNX, TensorRT).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Plain help (click's): it wraps option names and paths at any width, where rich's option table cuts them
+    # ("--allow-lint-fa…") on an 80-column terminal.
+    rich_markup_mode=None,
 )
 # No emoji codes either: a file named ":smile:.png" must print as itself, in tables and in JSON alike.
 out = Console(highlight=False, soft_wrap=True, emoji=False)
@@ -49,6 +55,32 @@ def _text(value: object) -> str:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:  # a lone surrogate that is no escaped byte
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class _LineStatus:
+    """Progress without a terminal (output redirected, CI logs): each new message as a line on stderr, with the
+    seconds since the start, instead of a spinner that prints nothing there."""
+
+    def __init__(self, label: str) -> None:
+        self.label, self.start, self.last = label, time.perf_counter(), ""
+
+    def update(self, message: str) -> None:
+        if message != self.last:
+            self.last = message
+            # Messages arrive escaped for rich (through _show), as the spinner takes them.
+            err.print(escape(f"[{time.perf_counter() - self.start:6.1f} s] ") + message, highlight=False)
+
+
+@contextlib.contextmanager
+def _status(label: str) -> Iterator[Any]:
+    """A spinner on a terminal, progress lines elsewhere; both have `update(message)`."""
+    if err.is_terminal:
+        with err.status(label) as status:
+            yield status
+    else:
+        lines = _LineStatus(label)
+        lines.update(f"{escape(label)}: started")
+        yield lines
 
 
 def _show(value: object, *, message: bool = False) -> str:
@@ -176,9 +208,10 @@ def score(
              "--exclude-lean-runtime need.")] = None,
 ) -> None:
     """Score images. Bad files are reported and skipped; the exit code is 1 if any file could not be scored."""
-    from .runtime.images import allow_pillow_pixels, expand_paths
-    from .runtime.scoring import results_csv, results_json, score_files
-    from .scorers import ScoreOptions, open_scorer
+    from .api import Scorer
+    from .runtime.images import expand_paths
+    from .runtime.scoring import results_csv, results_json
+    from .scorers import ScoreOptions
 
     options = ScoreOptions(bundle=bundle, backend=backend.value if backend else None, precision=precision,
                            checkpoint=checkpoint, preset=preset.value if preset else None, crops=crops, mode=mode,
@@ -187,8 +220,7 @@ def score(
                            cuda_graph=None if cuda_graph is None else cuda_graph is OnOff.on,
                            lean_runtime=lean_runtime)
     try:
-        allow_pillow_pixels(max_pixels)
-        scorer = open_scorer(options)
+        scorer = Scorer.from_options(options, max_pixels=max_pixels)
     except DiffV2IQAError as exc:
         raise _failed(exc) from None
     files = expand_paths(list(paths))
@@ -199,15 +231,14 @@ def score(
 
     progress = Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         console=err, disable=len(files) < 2, transient=True)
-    with progress:
+    with scorer, progress:
         task = progress.add_task("score", total=len(files))
         try:
-            results = score_files(scorer.pipeline, files, max_pixels=max_pixels,
-                                  progress=lambda n: progress.advance(task, n))
+            results = scorer.score_files(files, progress=lambda n: progress.advance(task, n))
         except DiffV2IQAError as exc:
             raise _failed(exc) from None
 
-    spec = scorer.pipeline.spec
+    spec = scorer.spec
     if fmt is OutputFormat.json:
         header = {"model": {"label": scorer.label, "trained": scorer.trained}, "backend": scorer.backend,
                   "precision": scorer.precision, "crops": spec.crops, "mode": spec.mode, "steps": spec.steps,
@@ -343,7 +374,7 @@ def build(
         raise _failed(exc) from None
     if not loaded.info.trained:
         err.print(f"[yellow]warning:[/] model {_show(loaded.label)}")
-    with err.status("building") as status:
+    with _status("building") as status:
         try:
             result = build_bundle(loaded.model, loaded.info, out_dir, options, request, variants,
                                   init_seed=loaded.init_seed, checkpoint_path=loaded.path, engines=engines,
@@ -442,7 +473,7 @@ def _extend(source: Path, out_dir: Path, request: PrecisionPlan, options: Varian
         raise ConfigError(f"--out is the source bundle {out_dir}: pass --overwrite to replace it in place")
     target = Path(os.path.abspath(out_dir))
     target.parent.mkdir(parents=True, exist_ok=True)
-    with err.status("adding variants" if engines is None else "adding engines") as status, \
+    with _status("adding variants" if engines is None else "adding engines") as status, \
             tempfile.TemporaryDirectory(prefix=f".{target.name}.work-", dir=target.parent) as work:
         path = extend_bundle(bundle, target, request, options, engines, overwrite=overwrite, workdir=Path(work),
                              say=lambda m: _progress(status, m))
@@ -569,7 +600,7 @@ def parity(
         b = load_bundle(bundle)
         label_map = read_labels(labels) if labels else None
         files = expand_paths(list(images))
-        with err.status("parity") as status:
+        with _status("parity") as status:
             report = run_parity(b, files, label_map, batch_size=batch_size, threads=threads,
                                 progress=lambda m: status.update(f"parity: {_show(m)}"))
         paths = write_report(report, out_dir, invocation=_invocation(ctx))
@@ -592,7 +623,8 @@ def parity(
 def bench(
     ctx: typer.Context,
     bundle: Annotated[Path, typer.Option(help="Bundle to measure.")],
-    images: Annotated[list[Path] | None, typer.Option(help="Images to score (files or directories); default: one "
+    images: Annotated[list[Path] | None, typer.Option(help="An image or folder to score; repeat the option for "
+                                                            "several (--images a.png --images b.png). Default: one "
                                                             "synthetic 256x256 image written to the report folder.")]
     = None,
     backends: Annotated[str, typer.Option(help="Comma-separated backends (torch, onnxruntime, and on a GPU "
@@ -627,7 +659,7 @@ def bench(
 
             torch.set_num_threads(threads)
         files = expand_paths(list(images)) if images else [_synthetic_image(out_dir)]
-        with err.status("bench") as status:
+        with _status("bench") as status:
             report = run_bench(b, files, settings, progress=lambda m: status.update(f"bench: {_show(m)}"))
         paths = write_report(report, out_dir, name or f"bench_{report['model']}", invocation=_invocation(ctx))
     except DiffV2IQAError as exc:

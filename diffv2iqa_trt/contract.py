@@ -1,4 +1,4 @@
-"""The contract between export, bundle, engines and runtimes, written down once (DESIGN.md, "The three graphs").
+"""The contract between export, bundle, engines and runtimes, written down once (docs/design.md, "The three graphs").
 
 Graph names, their tensors (names, dtypes, symbolic shapes), the columns of the per-step coefficient table, the
 precisions a bundle may hold, the TensorRT majors the toolkit targets and the input normalisation. Torch-free and

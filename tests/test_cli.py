@@ -158,3 +158,27 @@ def test_convert_authors_checkpoints(tmp_path):
     Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(img)
     scored = runner.invoke(app, ["score", str(img), "--checkpoint", str(out), "--format", "json"])
     assert scored.exit_code == 0 and json.loads(scored.stdout)["model"]["trained"] is True
+
+
+def test_long_verbs_print_progress_lines_without_a_terminal(auto_built: tuple[object, str]) -> None:
+    """Redirected output (here CliRunner's, as in CI logs or `> log`) gets a line per step on stderr, where a rich
+    spinner would print nothing for minutes."""
+    _, output = auto_built
+    lines = [line for line in output.splitlines() if line.startswith("[") and " s] " in line]
+    assert lines[0].endswith("building: started")
+    assert any(line.endswith("exporting vcg") for line in lines) and len(lines) >= 6
+
+
+def test_help_at_80_columns_shows_every_option_whole() -> None:
+    import typer
+
+    command = typer.main.get_command(app)
+    for name, verb in command.commands.items():  # type: ignore[attr-defined]
+        result = runner.invoke(app, [name, "--help"], terminal_width=80)
+        assert result.exit_code == 0, result.output
+        assert "…" not in result.output, (name, result.output)
+        assert max(len(line) for line in result.output.splitlines()) <= 80, name
+        for param in verb.params:
+            for opt in (*param.opts, *param.secondary_opts):
+                if opt.startswith("--"):
+                    assert opt in result.output, (name, opt)

@@ -226,13 +226,17 @@ def test_a_failure_inside_a_capture_leaves_the_stream_usable(bundle: Bundle, ima
 
 
 def test_torch_launcher_matches_the_torch_reference(bundle: Bundle, images: list[np.ndarray]) -> None:
-    """The torch-cuda backend's launcher, run on the CPU (HostDevice) against the torch reference pipeline."""
-    reference = bundle_pipeline(bundle, "torch", scoring=ScoringConfig(crops="five"), batch_size=4)
-    want = np.array([r.score for r in reference.score(images[:3])])
+    """The torch-cuda backend's launcher, run on the CPU (strict device) against the torch reference pipeline; two
+    images at batch 1, so the second batch of each slot is captured and a third run replays."""
+    reference = bundle_pipeline(bundle, "torch", scoring=ScoringConfig(crops="center"), batch_size=1)
+    want = np.array([r.score for r in reference.score(images[:2])])
     launcher = TorchGraphLauncher(model_from_bundle(bundle))
-    pipe = StreamPipeline(HostDevice(), launcher, reference.spec, batch_size=4, cuda_graph=True)
-    got = np.array([r.score for r in pipe.score(images[:3])])
-    assert np.abs(got - want).max() <= 1e-6
+    device = StrictDevice(0)
+    with StreamPipeline(device, launcher, reference.spec, batch_size=1, cuda_graph=True) as pipe:
+        for _ in range(2):
+            got = np.array([r.score for r in pipe.score(images[:2])])
+            assert np.abs(got - want).max() <= 1e-6
+    assert device.log["replay"] == 2 and device.races == []
 
 
 def test_a_branch_with_zero_weight_is_not_run(bundle: Bundle, images: list[np.ndarray]) -> None:

@@ -24,7 +24,7 @@ from ..atomic import atomic_path
 from ..errors import DiffV2IQAError
 
 train_app = typer.Typer(help="Train and evaluate demo weights on synthetic distortions of real photographs.",
-                        no_args_is_help=True, pretty_exceptions_enable=False)
+                        no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
 
 
 @train_app.callback()
