@@ -407,9 +407,19 @@ class GpuCheck:
         # processes ran a restoration step 70x slower (2.1 s instead of 0.03 s, measured).
         self.threads = 1 if self.dry else (os.cpu_count() or 1)
         self.torch_threads: int | None = None
-        self.work = Path(tempfile.mkdtemp(prefix="gpu_check."))  # bundle, images, CLI logs: not in OUT
+        self._work: Path | None = None
         self.build: Child | None = None
-        self.bundle_dir = self.work / "tiny"
+
+    @property
+    def work(self) -> Path:
+        """A temporary folder for the bundle, its images and the CLI's output: not OUT, whose files come back."""
+        if self._work is None:
+            self._work = Path(tempfile.mkdtemp(prefix="gpu_check."))
+        return self._work
+
+    @property
+    def bundle_dir(self) -> Path:
+        return self.work / "tiny"
 
     # ------------------------------------------------------------------------------------------------ phases
 
@@ -424,7 +434,8 @@ class GpuCheck:
                         say(f"bundle: the build did not start ({type(exc).__name__}: {exc}); the phase retries it")
         finally:
             kill_children()
-            shutil.rmtree(self.work, ignore_errors=True)
+            if self._work is not None:
+                shutil.rmtree(self._work, ignore_errors=True)
             if self.torch_threads is not None:  # the environment phase set torch's threads: put them back
                 sys.modules["torch"].set_num_threads(self.torch_threads)
 
@@ -666,7 +677,6 @@ class GpuCheck:
 
     def start_build(self) -> None:
         """Start building the tiny bundle at once: it runs on the CPU while the GPU phases run."""
-        self.bundle_dir = self.work / "tiny"
         args = ["build", "--preset", "tiny", "--target", "onnx", "--out", str(self.bundle_dir)]
         if self.dry:
             args += ["--steps", "5"]

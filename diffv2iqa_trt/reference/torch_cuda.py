@@ -122,7 +122,8 @@ class TorchCudaDevice:
         self._capture_scope = contextlib.ExitStack()  # holds the capturing stream current while a capture is open
         self._capture_stream: Any = None
         self._capture_keep: list[Any] = []  # host memory read by copies recorded into the open capture
-        self._graphs: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Each captured graph -> the host memory its copies read at every replay (kept as long as the graph lives).
+        self._graphs: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
         self.in_flight = InFlight()
         self.closed = False
 
@@ -240,8 +241,7 @@ class TorchCudaDevice:
             graph.capture_end()  # torch checks that the capturing stream is still the current one: end it first
         finally:
             scope.close()
-        graph.diffv2iqa_host_memory = keep  # type: ignore[attr-defined]  # lives as long as the graph
-        self._graphs.add(graph)
+        self._graphs[graph] = keep
         return graph
 
     def abort_capture(self, stream: torch.cuda.Stream) -> None:
@@ -276,7 +276,7 @@ class TorchCudaDevice:
         for graph in list(self._graphs):
             with contextlib.suppress(Exception):
                 graph.reset()
-        self._graphs = weakref.WeakSet()
+        self._graphs.clear()
 
     def __enter__(self) -> TorchCudaDevice:
         return self
