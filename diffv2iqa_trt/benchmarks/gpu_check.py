@@ -1031,11 +1031,15 @@ def markdown(doc: dict[str, Any]) -> str:
                   "| step | exit | seconds |", "|---|---|---|"]
         for step in bundle["steps"]:
             lines.append(f"| {step['step']} | {step.get('exit', step.get('error'))} | {_fmt(step.get('seconds'))} |")
-        for name, by_backend in bundle.get("scores", {}).items():
-            lines.append(f"| {name} | {json.dumps(by_backend)} | |")
+        if bundle.get("scores"):
+            backends = list(next(iter(bundle["scores"].values())))
+            lines += ["", "| image | " + " | ".join(backends) + " |", "|---" * (len(backends) + 1) + "|"]
+            for name, by_backend in bundle["scores"].items():
+                lines.append(f"| {name} | " + " | ".join(f"{by_backend[b]:.7f}" for b in backends) + " |")
     overlap = phases.get("overlap", {})
     if overlap.get("timeline"):
-        lines += ["", "## Copy/compute overlap (CUDA events)", "",
+        clocks = "host clocks of a simulated device: no overlap is possible" if doc["dry_run"] else "CUDA events"
+        lines += ["", f"## Copy/compute overlap ({clocks})", "",
                   f"copy alone {overlap['copy_alone_ms']} ms ({overlap['upload_gib_per_s']} GiB/s), compute alone "
                   f"{overlap['compute_alone_ms']} ms, together {overlap['together_ms']} ms: overlap "
                   f"{overlap['overlap_ms']} ms = {overlap['overlap_of_shorter']} of the shorter", "",
