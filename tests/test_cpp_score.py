@@ -396,10 +396,11 @@ def test_unlisted_external_data_is_refused_before_scoring(cpp_tools: Path, bundl
 
 def test_check_golden_refuses_test_vectors_scoring_never_uses(cpp_tools: Path, bundle: Any, tmp_path: Path) -> None:
     """Issue 22, case 7: --check-golden computed noise rows of whatever shape the manifest gave ([3, 4096, 4096]: 44 s
-    on the tiny bundle; [4096]*3: bad_alloc) and scored 10000-step golden cases before saying the vectors differ."""
+    on the tiny bundle; [4096]*3: bad_alloc) and scored the golden inputs at any step count before saying the vectors
+    differ (1000 copied steps: 75 s on the tiny bundle, 10000: hours on the paper model)."""
     cases = {c["name"]: c for c in EDITS}
     for name, budget in [("test-vector-shape-4096", 10.0), ("test-vector-shape-cube", 10.0),
-                         ("steps-10000-copied-tables", 60.0)]:
+                         ("steps-1000-copied-tables", 10.0)]:
         copy = tmp_path / name
         shutil.copytree(bundle.root, copy)
         doc = json.loads((copy / "manifest.json").read_text(encoding="utf-8"))
@@ -415,6 +416,6 @@ def test_check_golden_refuses_test_vectors_scoring_never_uses(cpp_tools: Path, b
         else:  # the bundle loads; the noise rows differ, so no golden input is scored
             report = json.loads(out)
             assert status == 1 and report["ok"] is False and report["golden"] == [], (name, err)
-            assert report["noise"]["rows"] == 10001 and report["noise"]["ok"] is False
+            assert report["noise"]["rows"] == 1001 and report["noise"]["ok"] is False
             assert "the noise test vectors DIFFER" in err and "not scored" in err, err
         print(f"{name}: exit {status} in {seconds:.1f} s")
