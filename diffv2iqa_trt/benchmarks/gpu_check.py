@@ -52,9 +52,10 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # imported where used: a machine without NumPy still gets a report saying so
+    import numpy as np
 
 FP32_TOLERANCE = 1e-3
 KINDS = ("gaussian_blur", "white_noise", "jpeg", "contrast")
@@ -141,7 +142,7 @@ def _clean(value: Any) -> Any:
         return {str(k): _clean(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):  # a NumPy scalar
         return _clean(value.item())
     return value
 
@@ -260,6 +261,8 @@ def exercise_device(device: Any) -> dict[str, Any]:
     second stream ordered by events both ways, a window copy, download; then the same copies captured as a graph
     (the destinations hold a sentinel before the capture, read back right after it: a capture that ran the copies
     shows) and replayed."""
+    import numpy as np
+
     rng = np.random.default_rng(0)
     data = rng.standard_normal((4, 3, 8, 10)).astype(np.float32)
     s1, s2 = device.stream(), device.stream()
@@ -578,6 +581,8 @@ class GpuCheck:
                               streams=streams, cuda_graph=graph)
 
     def _correctness(self, entry: dict[str, Any], which: str) -> bool:
+        import numpy as np
+
         from ..metrics import srcc
         from ..reference.torch_executor import TorchExecutor
         from ..runtime.pipeline import Pipeline
@@ -723,6 +728,8 @@ class GpuCheck:
         """An upload on its own stream while restoration steps run on another, timed by events recorded on both
         (elapsed times between events of different streams are valid on CUDA); then the stream pipeline's own
         stage times, for which the uploads share the loop stream."""
+        import numpy as np
+
         from ..reference.torch_cuda import TorchCudaDevice, TorchGraphLauncher
 
         assert self.loaded is not None
