@@ -31,7 +31,9 @@ trap 'rm -rf "$deps"' EXIT
 # What the GPU image lacks (jsonschema for bundles; onnxruntime/onnxscript where an image has none): one package at
 # a time, so one missing wheel does not block the others; a phase that needs a missing one records the ImportError.
 for module in jsonschema onnxscript onnxruntime; do
-    "$py" -c "import $module" 2>/dev/null && continue
+    # find_spec, not import: importing onnxscript alone takes seconds
+    "$py" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$module') is None)" 2>/dev/null \
+        && continue
     nodeps=()
     [ "$module" = jsonschema ] || nodeps=(--no-deps)  # the onnx wheels' dependencies are in the image
     if [ -d "$root/build/wheelhouse" ] && "$py" -m pip install --quiet --no-index --no-compile "${nodeps[@]}" \
