@@ -533,7 +533,9 @@ def _print_lint(lint: dict[str, Any]) -> None:
 @app.command()
 def inspect(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory (or its manifest.json).")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole summary as JSON (every lint row, "
+                                                         "candidate and value; the text form counts long lists).")]
+    = False,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the sha256 check of every file.")] = False,
 ) -> None:
     """Summarise a bundle: model, pipeline, graphs, files, lint and parity. Verifies every file's sha256."""
@@ -551,13 +553,31 @@ def inspect(
     _print_summary(summary)
 
 
+SUMMARY_LIST_ITEMS = 8  # a longer list, or one of records, is counted in the text summary (all of it: --json)
+SUMMARY_TEXT = 160  # characters of one value shown in the text summary
+
+
 def _print_summary(summary: dict[str, Any], prefix: str = "") -> None:
+    """The bundle summary as an indented outline that a person can read: short lists one item a line, long lists and
+    lists of records (lint rows, candidates) as a count, long values cut; `--json` prints everything."""
     for key, value in summary.items():
+        name = _show(key)
         if isinstance(value, dict):
-            out.print(f"{prefix}[bold]{_show(key)}[/]")
+            out.print(f"{prefix}[bold]{name}[/]")
             _print_summary(value, prefix + "  ")
+        elif isinstance(value, list | tuple) and value and (len(value) > SUMMARY_LIST_ITEMS or any(
+                isinstance(v, dict | list | tuple) for v in value)):
+            out.print(f"{prefix}{name}: {len(value)} entries (all of them: --json)")
+        elif isinstance(value, list | tuple) and value:
+            out.print(f"{prefix}{name}:")
+            for item in value:
+                out.print(f"{prefix}  - {_show(_cut(str(item)))}")
         else:
-            out.print(f"{prefix}{_show(key)}: {_show(value)}")
+            out.print(f"{prefix}{name}: {_show(_cut(str(value)))}")
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= SUMMARY_TEXT else text[:SUMMARY_TEXT - 20] + f"… ({len(text)} characters: --json)"
 
 
 def _invocation(ctx: typer.Context) -> str:

@@ -182,3 +182,17 @@ def test_help_at_80_columns_shows_every_option_whole() -> None:
             for opt in (*param.opts, *param.secondary_opts):
                 if opt.startswith("--"):
                     assert opt in result.output, (name, opt)
+
+
+def test_inspect_text_is_a_readable_summary_and_json_has_everything(auto_built: tuple[object, str]) -> None:
+    bundle = auto_built[0]
+    text = runner.invoke(app, ["inspect", str(bundle.root)], terminal_width=200)  # type: ignore[attr-defined]
+    assert text.exit_code == 0, text.output
+    lines = text.output.splitlines()
+    # Before: 41 kB, lint rows printed as Python lists of up to 6,647 characters on one line.
+    assert len(text.output) < 8000 and max(len(line) for line in lines) <= 120
+    assert sum("rows: " in line and "entries (all of them: --json)" in line for line in lines) == 6  # 3 graphs x 2
+    assert "      - gamma: float32[batch]" in lines
+    full = json.loads(runner.invoke(app, ["inspect", str(bundle.root), "--json"]).output)  # type: ignore[attr-defined]
+    rows = full["lint"]["restore_step"]["10"]["rows"]
+    assert f"rows: {len(rows)} entries (all of them: --json)" in text.output and rows[0]["check"] == "opset"
