@@ -252,6 +252,10 @@ def test_a_symlinked_lock_is_refused_and_its_target_untouched(tmp_path: Path) ->
     with pytest.raises(ConfigError, match="symbolic link"):
         cache.merge(b"new entries", _concat)
     assert not (outside / "created.txt").exists() and not cache.path.exists()
+    # add_engines calls check() before the first engine is built: the same refusal, nothing created.
+    with pytest.raises(ConfigError, match="symbolic link"):
+        cache.check()
+    assert not (outside / "created.txt").exists() and not cache.path.exists()
 
 
 def test_a_lock_that_is_a_fifo_or_directory_is_refused_without_waiting(tmp_path: Path) -> None:

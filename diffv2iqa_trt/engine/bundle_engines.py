@@ -112,6 +112,7 @@ def add_engines(bundle: Bundle, out: str | Path, settings: BuildSettings, *, ove
     version = tensorrt_version(trt)
     machine = Machine(tensorrt=version.text, gpu=gpu.name, sm=gpu.sm)
     cache = TimingCacheFile(settings.timing_cache or default_cache_path(machine))
+    cache.check()
     jobs = engine_jobs(bundle, precisions)
     if not jobs:
         raise BuildError(f"{bundle.root} has no variant TensorRT builds engines from ({', '.join(ENGINE_PRECISIONS)})")

@@ -85,6 +85,11 @@ class TimingCacheFile:
         finally:
             os.close(fd)
 
+    def check(self) -> None:
+        """Refuse a bad lock (ConfigError) before any engine is built, not after the first build's minutes."""
+        with self._locked():
+            pass
+
     def read(self) -> bytes:
         try:
             return self.path.read_bytes()
