@@ -458,7 +458,6 @@ def _variant_options(request: PrecisionPlan, calib_images: list[Path] | None, ev
 
 def _extend(source: Path, out_dir: Path, request: PrecisionPlan, options: VariantOptions | None,
             engines: BuildSettings | None, overwrite: bool) -> None:
-    import tempfile
 
     from .assemble import check_output, extend_bundle
     from .bundle import load_bundle
@@ -810,7 +809,6 @@ def calibrate(
     how = "reused cached" if reused else "recorded"
     out.print(f"{how} calibration set {cs.key[:16]}: {counts['images']} images, {counts['crops']} crops, "
               f"{counts['restore_rows']} restore_step rows, {cs.nbytes / 1e6:.1f} MB")
-# --- end of snippet ---------------------------------------------------------------------------------------------------
 
 
 @app.command()
