@@ -19,12 +19,13 @@ from .runtime.pipeline import ScoringPipeline, check_steps
 DEFAULT_CROPS = "center"
 DEFAULT_MODE = "crops"
 DEFAULT_NOISE_SEED = 0
+AUTO = "auto"  # the backend name that means: let choose_backend decide
 
 
 @dataclass(frozen=True)
 class ScoreOptions:
     bundle: Path | None = None
-    backend: str | None = None  # default: onnxruntime with a bundle, torch without
+    backend: str | None = None  # None or "auto": choose_backend decides
     precision: str | None = None  # a precision plan; None: the bundle's chosen plan
     checkpoint: Path | None = None
     preset: str | None = None
@@ -54,6 +55,14 @@ class Scorer:
     def precision(self) -> str:
         """The precision plan the executor runs (fp32 for the torch reference)."""
         return str(getattr(self.pipeline.executor, "plan", "fp32"))
+
+
+def choose_backend(backend: str | None, bundle: Path | None) -> str:
+    """The backend that runs when none is named (None or "auto"): onnxruntime with a bundle, the torch reference
+    without one. The one place this choice is made (the CLI's `score`, `load(backend="auto")`)."""
+    if backend is not None and backend != AUTO:
+        return backend
+    return "onnxruntime" if bundle is not None else "torch"
 
 
 def check_options(o: ScoreOptions) -> None:
@@ -90,7 +99,7 @@ def open_scorer(o: ScoreOptions) -> Scorer:
     check_options(o)
     if o.bundle is not None:
         return _bundle_scorer(o)
-    if o.backend not in (None, "torch"):
+    if choose_backend(o.backend, o.bundle) != "torch":
         raise ConfigError(f"--backend {o.backend} needs --bundle (build one with `diffv2iqa-trt build`)")
     from .reference.loading import load_model, reference_pipeline
 
@@ -120,6 +129,6 @@ def _bundle_scorer(o: ScoreOptions) -> Scorer:
                                           batch_size=o.batch_size, streams=o.streams is not False,
                                           cuda_graph=o.cuda_graph is not False, **extra)
     else:
-        pipeline = bundle_pipeline(bundle, o.backend or "onnxruntime", precision=o.precision, device=o.device,
-                                   scoring=scoring, batch_size=o.batch_size, threads=o.threads)
+        pipeline = bundle_pipeline(bundle, choose_backend(o.backend, o.bundle), precision=o.precision,
+                                   device=o.device, scoring=scoring, batch_size=o.batch_size, threads=o.threads)
     return Scorer(pipeline, bundle.manifest.model.label, bundle.trained)
