@@ -153,8 +153,6 @@ def _sha256_open(f: Any) -> str:
     return h.hexdigest()
 
 
-# ONNX AttributeProto types that hold tensors or graphs (onnx.AttributeProto.AttributeType values).
-_ATTR_GRAPH, _ATTR_TENSOR, _ATTR_GRAPHS, _ATTR_TENSORS, _ATTR_SPARSE, _ATTR_SPARSES = 5, 4, 10, 9, 11, 12
 _EXTERNAL = 1  # onnx.TensorProto.EXTERNAL
 
 
@@ -173,40 +171,44 @@ def _external_locations(model: Any) -> list[str | None]:
         tensor(sp.values)
         tensor(sp.indices)
 
+    # Every field that can hold a tensor or a graph is read whatever the attribute's declared `type` says (a
+    # mistyped attribute still reaches ONNX Runtime's loader), and functions' default attributes too.
     graphs: list[Any] = [model.graph]
-    nodes: list[Any] = [n for f in model.functions for n in f.node]
-    while graphs or nodes:
+    attributes: list[Any] = [a for f in model.functions for a in f.attribute_proto]
+    attributes += [a for f in model.functions for n in f.node for a in n.attribute]
+    while graphs or attributes:
         if graphs:
             g = graphs.pop()
             for t in g.initializer:
                 tensor(t)
             for sp in g.sparse_initializer:
                 sparse(sp)
-            nodes.extend(g.node)
+            attributes.extend(a for n in g.node for a in n.attribute)
             continue
-        for a in nodes.pop().attribute:
-            if a.type == _ATTR_TENSOR:
-                tensor(a.t)
-            elif a.type == _ATTR_TENSORS:
-                for t in a.tensors:
-                    tensor(t)
-            elif a.type == _ATTR_SPARSE:
-                sparse(a.sparse_tensor)
-            elif a.type == _ATTR_SPARSES:
-                for sp in a.sparse_tensors:
-                    sparse(sp)
-            elif a.type == _ATTR_GRAPH:
-                graphs.append(a.g)
-            elif a.type == _ATTR_GRAPHS:
-                graphs.extend(a.graphs)
+        a = attributes.pop()
+        if a.HasField("t"):
+            tensor(a.t)
+        for t in a.tensors:
+            tensor(t)
+        if a.HasField("sparse_tensor"):
+            sparse(a.sparse_tensor)
+        for sp in a.sparse_tensors:
+            sparse(sp)
+        if a.HasField("g"):
+            graphs.append(a.g)
+        graphs.extend(a.graphs)
     return locations
+
+
+# ONNX Runtime's tag for "the tensor's offset is a memory address in this process": never a file, never accepted.
+_ORT_MEMORY_ADDRESS = "*/_ORT_MEM_ADDR_/*"
 
 
 def _location_name(graph_file: str, location: str | None) -> str | None:
     """The bundle name an external-data location refers to (ONNX resolves it against the graph file's directory);
     None for an absolute path, a '..' segment, a backslash or anything else that is not a plain relative path."""
     if (not location or "\\" in location or "\x00" in location or location.startswith("/")
-            or re.match(r"^[A-Za-z]:", location)):
+            or re.match(r"^[A-Za-z]:", location) or location.startswith(_ORT_MEMORY_ADDRESS)):
         return None
     parts = [part for part in location.split("/") if part not in ("", ".")]
     if not parts or ".." in parts:
