@@ -388,30 +388,41 @@ def test_summary_lint_and_reports_print_verbatim(capsys):
     assert "[bold]graph" in text and "[red]Op" in text and "[link=http://e.com]x" in text
 
 
-def test_parity_and_bench_tables_print_verbatim(tmp_path, monkeypatch):
-    from diffv2iqa_trt import bundle
-    from diffv2iqa_trt.benchmarks import bench, parity
+@pytest.fixture()
+def hostile_bundle(auto_built, tmp_path):
+    """A copy of the tiny bundle whose manifest names its model "[red]m" and whose fp32 score gate (max |Δ| <= -1)
+    no variant passes: parity and bench then write real reports that carry markup and a real failure."""
+    import shutil
 
-    metrics = {"abs_error": {"max": 0.5}, "srcc": 0.9, "rank_flips": 3}
-    report = {"images": 2, "passed": False, "model": "[red]m",
-              "variants": {"[red]v": {"metrics": metrics, "passed": False, "failures": ["[link=http://e.com]f"]}},
-              "backends": {"torch": {"executor": "[blue]exec", "single_stream": {"no_decode": {"median": 1.0,
-                                                                                             "p99": 1.0}},
-                                     "offline": [{"images_per_s": 1.0}], "speedup_vs_torch": 1.0}}}
-    monkeypatch.setattr(bundle, "load_bundle", lambda *a, **k: object())
-    monkeypatch.setattr(parity, "run_parity", lambda *a, **k: report)
-    monkeypatch.setattr(parity, "write_report", lambda *a, **k: [Path("[red]r.json")])
-    monkeypatch.setattr(bench, "run_bench", lambda *a, **k: report)
-    monkeypatch.setattr(bench, "write_report", lambda *a, **k: [Path("[red]b.json")])
-    res = runner.invoke(app, ["parity", "--bundle", "b", "--images", str(tmp_path), "--out", str(tmp_path / "o")])
-    assert res.exit_code == 1, res.output
-    for text in ("[red]v", "[link=http://e.com]f", "wrote [red]r.json"):
+    root = tmp_path / "bundle"
+    shutil.copytree(auto_built[0].root, root)
+    doc = json.loads((root / "manifest.json").read_text())
+    doc["model"]["name"] = "[red]m"
+    doc["parity"]["gates"]["fp32"]["max_abs"] = -1.0
+    (root / "manifest.json").write_text(json.dumps(doc))
+    return root
+
+
+def test_parity_table_prints_verbatim(tmp_path, hostile_bundle):
+    """A real parity run (torch reference against the onnxruntime fp32 variant on two photographs) into a folder
+    named like markup: the failure and the written paths print as they are."""
+    images = [_good(tmp_path, "a.png"), _good(tmp_path, "b.png", "chelsea")]
+    out = tmp_path / "[red]o"
+    res = runner.invoke(app, ["parity", "--bundle", str(hostile_bundle), "--images", str(images[0]), "--images",
+                              str(images[1]), "--out", str(out)])
+    assert res.exit_code == 1, res.output  # the gate fails
+    for text in ("Parity against torch fp32, 2 images", "onnxruntime-fp32", "FAIL max |Δ|", "> gate -1",
+                 f"wrote {out / 'parity.json'}, {out / 'parity.md'}"):
         assert text in res.stdout, text
-    _good(tmp_path, "i.png")
-    res = runner.invoke(app, ["bench", "--bundle", "b", "--backends", "torch", "--images", str(tmp_path / "i.png"),
-                              "--out", str(tmp_path / "o")])
+
+
+def test_bench_table_prints_verbatim(tmp_path, hostile_bundle):
+    out = tmp_path / "[red]o"
+    res = runner.invoke(app, ["bench", "--bundle", str(hostile_bundle), "--backends", "onnxruntime", "--images",
+                              str(_good(tmp_path, "i.png")), "--batch-sizes", "1", "--warmup", "0", "--min-iters", "1",
+                              "--min-seconds", "0", "--offline-images", "1", "--out", str(out)])
     assert res.exit_code == 0, res.output
-    for text in ("[red]m", "[blue]exec", "wrote [red]b.json"):
+    for text in ("Single-stream latency, model [red]m", "onnxruntime-cpu", f"wrote {out / 'bench_[red]m.json'}"):
         assert text in res.stdout, text
 
 
