@@ -34,6 +34,7 @@ BackendFactory = Callable[["Bundle", BackendOptions], "Executor"]
 
 _REGISTRY: dict[str, str | BackendFactory] = {
     "onnxruntime": "diffv2iqa_trt.runtime.backends.onnxruntime_backend:executor_from_bundle",
+    "openvino": "diffv2iqa_trt.runtime.backends.openvino_backend:executor_from_bundle",
     "torch": "diffv2iqa_trt.reference.torch_executor:executor_from_bundle",
 }
 
