@@ -6,7 +6,9 @@ until the doc says the same.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import re
 from pathlib import Path
 
@@ -113,3 +115,81 @@ def test_doc_names_the_ids_the_bundle_records() -> None:
     assert f"`pipeline.resize` = `{RESIZE}`" in text
     assert f"`pipeline.noise.generator` = `{GENERATOR}`" in text
     assert f"`{philox.TABLE_SHA256}`" in text
+
+
+# --- what a port needs besides the prose (issue 22, "the format document") -------------------------------------------
+
+DOCS = DOC.parent
+ANGLE_TABLE = DOCS / "philox_angle_table.txt"
+SCHEMA_COPY = DOCS / "manifest.schema.json"
+
+
+def angle_table_text() -> str:
+    """docs/philox_angle_table.txt as the code's table gives it: CT[j] and ST[j] as exact hex floats (float.hex)."""
+    head = ("# The Box-Muller angle table of the noise generator (docs/bundle.md, \"The noise generator\"):\n"
+            "# j, CT[j] = the float64 nearest cos(2 pi j / 1024), ST[j] = the float64 nearest sin(2 pi j / 1024),\n"
+            "# as exact hexadecimal floats (C99/C++17 literals and strtod read them; Python: float.fromhex).\n"
+            f"# sha256 of the 1024 little-endian float64 pairs CT[0], ST[0], CT[1], ...: {philox.TABLE_SHA256}\n"
+            "# Generated from diffv2iqa_trt/runtime/philox.py (TABLE): python tests/test_contract_doc.py --write\n")
+    return head + "".join(f"{j} {float(c).hex()} {float(s).hex()}\n" for j, (c, s) in enumerate(philox.TABLE))
+
+
+def test_published_angle_table_is_the_codes_table() -> None:
+    """Before: the doc gave only the table's sha256 and "the nearest float64 to cos/sin" (a port using its libm's
+    double cos got 1208 of 2048 entries wrong); the table is now published entry by entry."""
+    text = ANGLE_TABLE.read_text(encoding="ascii")
+    assert text == angle_table_text()
+    rows = [line.split() for line in text.splitlines() if not line.startswith("#")]
+    assert [int(r[0]) for r in rows] == list(range(1024))
+    table = np.array([[float.fromhex(r[1]), float.fromhex(r[2])] for r in rows])
+    assert hashlib.sha256(table.astype("<f8").tobytes()).hexdigest() == philox.TABLE_SHA256
+    assert f"`{philox.TABLE_SHA256}`" in DOC.read_text() and "docs/philox_angle_table.txt" in DOC.read_text()
+    # exact at the quarter turns, as the doc says; +0.0, never -0.0
+    for j, (c, s) in {0: (1.0, 0.0), 256: (0.0, 1.0), 512: (-1.0, 0.0), 768: (0.0, -1.0)}.items():
+        assert (table[j, 0], table[j, 1]) == (c, s) and not np.signbit(table[j][table[j] == 0]).any()
+    # what a port gets from libm instead: the nearest float64 is not what double cos/sin give everywhere
+    libm = np.array([[math.cos(2 * math.pi * j / 1024), math.sin(2 * math.pi * j / 1024)] for j in range(1024)])
+    assert (libm != table).sum() > 500  # 1208 of 2048 with glibc 2.36
+
+
+def test_schema_ships_beside_the_doc() -> None:
+    """The JSON Schema was only inside the package; docs/manifest.schema.json is a byte-identical copy."""
+    package = Path(__file__).resolve().parents[1] / "diffv2iqa_trt" / "bundle" / "manifest.schema.json"
+    assert SCHEMA_COPY.read_bytes() == package.read_bytes()
+    assert "docs/manifest.schema.json" in DOC.read_text()
+
+
+def test_doc_documents_the_fields_only_the_schema_described() -> None:
+    text = DOC.read_text()
+    for field in ("`files`", "`bytes`", "`row_sha256`", "`first8_bits`", "`noise_seed`", "`crop_count`",
+                  "`images[].height`", "`images[].file`", "`runtime`"):
+        assert field in text, field
+    # the fusion weights are float64 on both sides (Python floats; C++ double): the doc must not call them float32
+    assert "fusion weights are float32" not in text and "float32 `gamma`/`coef`/fusion weights" not in text
+    assert "`vcg_weight` and `vda_weight` are float64" in text
+
+
+def test_doc_names_the_onnxruntime_version_of_its_bit_identity() -> None:
+    import onnxruntime
+
+    m = re.search(r"bit for bit on ONNX Runtime (\d+\.\d+\.\d+)", DOC.read_text())
+    assert m is not None and m.group(1) == onnxruntime.__version__
+
+
+def test_doc_sizes_are_height_by_width() -> None:
+    """The doc writes sizes as height x width (NumPy's order, the manifest's [height, width]); the CLI's messages write
+    width x height. The golden coffee crop is 20 rows by 30 columns, as the doc says."""
+    from diffv2iqa_trt.golden import golden_inputs, read_ppm
+
+    text = DOC.read_text()
+    assert "height × width" in text and "width x height" in text
+    sizes = {path.name: read_ppm(path).shape[:2] for path in golden_inputs()}
+    assert sizes == {"astronaut-64x64.ppm": (64, 64), "coffee-20x30.ppm": (20, 30)}, sizes
+    assert "a 20×30 (height × width) crop of `coffee`" in text
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["--write"]:
+        ANGLE_TABLE.write_text(angle_table_text(), encoding="ascii")
