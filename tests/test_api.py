@@ -26,6 +26,7 @@ from diffv2iqa_trt.api import ScoreResult, tensor_to_rgb
 from diffv2iqa_trt.cli import app
 from diffv2iqa_trt.data.photos import photo
 from diffv2iqa_trt.errors import ConfigError
+from diffv2iqa_trt.runtime.pipeline import ImageScore
 from diffv2iqa_trt.runtime.scoring import score_files
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -315,6 +316,27 @@ def test_close_closes_a_stream_pipeline():
         pass
     s.close()
     assert closed == [True]
+
+
+def test_a_non_finite_score_is_that_images_error():
+    """The rule of `score` (runtime.scoring.checked_result): NaN or infinity in the score or a branch that ran."""
+
+    class Pipeline:
+        spec = executor = None
+
+        def prepare(self, rgb: np.ndarray) -> list[Any]:
+            return [int(rgb[0, 0, 0])]
+
+        def score_prepared(self, prepared: list[list[int]]) -> list[ImageScore]:
+            table = {0: ImageScore(0.5, 0.25, 0.75, 1), 1: ImageScore(float("nan"), float("nan"), 0.1, 1),
+                     2: ImageScore(0.3, None, float("inf"), 2)}
+            return [table[units[0]] for units in prepared]
+
+    s = iqa.Scorer(scorers.Scorer(Pipeline(), "m", True))  # type: ignore[arg-type]
+    results = s.score([np.full((4, 4, 3), v, np.uint8) for v in (1, 0, 2)])
+    assert [r.error is None for r in results] == [False, True, False]
+    assert results[0].error.startswith("the model produced a non-finite score (nan)") and results[0].score is None
+    assert "(inf)" in results[2].error and values(results[1]) == (0.5, 0.25, 0.75, 1, None)
 
 
 def test_paths_and_arrays_need_neither_torch_nor_numpy_at_import(bundle, files, cli):
