@@ -35,16 +35,15 @@ from .bundle.schema import sha256_file
 from .bundle.store import check_replaceable
 from .config import MAX_STEPS, ModelConfig, ScoringConfig
 from .contract import (
-    BRANCH_INPUTS,
     COEF_NAMES,
-    COEF_WIDTH,
     GRAPH_NAMES,
+    GRAPH_OUTPUTS,
     NORM_DIVISOR,
     NORM_FORMULA,
     NORM_MEAN,
     NORM_STD,
-    RESTORE_STEP,
     TRT_MAJORS,
+    input_shapes,
 )
 from .errors import BuildError, BundleError, ConfigError
 from .export.graphs import example_inputs, graph_spec
@@ -117,10 +116,7 @@ Progress = Callable[[str], None]
 def profiles(graph: str, crop: int, o: BuildOptions) -> Profiles:
     """TensorRT profile: batch 1 at crop size, the optimal batch at crop size, the largest batch at max size."""
     def shapes(batch: int, hw: int) -> dict[str, tuple[int, ...]]:
-        if graph == RESTORE_STEP:
-            img = (batch, 3, hw, hw)
-            return {"x": img, "y": img, "gamma": (batch,), "coef": (batch, COEF_WIDTH), "z": (1, 3, hw, hw)}
-        return {name: (batch, 3, crop, crop) for name in BRANCH_INPUTS}
+        return input_shapes(graph, crop, batch, hw, hw)  # the branch graphs' crops stay at crop size
 
     return Profiles(min=shapes(1, crop), opt=shapes(o.opt_batch, crop), max=shapes(o.max_batch, o.max_size))
 
@@ -309,7 +305,6 @@ def _build(model: DiffV2IQA, info: CheckpointInfo, config: ModelConfig, spec: Pi
 def _golden(builds: dict[str, GraphBuild], files: dict[str, Path], spec: PipelineSpec, stage: Path) -> dict[str, Any]:
     """Copy the golden inputs into the stage (adding them to `files`) and score them on the staged FP32 graphs with
     ONNX Runtime, exactly as `score --bundle` will (golden.py)."""
-    from .contract import GRAPH_OUTPUTS
     from .golden import BUNDLE_DIR, golden_inputs, score_golden
     from .runtime.backends.onnxruntime_backend import OnnxRuntimeExecutor
 

@@ -19,10 +19,23 @@ VDA = "vda"
 GRAPH_NAMES = (RESTORE_STEP, VCG, VDA)
 BRANCH_GRAPHS = (VCG, VDA)
 
-RESTORE_INPUTS = ("x", "y", "gamma", "coef", "z")
+# Tensor names. `x` (the distorted image, or its crop) is an input of all three graphs.
+X = "x"
+Y = "y"  # restore_step: the current sample y_t
+GAMMA = "gamma"  # restore_step: per-sample noise level
+COEF = "coef"  # restore_step: per-sample step coefficients (COEF_NAMES)
+Z = "z"  # restore_step: this step's noise, one image broadcast over the batch
+Y0 = "y0"  # the restored image (last step)
+Y_T1 = "y_t1"  # snapshots at the capture steps, t1 before t2 in the loop (capture order)
+Y_T2 = "y_t2"
+
+RESTORE_INPUTS = (X, Y, GAMMA, COEF, Z)
 RESTORE_OUTPUT = "y_next"
-BRANCH_INPUTS = ("x", "y0", "y_t1", "y_t2")
+SNAPSHOT_INPUTS = (Y0, Y_T1, Y_T2)  # what the restore loop hands to the branches besides x, in this order
+BRANCH_INPUTS = (X, *SNAPSHOT_INPUTS)
 BRANCH_OUTPUT = "score"
+# Inputs with one value per call rather than per image: their batch axis is 1 (the noise bank row of the step).
+BROADCAST_INPUTS = (Z,)
 
 # Column order of the per-step coefficient table (the `coef` input of restore_step; see schedule.step_tables).
 COEF_NAMES = ("sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "posterior_mean_coef1",
@@ -117,18 +130,29 @@ def graph_spec(graph: str, crop_size: int) -> GraphSpec:
         return GraphSpec(
             name=graph,
             inputs=(
-                TensorSpec("x", f32, image),
-                TensorSpec("y", f32, image),
-                TensorSpec("gamma", f32, ("batch",)),
-                TensorSpec("coef", f32, ("batch", COEF_WIDTH)),
+                TensorSpec(X, f32, image),
+                TensorSpec(Y, f32, image),
+                TensorSpec(GAMMA, f32, ("batch",)),
+                TensorSpec(COEF, f32, ("batch", COEF_WIDTH)),
                 # One noise image per step, broadcast over the batch: every image of a resolution shares the bank.
-                TensorSpec("z", f32, (1, 3, "height", "width")),
+                TensorSpec(Z, f32, (1, 3, "height", "width")),
             ),
             outputs=(TensorSpec(RESTORE_OUTPUT, f32, image),),
         )
     crop = ("batch", 3, crop_size, crop_size)
     return GraphSpec(name=graph, inputs=tuple(TensorSpec(n, f32, crop) for n in BRANCH_INPUTS),
                      outputs=(TensorSpec(BRANCH_OUTPUT, f32, ("batch",)),))
+
+
+def input_shapes(graph: str, crop_size: int, batch: int, height: int | None = None,
+                 width: int | None = None) -> dict[str, tuple[int, ...]]:
+    """Concrete shape of each input of `graph` (in the contract's input order) for a batch of `batch` images:
+    graph_spec's symbolic dims bound to `batch`, `height` and `width` (restore_step; default: the crop size). The
+    branch graphs take crops of `crop_size`; broadcast inputs (BROADCAST_INPUTS) keep their batch axis of 1."""
+    dims: dict[str, int] = {"batch": batch, "height": crop_size if height is None else height,
+                            "width": crop_size if width is None else width}
+    return {t.name: tuple(d if isinstance(d, int) else dims[d] for d in t.shape)
+            for t in graph_spec(graph, crop_size).inputs}
 
 
 # --- input normalisation -------------------------------------------------------------------------------------------

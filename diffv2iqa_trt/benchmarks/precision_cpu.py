@@ -22,7 +22,21 @@ import numpy as np
 from PIL import Image
 
 from ..bundle import Bundle, load_bundle
-from ..contract import GRAPH_NAMES, GRAPH_OUTPUTS, RESTORE_STEP, normalise_uint8
+from ..contract import (
+    COEF,
+    GAMMA,
+    GRAPH_NAMES,
+    GRAPH_OUTPUTS,
+    RESTORE_STEP,
+    Y0,
+    Y_T1,
+    Y_T2,
+    X,
+    Y,
+    Z,
+    input_shapes,
+    normalise_uint8,
+)
 from ..data.photos import photo
 from ..precision_plan import runnable_plan
 from ..runtime.from_bundle import bundle_pipeline
@@ -30,7 +44,9 @@ from . import report
 
 
 def graph_inputs(bundle: Bundle, graph: str, batch: int) -> dict[str, np.ndarray]:
+    """One feed of `graph` at crop size, shaped by the contract (input_shapes)."""
     s = bundle.manifest.pipeline.crop_size
+    shapes = input_shapes(graph, s, batch)
     rgb = np.asarray(Image.fromarray(photo("astronaut")).resize((s, s), Image.Resampling.BICUBIC))
     x = np.repeat(normalise_uint8(rgb).transpose(2, 0, 1)[None], batch, axis=0)
     rng = np.random.default_rng(0)
@@ -38,10 +54,12 @@ def graph_inputs(bundle: Bundle, graph: str, batch: int) -> dict[str, np.ndarray
     mid = p.steps // 2
     noisy = (np.sqrt(p.gamma[mid]) * x + np.sqrt(1 - p.gamma[mid]) * rng.standard_normal(x.shape)).astype(np.float32)
     if graph == RESTORE_STEP:
-        return {"x": x, "y": noisy, "gamma": np.full((batch,), p.gamma[mid], np.float32),
-                "coef": np.tile(np.asarray(p.coef[mid], np.float32), (batch, 1)),
-                "z": rng.standard_normal((1, 3, s, s)).astype(np.float32)}
-    return {"x": x, "y0": x.copy(), "y_t1": noisy, "y_t2": noisy.copy()}
+        feed = {X: x, Y: noisy, GAMMA: np.full(shapes[GAMMA], p.gamma[mid], np.float32),
+                COEF: np.broadcast_to(np.asarray(p.coef[mid], np.float32), shapes[COEF]).copy(),
+                Z: rng.standard_normal(shapes[Z]).astype(np.float32)}
+    else:
+        feed = {X: x, Y0: x.copy(), Y_T1: noisy, Y_T2: noisy.copy()}
+    return feed
 
 
 def time_graphs(bundle: Bundle, rounds: int, batch: int, threads: int) -> dict[str, Any]:

@@ -29,6 +29,7 @@ import numpy as np
 from ..config import MAX_GRID, MAX_STEPS, grid_size  # the toolkit's bounds, defined once
 from ..contract import (
     BRANCH_GRAPHS,
+    COEF,
     COEF_NAMES,
     COEF_WIDTH,
     GRAPH_INPUTS,
@@ -37,6 +38,7 @@ from ..contract import (
     NORM_DIVISOR,
     NORM_MEAN,
     NORM_STD,
+    RESTORE_STEP,
     TensorSpec,
     graph_spec,
 )
@@ -372,7 +374,7 @@ def _contract_problems(gname: str, g: dict[str, Any], where: str, crop: int) -> 
                 continue
             for axis, (got, need) in enumerate(zip(shape, want.shape, strict=True)):
                 # Spatial sizes of the branch graphs are reported with crop_size below; coef's width likewise.
-                reported = (gname in BRANCH_GRAPHS and axis >= 2) or (t["name"] == "coef" and axis == 1)
+                reported = (gname in BRANCH_GRAPHS and axis >= 2) or (t["name"] == COEF and axis == 1)
                 if isinstance(got, int) and isinstance(need, int) and got != need and not reported:
                     problems.append(f"at {where}.{kind}: {t['name']} axis {axis} is {got}, the runtime contract "
                                     f"says {need} ({list(want.shape)})")
@@ -392,12 +394,12 @@ def _io_problems(gname: str, g: dict[str, Any], where: str, pipeline: dict[str, 
                             f"{'' if exact else ' (others allowed)'}; missing {missing}, unexpected {extra}")
     inputs = {t["name"]: t["shape"] for t in g["inputs"]}
     # Fixed dimensions that contradict the pipeline would only fail at run time, far from the cause.
-    if gname == "restore_step" and "coef" in inputs:
-        k = inputs["coef"][-1] if inputs["coef"] else None
+    if gname == RESTORE_STEP and COEF in inputs:
+        k = inputs[COEF][-1] if inputs[COEF] else None
         if isinstance(k, int) and k != len(pipeline["coef_names"]):
-            problems.append(f"at {where}.inputs: coef has {k} columns, pipeline.coef_names has "
+            problems.append(f"at {where}.inputs: {COEF} has {k} columns, pipeline.coef_names has "
                             f"{len(pipeline['coef_names'])}")
-    if gname in ("vcg", "vda"):
+    if gname in BRANCH_GRAPHS:
         crop = pipeline["crop_size"]
         for name, shape in inputs.items():
             fixed = [d for d in shape[-2:] if isinstance(d, int)]

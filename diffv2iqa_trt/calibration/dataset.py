@@ -29,7 +29,19 @@ from typing import Any
 
 import numpy as np
 
-from ..contract import BRANCH_INPUTS, COEF_WIDTH, RESTORE_INPUTS, RESTORE_STEP, check_graph
+from ..contract import (
+    BRANCH_INPUTS,
+    BROADCAST_INPUTS,
+    COEF,
+    COEF_WIDTH,
+    GAMMA,
+    RESTORE_INPUTS,
+    RESTORE_STEP,
+    SNAPSHOT_INPUTS,
+    Y,
+    Z,
+    check_graph,
+)
 from ..errors import ConfigError
 
 # Bumped whenever what is recorded, or how it is stored, changes: every cached set of another version is rebuilt.
@@ -38,8 +50,11 @@ FORMAT_VERSION = 1
 MIN_IMAGES = 8
 DEFAULT_MAX_CROPS = 64
 
-_IMAGE_ARRAYS = ("crop_x", "y0", "y_t1", "y_t2", "y", "z")
+# Stored arrays, named after the graph inputs they hold (the fields below; `crop_x` is x, stored once per crop).
+_IMAGE_ARRAYS = ("crop_x", *SNAPSHOT_INPUTS, Y, Z)
 _INDEX_ARRAYS = ("step", "crop", "z_index")
+_STEP_ARRAYS = (GAMMA, COEF)  # restore_step's per-row scalars
+_ARRAYS = _IMAGE_ARRAYS + _INDEX_ARRAYS + _STEP_ARRAYS + ("crop_source",)
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,7 +85,7 @@ class CalibrationSet:
         """What is inconsistent in the arrays (empty when they fit together)."""
         out: list[str] = []
         c, r = len(self.crop_x), len(self.y)
-        for name in _IMAGE_ARRAYS + ("gamma", "coef"):
+        for name in _IMAGE_ARRAYS + _STEP_ARRAYS:
             a = getattr(self, name)
             if a.dtype != np.float32:
                 out.append(f"{name} is {a.dtype}, not float32")
@@ -81,10 +96,10 @@ class CalibrationSet:
         image = self.crop_x.shape[1:]
         if self.crop_x.ndim != 4 or image[0] != 3 or image[1] != image[2]:
             out.append(f"crop_x has shape {self.crop_x.shape}, not (C, 3, S, S)")
-        for name in ("y0", "y_t1", "y_t2"):
+        for name in SNAPSHOT_INPUTS:
             if getattr(self, name).shape != self.crop_x.shape:
                 out.append(f"{name} has shape {getattr(self, name).shape}, crop_x {self.crop_x.shape}")
-        for name in ("y", "z"):
+        for name in (Y, Z):
             if getattr(self, name).shape[1:] != image:
                 out.append(f"{name} has shape {getattr(self, name).shape}, rows must be {image}")
         if self.gamma.shape != (r,) or self.coef.shape != (r, COEF_WIDTH):
@@ -121,8 +136,7 @@ class CalibrationSet:
     @property
     def nbytes(self) -> int:
         """Bytes held by the arrays."""
-        names = _IMAGE_ARRAYS + _INDEX_ARRAYS + ("gamma", "coef", "crop_source")
-        return int(sum(getattr(self, n).nbytes for n in names))
+        return int(sum(getattr(self, n).nbytes for n in _ARRAYS))
 
     # --- materialised inputs ------------------------------------------------------------------------------------
 
@@ -133,10 +147,11 @@ class CalibrationSet:
         per call, which `feeds()` respects."""
         idx = np.arange(self.rows(graph)) if rows is None else np.asarray(rows, dtype=np.int64)
         if check_graph(graph) == RESTORE_STEP:
-            return {"x": self.crop_x[self.crop[idx]], "y": self.y[idx], "gamma": self.gamma[idx],
-                    "coef": self.coef[idx], "z": self.z[self.z_index[idx]]}
-        arrays = (self.crop_x, self.y0, self.y_t1, self.y_t2)
-        return {name: a[idx] for name, a in zip(BRANCH_INPUTS, arrays, strict=True)}
+            arrays = (self.crop_x[self.crop[idx]], self.y[idx], self.gamma[idx], self.coef[idx],
+                      self.z[self.z_index[idx]])
+            return dict(zip(RESTORE_INPUTS, arrays, strict=True))
+        crops = (self.crop_x, self.y0, self.y_t1, self.y_t2)
+        return {name: a[idx] for name, a in zip(BRANCH_INPUTS, crops, strict=True)}
 
     def batches(self, graph: str, batch_size: int) -> list[np.ndarray]:
         """Row indices of each batch `feeds` yields: every row exactly once, at most batch_size per batch. For
@@ -162,22 +177,21 @@ class CalibrationSet:
         noise input (as every batch of `batches` does): z is that one (1, 3, S, S) image."""
         names = RESTORE_INPUTS if check_graph(graph) == RESTORE_STEP else BRANCH_INPUTS
         batch = self.inputs(graph, rows)
-        if graph == RESTORE_STEP:
-            batch["z"] = self.z[self.z_index[np.asarray(rows)[:1]]]
+        for name in BROADCAST_INPUTS:  # z, the rows' shared noise: the graph takes it once per call
+            if name in batch:
+                batch[name] = batch[name][:1]
         return {name: np.ascontiguousarray(batch[name]) for name in names}
 
     # --- storage ------------------------------------------------------------------------------------------------
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Every array by name (what the cache file holds besides the metadata)."""
-        names = _IMAGE_ARRAYS + _INDEX_ARRAYS + ("gamma", "coef", "crop_source")
-        return {n: getattr(self, n) for n in names}
+        return {n: getattr(self, n) for n in _ARRAYS}
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> CalibrationSet:
         """The inverse of `arrays` (ValueError or KeyError when arrays are missing or do not fit together)."""
-        names = _IMAGE_ARRAYS + _INDEX_ARRAYS + ("gamma", "coef", "crop_source")
-        return cls(**{n: np.asarray(arrays[n]) for n in names}, meta=dict(meta))
+        return cls(**{n: np.asarray(arrays[n]) for n in _ARRAYS}, meta=dict(meta))
 
 
 # --- per-step activation ranges of restore_step ------------------------------------------------------------------

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..bundle.store import Bundle
 from ..config import ScoringConfig
+from ..contract import BRANCH_INPUTS, COEF, GAMMA, SNAPSHOT_INPUTS, X, Y, Z
 from ..errors import ConfigError, DiffV2IQAError
 from ..runtime.crops import WorkUnit
 from ..runtime.executor import Executor, Handle
@@ -235,12 +236,11 @@ class Recorder:
     progress: Progress = _silent
     restored: int = 0
     crop_x: dict[int, np.ndarray] = field(default_factory=dict)
-    rows: dict[str, list[Any]] = field(default_factory=lambda: {k: [] for k in ("y", "gamma", "coef", "step",
-                                                                                  "crop", "z_index")})
+    rows: dict[str, list[Any]] = field(default_factory=lambda: {k: [] for k in (Y, GAMMA, COEF, "step", "crop",
+                                                                                  "z_index")})
     z: list[np.ndarray] = field(default_factory=list)
     z_keys: dict[tuple[int, ...], int] = field(default_factory=dict)
-    branch_rows: dict[str, list[np.ndarray]] = field(default_factory=lambda: {k: [] for k in ("x", "y0", "y_t1",
-                                                                                               "y_t2")})
+    branch_rows: dict[str, list[np.ndarray]] = field(default_factory=lambda: {k: [] for k in BRANCH_INPUTS})
     _current: list[PlannedUnit] = field(default_factory=list)
     _last_branch: tuple[Handle, ...] | None = None
 
@@ -279,9 +279,9 @@ class Recorder:
                 self.z_keys[key] = len(self.z)
                 self.z.append(np.array(z_h[0][window], dtype=np.float32))
             rows = self.rows
-            rows["y"].append(np.array(y_h[j][window], dtype=np.float32))
-            rows["gamma"].append(np.float32(g_h[j]))
-            rows["coef"].append(np.array(c_h[j], dtype=np.float32))
+            rows[Y].append(np.array(y_h[j][window], dtype=np.float32))
+            rows[GAMMA].append(np.float32(g_h[j]))
+            rows[COEF].append(np.array(c_h[j], dtype=np.float32))
             rows["step"].append(step)
             rows["crop"].append(c)
             rows["z_index"].append(self.z_keys[key])
@@ -371,27 +371,26 @@ def record(bundle: Bundle, scoring: ScoringConfig, plan: CropPlan, *, rows_per_s
     for group in plan.groups:
         # One call per shape: the pipeline then restores the units in the planned order.
         pipe.crop_scores([(0, p.unit) for p in group])
-    if rec.queue or len(rec.crop_x) != plan.crops or len(rec.branch_rows["x"]) != plan.crops:
+    if rec.queue or len(rec.crop_x) != plan.crops or len(rec.branch_rows[X]) != plan.crops:
         raise RuntimeError("calibration: the pipeline did not restore and score every planned crop (toolkit bug)")
     crop_x = np.stack([rec.crop_x[c] for c in range(plan.crops)])
-    if not np.array_equal(crop_x, np.stack(rec.branch_rows["x"])):
+    if not np.array_equal(crop_x, np.stack(rec.branch_rows[X])):
         raise RuntimeError("calibration: the branch graphs received crops in another order than restored "
                            "(toolkit bug)")
     s = spec.crop_size
     rows = rec.rows
     empty = np.zeros((0, 3, s, s), np.float32)
+    # CalibrationSet's arrays: the branch inputs as recorded (x once, as crop_x), restore_step's rows and indices.
     arrays = {
         "crop_x": crop_x,
-        "y0": np.stack(rec.branch_rows["y0"]),
-        "y_t1": np.stack(rec.branch_rows["y_t1"]),
-        "y_t2": np.stack(rec.branch_rows["y_t2"]),
-        "y": np.stack(rows["y"]) if rows["y"] else empty,
-        "gamma": np.asarray(rows["gamma"], dtype=np.float32),
-        "coef": np.asarray(rows["coef"], dtype=np.float32).reshape(len(rows["coef"]), spec.coef.shape[1]),
+        **{name: np.stack(rec.branch_rows[name]) for name in SNAPSHOT_INPUTS},
+        Y: np.stack(rows[Y]) if rows[Y] else empty,
+        GAMMA: np.asarray(rows[GAMMA], dtype=np.float32),
+        COEF: np.asarray(rows[COEF], dtype=np.float32).reshape(len(rows[COEF]), spec.coef.shape[1]),
         "step": np.asarray(rows["step"], dtype=np.int32),
         "crop": np.asarray(rows["crop"], dtype=np.int32),
         "z_index": np.asarray(rows["z_index"], dtype=np.int32),
-        "z": np.stack(rec.z) if rec.z else empty,
+        Z: np.stack(rec.z) if rec.z else empty,
         "crop_source": plan.source,
     }
     return Recorded(arrays=arrays, executor=plain.executor.name)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..calibration import CalibrationSet
-from ..contract import GRAPH_NAMES, GRAPH_OUTPUTS, RESTORE_OUTPUT, RESTORE_STEP
+from ..contract import GRAPH_NAMES, GRAPH_OUTPUTS, RESTORE_OUTPUT, RESTORE_STEP, X
 from ..metrics import abs_error_summary, krcc, plcc, rank_flips, srcc
 from ..runtime.backends.onnxruntime_backend import OnnxRuntimeExecutor
 from ..runtime.crops import WorkUnit
@@ -68,9 +68,10 @@ def tensor_errors(fp32: Path, variant: Path, graph: str, cs: CalibrationSet, *, 
     ref, got = np.concatenate(list(a)), np.concatenate(list(b))
     d = np.abs(ref - got)
     cos = float(ref @ got / (np.linalg.norm(ref) * np.linalg.norm(got))) if ref.any() and got.any() else 1.0
+    # Rows: one score per row for the branches; restore_step's output is an image per row (its batch axis).
+    rows = ref.size if graph != RESTORE_STEP else sum(f[X].shape[0] for f in feeds)
     return {"max_abs": float(d.max()), "mean_abs": float(d.mean()), "cosine": cos,
-            "reference_max_abs": float(np.abs(ref).max()), "rows": int(ref.size if graph != "restore_step"
-                                                                       else sum(f["x"].shape[0] for f in feeds))}
+            "reference_max_abs": float(np.abs(ref).max()), "rows": int(rows)}
 
 
 def step_errors(fp32: Path, variant: Path, cs: CalibrationSet, *, rows_per_step: int = 4,
