@@ -31,7 +31,7 @@ from ..errors import EXIT_FAILED, ConfigError, DependencyError, DiffV2IQAError
 from ..runtime.backends import STREAM_BACKENDS
 from ..runtime.images import DEFAULT_MAX_PIXELS, check_max_pixels
 from ..runtime.pipeline import PipelineSpec
-from ..scorers import ScoreOptions, check_options
+from ..scorers import ScoreOptions, check_options, choose_backend
 from .inputs import DEFAULT_PATH_COLUMN, iter_paths, source_kind
 from .local_ray import private_root, quiet_ray_data_console, session_logs, start_local_ray, stop_local_ray
 from .output import (
@@ -154,7 +154,7 @@ def resolve(score: ScoreOptions) -> tuple[ScoreOptions, CropRules, ScoringKey]:
                             noise_seed=p.noise.seed if score.seed is None else score.seed)
     gpu_stream = score.backend in STREAM_BACKENDS
     resolved = dataclasses.replace(
-        score, bundle=Path(os.path.abspath(score.bundle)), backend=score.backend or "onnxruntime",
+        score, bundle=Path(os.path.abspath(score.bundle)), backend=choose_backend(score.backend, score.bundle),
         crops=scoring.crops, mode=scoring.mode, seed=scoring.noise_seed,
         device="cuda" if gpu_stream else score.device,
         threads=None if gpu_stream else (score.threads or 1))  # a CPU actor uses its own cores, not all of them
