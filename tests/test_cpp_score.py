@@ -8,6 +8,7 @@ Skipped only where no C++ compiler or CMake exists; a failed header download fai
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -46,7 +47,9 @@ def cpp_tools(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.fail("scripts/ort_headers.sh could not get ONNX Runtime's headers (Debian's libonnxruntime-dev; needs "
                     f"the Debian archive once):\n{headers.stderr}")
     # A fresh folder per session: the checkout may be shared by concurrent test runs (~30 s to build on 2 cores).
-    build = tmp_path_factory.mktemp("cpp-build")
+    # DIFFV2IQA_CPP_BUILD names a folder to reuse instead (incremental builds while iterating on the C++ code).
+    reuse = os.environ.get("DIFFV2IQA_CPP_BUILD")
+    build = Path(reuse) if reuse else tmp_path_factory.mktemp("cpp-build")
     configure = subprocess.run([cmake, "-S", str(REPO / "cpp"), "-B", str(build),
                                 f"-DDIFFV2IQA_ORT_INCLUDE={headers.stdout.strip()}",
                                 f"-DDIFFV2IQA_PYTHON={sys.executable}"], capture_output=True, text=True, timeout=120)
@@ -419,3 +422,35 @@ def test_check_golden_refuses_test_vectors_scoring_never_uses(cpp_tools: Path, b
             assert report["noise"]["rows"] == 1001 and report["noise"]["ok"] is False
             assert "the noise test vectors DIFFER" in err and "not scored" in err, err
         print(f"{name}: exit {status} in {seconds:.1f} s")
+
+
+# --- issue 22, case 9: the shared hostile images, one rule each, both decoders ----------------------------------------
+
+def test_hostile_images_follow_the_shared_rules(cpp_tools: Path, tmp_path: Path) -> None:
+    """tests/data/hostile/images (and the 200 MB cases made here): both decoders accept or refuse each file alike, and
+    the accepted ones decode to the same bytes. Before: eXIf without a TIFF byte order ("Exif\\0\\0" + TIFF) scored
+    unrotated here and rotated by Pillow, an eXIf after the image data ignored here, over-long or short tRNS chunks
+    discarded here (Pillow used or refused them), a comment right after the magic number accepted here."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_images", REPO / "tests/data/hostile/make_images.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    folder = REPO / "tests" / "data" / "hostile" / "images"
+    index = json.loads((folder / "index.json").read_text(encoding="utf-8"))
+    files = {folder / name: entry for name, entry in index.items()}
+    files.update({tmp_path / name: entry for name, entry in module.write_large(tmp_path).items()})
+    for path, entry in files.items():
+        out = tmp_path / (path.name + ".out.ppm")
+        result = _run(cpp_tools / "contract_probe", "decode", path, out, timeout=60)
+        try:
+            python: np.ndarray | str = load_image(path)
+        except Exception as exc:  # noqa: BLE001 - the refusal's message is compared below
+            python = str(exc)
+        if entry["accept"] and path.name != "exif-after-idat-rotated.png":
+            assert result.returncode == 0, (path.name, result.stderr)
+            assert isinstance(python, np.ndarray) and np.array_equal(read_ppm(out), python), path.name
+        else:  # refused by both; a rotation the Python decoder applies is refused here (cpp/README.md)
+            assert result.returncode == 1 and entry["cpp"] in result.stderr, (path.name, result.stderr)
+            assert entry["accept"] or (isinstance(python, str) and entry["python"] in python), (path.name, python)

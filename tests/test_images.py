@@ -1,5 +1,7 @@
 """Every kind of bad or unusual input of the image decoder."""
 
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -219,3 +221,53 @@ def test_sixteen_bit_image_is_converted_without_whole_image_temporaries(tmp_path
     assert out.shape == (h, w, 3) and out[0, 0, 0] == 255 and out[0, 1, 0] == 0 and out[1, 0, 0] == 0
     # measured: 44.3 MiB, of which 34.3 MiB is the result; the whole-image float64 conversion peaked near 300 MiB
     assert peak < 3 * h * w + (16 << 20), peak / 2**20
+
+
+# --- issue 22, case 9: one rule for each file Pillow and the C++ decoder (libpng) once read differently ---------------
+
+HOSTILE = __import__("pathlib").Path(__file__).resolve().parent / "data" / "hostile"
+
+
+@pytest.fixture(scope="module")
+def hostile_images(tmp_path_factory):
+    """The shared files of tests/data/hostile/images (index.json) and the 200 MB ones made here: {path: entry}."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("make_images", HOSTILE / "make_images.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    index = json.loads((HOSTILE / "images" / "index.json").read_text(encoding="utf-8"))
+    assert index == module.index()  # the committed files are the generator's
+    for name, (data, *_) in module.CASES.items():
+        assert (HOSTILE / "images" / name).read_bytes() == data, name
+    folder = tmp_path_factory.mktemp("hostile-images")
+    large = module.write_large(folder)
+    return {**{HOSTILE / "images" / n: e for n, e in index.items()}, **{folder / n: e for n, e in large.items()}}
+
+
+def test_hostile_images_follow_the_shared_rules(hostile_images):
+    """Before: Pillow refused a short or garbled eXIf, a zTXt/iCCP inflating past 1 MB and a short RGB tRNS, and
+    decoded a palette PNG without PLTE (black), an over-long tRNS (used), a P6 comment right after a number (read
+    "2#c\\n2" as 22) or before the pixels (as pixels) and a PPM with bytes after its pixels."""
+    for path, entry in hostile_images.items():
+        if entry["accept"]:
+            rgb = load_image(path)
+            assert rgb.dtype == np.uint8 and rgb.shape[2] == 3, path.name
+        else:
+            with pytest.raises(ImageDecodeError, match=re.escape(entry["python"])):
+                load_image(path)
+
+
+def test_metadata_chunks_are_not_shown_to_pillow(hostile_images):
+    """The PNG without its text and ICC chunks decodes to the same pixels, upright by its eXIf."""
+    files = hostile_images
+    plain = load_image(HOSTILE / "images" / "exif-short.png")
+    assert plain.shape == (3, 4, 3) and plain[0, :2].tolist() == [[0, 1, 2], [3, 4, 5]]
+    for name in ("ztxt-2mb-inflated.png", "ztxt-200mb-inflated.png", "iccp-200mb-inflated.png", "iccp-200mb-chunk.png",
+                 "exif-app1-prefix-rotated.png", "exif-not-tiff.png", "exif-orientation-9.png"):
+        [path] = [p for p in files if p.name == name]
+        np.testing.assert_array_equal(load_image(path), plain, err_msg=name)
+    # a TIFF eXIf is applied, before or after the image data
+    rotated = load_image(HOSTILE / "images" / "exif-after-idat-rotated.png")
+    np.testing.assert_array_equal(rotated, np.rot90(plain, -1))

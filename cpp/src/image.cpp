@@ -135,6 +135,7 @@ std::string too_large(std::uint64_t w, std::uint64_t h, std::uint64_t max_pixels
 struct PngReader {
   ByteSource& source;
   std::string error;
+  std::string trns;  // libpng's complaint about a tRNS chunk it discarded (refused: docs/bundle.md, "Decoding")
 };
 
 void png_read_bytes(png_structp png, png_bytep out, png_size_t count) {
@@ -149,7 +150,12 @@ void png_fail(png_structp png, png_const_charp message) {
   png_longjmp(png, 1);
 }
 
-void png_warn(png_structp, png_const_charp) {}  // defects libpng works around; real failures go to png_fail
+// Defects libpng works around are ignored, except a tRNS chunk it discards ("tRNS: invalid", ...): Pillow would use
+// or refuse it, so both decoders refuse it (docs/bundle.md, "Decoding").
+void png_warn(png_structp png, png_const_charp message) {
+  auto* r = static_cast<PngReader*>(png_get_error_ptr(png));
+  if (message && std::strncmp(message, "tRNS", 4) == 0 && r->trns.empty()) r->trns = message;
+}
 
 // EXIF orientation from an eXIf chunk (a TIFF structure), 1 when absent or unreadable (Pillow treats those as 1).
 int exif_orientation(const unsigned char* p, std::size_t n) {
@@ -175,7 +181,7 @@ int exif_orientation(const unsigned char* p, std::size_t n) {
 
 // The PNG after its 8-byte signature (read_image has checked and consumed it).
 RgbImage decode_png(ByteSource& source, const std::string& path, std::uint64_t max_pixels) {
-  PngReader reader{source, ""};
+  PngReader reader{source, "", ""};
   png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &reader, png_fail, png_warn);
   if (!png) throw ImageError(path, "out of memory creating the PNG reader");
   png_infop info = png_create_info_struct(png);
@@ -196,19 +202,32 @@ RgbImage decode_png(ByteSource& source, const std::string& path, std::uint64_t m
   png_set_read_fn(png, &reader, png_read_bytes);
   png_set_sig_bytes(png, 8);
   png_set_user_limits(png, 0x7fffffff, 0x7fffffff);
+  // Text and ICC profiles never change the pixels: skipped unread, whatever their size (Pillow is shown the file
+  // without them too), so a 200 MB zTXt costs neither decoder its inflation.
+  static const png_byte kIgnored[] = "tEXt\0zTXt\0iTXt\0iCCP";
+  png_set_keep_unknown_chunks(png, PNG_HANDLE_CHUNK_NEVER, kIgnored, 4);
   png_read_info(png, info);
+  if (!reader.trns.empty()) {
+    refused = "the PNG's tRNS chunk breaks the PNG specification (libpng: " + reader.trns +
+              "; a palette's has 1 to its size entries, grey's 2 bytes, RGB's 6, none with alpha)";
+    png_error(png, "tRNS");
+  }
   png_get_IHDR(png, info, &w, &h, &depth, &color, &interlace, nullptr, nullptr);
   if (static_cast<std::uint64_t>(w) * h > max_pixels) {
     refused = too_large(w, h, max_pixels);
     png_error(png, "too large");
   }
-  png_bytep exif = nullptr;
-  png_uint_32 exif_size = 0;
-  if (png_get_eXIf_1(png, info, &exif_size, &exif) && exif && exif_orientation(exif, exif_size) != 1) {
-    refused = "the PNG has an EXIF orientation (" + std::to_string(exif_orientation(exif, exif_size)) +
-              ") that the Python decoder would apply; this decoder does not rotate images: save it upright";
-    png_error(png, "orientation");
-  }
+  auto check_orientation = [&]() {
+    png_bytep exif = nullptr;
+    png_uint_32 exif_size = 0;
+    const int o = png_get_eXIf_1(png, info, &exif_size, &exif) && exif ? exif_orientation(exif, exif_size) : 1;
+    if (o >= 2 && o <= 8) {  // Pillow's exif_transpose ignores other values
+      refused = "the PNG has an EXIF orientation (" + std::to_string(o) +
+                ") that the Python decoder would apply; this decoder does not rotate images: save it upright";
+      png_error(png, "orientation");
+    }
+  };
+  check_orientation();
   const bool gray16 = depth == 16 && color == PNG_COLOR_TYPE_GRAY;
   if (color == PNG_COLOR_TYPE_PALETTE) {
     png_set_palette_to_rgb(png);
@@ -225,7 +244,12 @@ RgbImage decode_png(ByteSource& source, const std::string& path, std::uint64_t m
   rows.resize(h);
   for (png_uint_32 y = 0; y < h; ++y) rows[y] = pixels.data() + stride * y;
   png_read_image(png, rows.data());
-  png_read_end(png, nullptr);
+  png_read_end(png, info);  // an eXIf after the image data counts too (Pillow reads it)
+  if (!reader.trns.empty()) {
+    refused = "the PNG's tRNS chunk breaks the PNG specification (libpng: " + reader.trns + ")";
+    png_error(png, "tRNS");
+  }
+  check_orientation();
   png_destroy_read_struct(&png, &info, nullptr);
 
   RgbImage out(static_cast<int>(h), static_cast<int>(w));
@@ -267,7 +291,9 @@ RgbImage decode_ppm(ByteSource& source, const std::string& path, std::uint64_t m
   std::uint64_t fields[3] = {0, 0, 0};  // width, height, maxval
   int c = source.get();
   for (std::uint64_t& field : fields) {
-    // whitespace and comments, then decimal digits
+    // at least one whitespace byte, then whitespace and comments ('#' through CR or LF), then decimal digits: a '#'
+    // right after the magic number or a digit is refused (Pillow reads "2#c\n2" as 22; docs/bundle.md, "Decoding")
+    if (c < 0 || !is_space(static_cast<unsigned char>(c))) throw ImageError(path, malformed);
     for (;;) {
       while (c >= 0 && is_space(static_cast<unsigned char>(c))) c = source.get();
       if (c == '#') {

@@ -21,12 +21,14 @@ result and the rest Pillow's decoded image (2 bytes per pixel for 16-bit grey, 4
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import stat
 import struct
 import warnings
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -50,6 +52,138 @@ _STRIP_PIXELS = 1 << 20
 _DECODER_ERRORS: tuple[type[Exception], ...] = (
     OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError, TypeError, ZeroDivisionError,
     OverflowError, NotImplementedError, AttributeError)
+
+
+# The rules both decoders follow where Pillow and libpng (the C++ decoder) would read one file differently (issue 22,
+# case 9; docs/bundle.md, "Decoding: one rule per disagreement"). Checked here before Pillow sees the file.
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Metadata that never changes the pixels: not shown to Pillow, whatever its size or content (Pillow refuses a zTXt or
+# iCCP that inflates beyond 1 MB; libpng skips it). An XMP orientation (iTXt) is therefore not applied either.
+_PNG_IGNORED = frozenset({b"tEXt", b"zTXt", b"iTXt", b"iCCP"})
+_TRNS_BYTES = {0: 2, 2: 6}  # colour type -> the only valid tRNS length (a colour key)
+_PPM_SPACE = b" \t\n\v\f\r"
+
+
+class _Refused(ValueError):
+    """A file both decoders refuse by a shared rule (the message is the reason)."""
+
+
+class _Ranges(io.RawIOBase):
+    """A read-only, seekable view of some byte ranges of a file, concatenated (the PNG without its ignored chunks)."""
+
+    def __init__(self, f: io.BufferedReader, ranges: list[tuple[int, int]]) -> None:
+        super().__init__()
+        self._f, self._ranges, self._pos = f, ranges, 0
+        self._size = sum(end - start for start, end in ranges)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        out, done, skip = memoryview(buffer).cast("B"), 0, self._pos
+        for start, end in self._ranges:
+            if skip >= end - start:
+                skip -= end - start
+                continue
+            self._f.seek(start + skip)
+            got = self._f.readinto(out[done:done + min(len(out) - done, end - start - skip)])
+            done += got
+            skip = 0
+            if done == len(out) or not got:
+                break
+        self._pos += done
+        return done
+
+
+def _check_png(f: io.BufferedReader, size: int) -> list[tuple[int, int]] | None:
+    """Walk a PNG's chunk headers (no chunk data is read but IHDR's): the byte ranges to show Pillow when ignored
+    chunks are present (None: the file as it is); ValueError for the structures both decoders refuse."""
+    pos, color, palette, trns = 8, -1, -1, -1
+    ranges: list[tuple[int, int]] = [(0, 8)]
+    dropped = False
+    while pos + 12 <= size:
+        f.seek(pos)
+        length, kind = struct.unpack(">I4s", f.read(8))
+        end = pos + 12 + length
+        if kind == b"IHDR" and length == 13:
+            color = f.read(13)[9]
+        elif kind == b"PLTE":
+            palette = length // 3
+        elif kind == b"tRNS":
+            trns = length
+        elif kind == b"eXIf" and f.read(2) not in (b"II", b"MM"):
+            # No TIFF byte order: libpng discards the chunk, so Pillow is not shown it either (it would skip a leading
+            # "Exif\0\0" and apply the orientation behind it).
+            kind = b"tEXt"
+        if kind in _PNG_IGNORED and end <= size:
+            dropped = True
+        elif ranges[-1][1] == pos:
+            ranges[-1] = (ranges[-1][0], min(end, size))
+        else:
+            ranges.append((pos, min(end, size)))
+        pos = end
+        if kind == b"IEND":
+            break
+    if pos < size:  # a truncated chunk, or bytes after IEND: as they are (Pillow reports the one, ignores the other)
+        ranges.append((pos, size))
+    if color == 3 and palette < 0:
+        raise _Refused("a palette PNG without a PLTE chunk (the PNG specification requires one; libpng refuses it)")
+    if trns >= 0:
+        if color in (4, 6):
+            raise _Refused("a tRNS chunk in a PNG with an alpha channel (the PNG specification forbids it)")
+        if color == 3 and not 1 <= trns <= max(palette, 0):
+            raise _Refused(f"a tRNS chunk of {trns} entries for a palette of {max(palette, 0)} colours (the PNG "
+                             "specification allows 1 to the palette's size)")
+        if color in _TRNS_BYTES and trns != _TRNS_BYTES[color]:
+            raise _Refused(f"a tRNS chunk of {trns} bytes, expected {_TRNS_BYTES[color]} for this colour type")
+    return ranges if dropped else None
+
+
+def _ppm_token(data: bytes, at: int) -> tuple[int, int]:
+    """One number of a P6 header at `at`: (value, index after its digits). Before it: at least one whitespace byte,
+    then whitespace and comments ('#' through the next CR or LF, only after whitespace)."""
+    if at >= len(data) or data[at] not in _PPM_SPACE:
+        raise _Refused("a P6 header needs whitespace after the magic number and after each number (a '#' "
+                         "comment may only follow whitespace)")
+    while at < len(data) and (data[at] in _PPM_SPACE or data[at] == 0x23):
+        if data[at] == 0x23:
+            ends = [i for i in (data.find(b"\n", at), data.find(b"\r", at)) if i >= 0]
+            if not ends:
+                raise _Refused("the P6 header ends inside a comment")
+            at = min(ends)
+        at += 1
+    start = at
+    while at < len(data) and 0x30 <= data[at] <= 0x39 and at - start < 9:
+        at += 1
+    if at == start or (at < len(data) and 0x30 <= data[at] <= 0x39):
+        raise _Refused("malformed P6 header (P6 WIDTH HEIGHT MAXVAL, decimal numbers of 1 to 9 digits)")
+    return int(data[start:at]), at
+
+
+def _check_ppm(f: io.BufferedReader, size: int) -> None:
+    """A binary PPM (P6): the header by the shared rule and exactly the pixels it declares, nothing after them."""
+    data = f.read(4096)  # a header is a few dozen bytes; longer comments are refused
+    at = 2
+    width, at = _ppm_token(data, at)
+    height, at = _ppm_token(data, at)
+    maxval, at = _ppm_token(data, at)
+    if at >= len(data) or data[at] not in _PPM_SPACE:
+        raise _Refused("the P6 header must end with one whitespace byte after MAXVAL (no comment there)")
+    pixels = width * height * 3 * (2 if maxval > 255 else 1)
+    if size - (at + 1) != pixels:
+        raise _Refused(f"PPM of {width}x{height} pixels has {size - at - 1} bytes of pixels, expected {pixels} "
+                         "(a PPM file holds one image and nothing after it)")
 
 
 def check_max_pixels(max_pixels: int) -> int:
@@ -141,18 +275,46 @@ def _decode(p: Path, max_pixels: int) -> Image.Image:
         # Pillow warns about defects it works around (corrupt EXIF, short TIFF reads); a defect that matters fails the
         # decode and is reported as the file's error, so these would only be noise (or tracebacks under -W error).
         warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
-        with Image.open(p) as opened:
-            width, height = opened.size  # from the header: nothing is decoded yet
-            if width * height > max_pixels:
-                raise ImageDecodeError(p, _too_large(width, height, max_pixels))
-            opened.load()  # decode now so truncated files fail here, not later
-            if opened.size[0] * opened.size[1] > max_pixels:  # a decoder that changed its mind about the size
-                raise ImageDecodeError(p, _too_large(opened.size[0], opened.size[1], max_pixels))
-            # Pixels Pillow mapped from the file (raw formats) are copied, so nothing depends on the file from here on;
-            # decoded pixels are used as they are: leaving the block closes only the file.
-            image: Image.Image = opened.copy() if getattr(opened, "map", None) is not None else opened
-            ImageOps.exif_transpose(image, in_place=True)  # no copy when upright already
-            return image
+        with open(p, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            magic = f.read(8)
+            f.seek(0)
+            try:
+                ranges = _check_png(f, size) if magic == _PNG_SIGNATURE else None
+                if magic[:2] == b"P6":
+                    _check_ppm(f, size)
+            except _Refused as exc:
+                raise ImageDecodeError(p, str(exc)) from None
+            f.seek(0)
+            source: IO[bytes] = f if ranges is None else io.BufferedReader(_Ranges(f, ranges))
+            with Image.open(source) as opened:
+                return _decode_opened(p, opened, max_pixels)
+
+
+def _decode_opened(p: Path, opened: Image.Image, max_pixels: int) -> Image.Image:
+    """The size check, the pixels and the EXIF orientation of an opened file."""
+    width, height = opened.size  # from the header: nothing is decoded yet
+    if width * height > max_pixels:
+        raise ImageDecodeError(p, _too_large(width, height, max_pixels))
+    opened.load()  # decode now so truncated files fail here, not later
+    if opened.size[0] * opened.size[1] > max_pixels:  # a decoder that changed its mind about the size
+        raise ImageDecodeError(p, _too_large(opened.size[0], opened.size[1], max_pixels))
+    # Pixels Pillow mapped from the file (raw formats) are copied, so nothing depends on the file from here on;
+    # decoded pixels are used as they are: leaving the block closes only the file.
+    image: Image.Image = opened.copy() if getattr(opened, "map", None) is not None else opened
+    if _orientation(image) != 1:
+        ImageOps.exif_transpose(image, in_place=True)  # no copy when upright already
+    return image
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation, 1 when there is none or the EXIF block cannot be read (a short or garbled eXIf chunk:
+    the pixels are intact, and the C++ decoder reads it the same way)."""
+    try:
+        value = image.getexif().get(0x0112, 1)
+    except _DECODER_ERRORS:
+        return 1
+    return value if isinstance(value, int) else 1
 
 
 def load_image(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

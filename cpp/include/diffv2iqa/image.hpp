@@ -7,7 +7,11 @@
 //       colour key on a gray or RGB image is ignored (Pillow ignores it too);
 //       16-bit gray scaled as rint(v / 65535 * 255) in float64; 16-bit RGB, RGBA and gray+alpha keep the high byte of
 //       each sample (Pillow's 16-bit colour unpackers do that);
-//       a PNG with EXIF orientation other than 1 (eXIf chunk) is refused: the Python decoder would rotate it.
+//       a PNG with EXIF orientation 2..8 (eXIf chunk, before or after the image data) is refused: the Python decoder
+//       would rotate it;
+//   - the rules both decoders follow where Pillow and libpng once disagreed (docs/bundle.md, "Decoding: one rule per
+//     disagreement"): text and ICC chunks skipped unread, a tRNS of the wrong length refused, a P6 header's comments
+//     only after whitespace and never after MAXVAL, nothing after a PPM's pixels.
 // Files are read as streams through a 64 KiB buffer, never whole: an image costs the memory of the pixels its header
 // declares (at most max_pixels), not of the file (a 20 GB file is refused at 64 KiB). A PPM whose size is not its
 // header's plus width * height * 3 is refused from the file size before any pixel is read.
