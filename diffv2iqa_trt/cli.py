@@ -611,11 +611,12 @@ def parity(
     """Score parity of every backend x precision in the bundle against the torch fp32 reference. Exits 1 when a
     variant breaks a gate of the manifest."""
     from .benchmarks.parity import read_labels, run_parity, write_report
+    from .benchmarks.report_folder import check_report_folder
     from .bundle import load_bundle
     from .runtime.images import expand_paths
 
     try:
-        _check_out_dir(out_dir)  # before the run, not after it
+        check_report_folder(out_dir)  # before the run, not after it
         b = load_bundle(bundle)
         label_map = read_labels(labels) if labels else None
         files = expand_paths(list(images))
@@ -662,22 +663,19 @@ def bench(
     name: Annotated[str | None, typer.Option(help="Report file stem (default: bench_<model>).")] = None,
 ) -> None:
     """Latency (single stream) and throughput (offline) of the bundle on several backends, side by side."""
-    from .benchmarks.bench import BenchSettings, run_bench, write_report
+    from .benchmarks.bench import BenchSettings, run_bench, synthetic_image, write_report
+    from .benchmarks.report_folder import check_report_folder
     from .bundle import load_bundle
     from .runtime.images import expand_paths
 
     try:
-        _check_out_dir(out_dir)  # before the run, not after it
+        check_report_folder(out_dir)  # before the run, not after it
         settings = BenchSettings(backends=tuple(backends.split(",")),
                                  batch_sizes=_int_list(batch_sizes, "--batch-sizes"), warmup=warmup,
                                  min_iters=min_iters, min_seconds=min_seconds, threads=threads,
                                  offline_images=offline_images)
         b = load_bundle(bundle)
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
-        files = expand_paths(list(images)) if images else [_synthetic_image(out_dir)]
+        files = expand_paths(list(images)) if images else [synthetic_image(out_dir)]
         with _status("bench") as status:
             report = run_bench(b, files, settings, progress=lambda m: status.update(f"bench: {_show(m)}"))
         paths = write_report(report, out_dir, name or f"bench_{report['model']}", invocation=_invocation(ctx))
@@ -704,40 +702,6 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
     if any(not 1 <= v <= MAX_BATCH for v in values):
         raise ConfigError(f"{option} {text!r}: every value must be between 1 and {MAX_BATCH}")
     return values
-
-
-def _check_out_dir(folder: Path) -> None:
-    """A report folder that can be created and written, checked before a run that may take hours: a probe file is
-    created and removed (permission bits alone say nothing when running as root), and so are the folders made for
-    it (the report creates them again when it is written)."""
-    missing = [p for p in (folder, *folder.parents) if not os.path.lexists(p)]
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise ConfigError(f"cannot write the report to --out {_text(folder)} ({exc.strerror or exc}); choose a "
-                          "folder you can write to") from None
-    finally:
-        for p in missing:  # deepest first
-            try:
-                p.rmdir()
-            except OSError:
-                break
-
-
-def _synthetic_image(folder: Path) -> Path:
-    """A deterministic 256x256 test image (smooth gradients plus texture), so bench runs without any data."""
-    import numpy as np
-    from PIL import Image
-
-    yy, xx = np.mgrid[0:256, 0:256].astype(np.float64)
-    rgb = np.stack([128 + 100 * np.sin(xx / 17), 128 + 100 * np.cos(yy / 23), (xx + yy) / 2], axis=2)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "bench_input.png"
-    Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(path)
-    return path
 
 
 @app.command()

@@ -115,12 +115,30 @@ def latency_stats(times: Sequence[float]) -> dict[str, float]:
             "p99": float(np.percentile(t, 99)), "max": float(t.max())}
 
 
+def synthetic_image(folder: Path) -> Path:
+    """A deterministic 256x256 test image (smooth gradients plus texture) written into `folder`, so bench runs
+    without any data."""
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:256, 0:256].astype(np.float64)
+    rgb = np.stack([128 + 100 * np.sin(xx / 17), 128 + 100 * np.cos(yy / 23), (xx + yy) / 2], axis=2)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "bench_input.png"
+    Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(path)
+    return path
+
+
 def run_bench(bundle: Bundle, image_paths: Sequence[Path], settings: BenchSettings,
               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Single-stream latency, offline throughput and the roofline of every backend, side by side."""
+    """Single-stream latency, offline throughput and the roofline of every backend, side by side. `settings.threads`
+    also sets torch's thread count (the torch backend and the roofline's GEMM use it)."""
     say = progress or (lambda _m: None)
     if not image_paths:
         raise ConfigError("bench needs at least one image")
+    if settings.threads:
+        import torch
+
+        torch.set_num_threads(settings.threads)
     decoded = [load_image(p) for p in image_paths]
     timers: dict[str, TimedExecutor | StreamStages] = {}
     pipes: dict[str, Pipeline | StreamPipeline] = {}
