@@ -215,7 +215,8 @@ def test_engines_checkpoint_and_extra_files(tmp_path: Path) -> None:
     assert b.engine_path("restore_step", "fp16") == b.root / "engines" / "restore_step.fp16.plan"
     entry = b.engine("restore_step", "fp16")
     assert entry.extra["cuda"] == "12.8" and entry.sm == "9.0"
-    assert entry.extra["sha256"] == hashlib.sha256(b"engine").hexdigest()  # stamped from the file by write_bundle
+    assert entry.sha256 == hashlib.sha256(b"engine").hexdigest()  # stamped from the file by write_bundle
+    assert entry.extra == {"cuda": "12.8"} and entry.device_memory_bytes == 123 and entry.flags["opt_level"] == 3
     assert "H100" in str(bundle_summary(b)["graphs"]["restore_step"]["engines"]["fp16"])
     (b.root / "notes.txt").write_text("unexpected files are fine")
     load_bundle(b.root)
@@ -235,6 +236,29 @@ def test_refuses_stale_or_orphan_engines(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match=r"engines\.int8: there is no int8 ONNX variant"):
         write_bundle(tmp_path / "orphan", manifest, files)
     assert not (tmp_path / "stale").exists() and not (tmp_path / "orphan").exists()
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"profile": {"x": {"min": [1, 3, 64, 64], "max": [16, 3, 64, 64]}}},
+     r"engines\.fp16\.profile\.x: needs min, opt and max shapes of rank 4"),
+    ({"profile": {"x": {"min": [1], "opt": [8], "max": [16]}}}, r"profile\.x: needs min, opt and max shapes of rank 4"),
+    ({"profile": {"x": {"min": [1, 3, 64, 64.0], "opt": [1, 3, 64, 64], "max": [1, 3, 64, 64]}}},
+     r"profile\.x: needs .* whole numbers"),
+    ({"profile": {"w": {"min": [1], "opt": [1], "max": [1]}}}, r"profile: 'w' is not an input of the graph"),
+    ({"lean_runtime": "inside"}, r"engines\.fp16\.lean_runtime: 'inside' is not one of \[None, 'embedded'"),
+])
+def test_refuses_engine_entries_the_typed_entry_cannot_read(tmp_path: Path, change: dict[str, Any],
+                                                            message: str) -> None:
+    """The profile and lean_runtime fields decide how an engine is run: the schema says only "object" for the
+    profile, so the cross-field rules refuse shapes the typed EngineEntry (and the TensorRT launcher) cannot read."""
+    manifest = make_manifest()
+    files = fake_files(manifest, tmp_path / "src")
+    (tmp_path / "src" / "e.plan").write_bytes(b"engine")
+    files["engines/restore_step.fp16.plan"] = tmp_path / "src" / "e.plan"
+    manifest["graphs"]["restore_step"]["engines"] = {"fp16": engine_entry(manifest, files, "restore_step", "fp16")
+                                                     | change}
+    with pytest.raises(BundleError, match=message):
+        write_bundle(tmp_path / "bad", manifest, files)
 
 
 # ------------------------------------------------------------------------------------------------------ load refusals

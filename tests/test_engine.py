@@ -21,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from diffv2iqa_trt.bundle import EngineEntry, load_bundle, write_bundle
+from diffv2iqa_trt.bundle.manifest import ShapeRange
 from diffv2iqa_trt.bundle.summary import bundle_summary, engine_rows
 from diffv2iqa_trt.cli import app
 from diffv2iqa_trt.engine.builder import BuildSettings
@@ -344,8 +345,9 @@ def test_trtexec_and_polygraphy_equivalents(onnx_bundle: Path) -> None:
 
 
 def _entry(tensorrt: str = "10.13.0.35", gpu: str = "NVIDIA H200", sm: str = "9.0", vc: bool = False) -> EngineEntry:
-    return EngineEntry(file="engines/vcg.fp16.plan", tensorrt=tensorrt, gpu=gpu, sm=sm,
-                       extra={"version_compatible": vc})
+    return EngineEntry(file="engines/vcg.fp16.plan", tensorrt=tensorrt, gpu=gpu, sm=sm, precision="fp16",
+                       source_onnx="vcg.fp16.onnx", source_sha256="0" * 64, version_compatible=vc, flags={},
+                       device_memory_bytes=0, profile={}, build_seconds=0.0, census={})
 
 
 @pytest.mark.parametrize(("entry", "here", "why"), [
@@ -469,10 +471,16 @@ def test_engine_entries_round_trip_through_a_bundle(onnx_bundle: Path, tmp_path:
     files[job.engine_file], files[job.layers_file] = tmp_path / "plan", tmp_path / "layers.json"
     out = load_bundle(write_bundle(tmp_path / "with-engine", doc, files))
     e = out.engine("vcg", "fp32")
-    assert e.extra["source_sha256"] == out.graph("vcg").variants["fp32"].sha256
-    assert e.extra["census"]["rules_checked_against_tensorrt"] == "none"  # no real engine has checked the rules
-    assert e.extra["lean_runtime"] is None  # not version-compatible: the full runtime runs it
-    assert e.extra["profile"]["x"]["max"][0] == 16 and e.extra["build_seconds"] == 12.346
+    assert e.source_sha256 == out.graph("vcg").variants["fp32"].sha256 and e.source_onnx == "vcg.fp32.onnx"
+    assert e.census["rules_checked_against_tensorrt"] == "none"  # no real engine has checked the rules
+    assert e.lean_runtime is None and e.version_compatible is False  # the full runtime runs it
+    assert e.profile["x"] == ShapeRange((1, 3, 64, 64), (8, 3, 64, 64), (16, 3, 64, 64))
+    assert e.build_seconds == 12.346 and e.device_memory_bytes == 64 * 2**20 and e.precision == "fp32"
+    assert e.sha256 == out.manifest.files[job.engine_file].sha256 and e.layer_information == job.layers_file
+    assert set(e.extra) == {"gpu_memory_bytes", "cuda_driver", "cuda_runtime", "built", "equivalent"}
+    # The typed entry gives back the JSON it was read from, and the JSON round-trips through it.
+    written = json.loads((out.root / "manifest.json").read_text())["graphs"]["vcg"]["engines"]["fp32"]
+    assert e.to_dict() == written and EngineEntry.from_dict(written) == e
     trtexec = e.extra["equivalent"]["trtexec"]
     assert trtexec.startswith("trtexec --onnx=vcg.fp32.onnx --saveEngine=engines/vcg.fp32.plan --stronglyTyped")
     summary = bundle_summary(out)["graphs"]["vcg"]["engines"]["fp32"]

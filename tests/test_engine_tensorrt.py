@@ -63,8 +63,8 @@ def test_engines_deserialise_and_take_the_profile_shapes(engine_bundle: Path) ->
     engine = runtime.deserialize_cuda_engine(bundle.engine_path("restore_step", "fp32").read_bytes())
     assert engine is not None
     context = engine.create_execution_context()
-    for name, shapes in bundle.engine("restore_step", "fp32").extra["profile"].items():
-        assert context.set_input_shape(name, trt.Dims(shapes["max"]))
+    for name, shapes in bundle.engine("restore_step", "fp32").profile.items():
+        assert context.set_input_shape(name, trt.Dims(shapes.max))
 
 
 def test_rebuilding_from_the_bundle_reuses_the_timing_cache(engine_bundle: Path, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from diffv2iqa_trt.bundle import EngineEntry
+from diffv2iqa_trt.bundle.manifest import ShapeRange
 from diffv2iqa_trt.engine.builder import BuildSettings, add_profile, build_plan, inspect_plan
 from diffv2iqa_trt.engine.compatibility import Machine
 from diffv2iqa_trt.engine.loader import load_engine, load_lean_runtime, needs_lean_runtime
@@ -37,6 +38,14 @@ except ImportError:  # the fake-TensorRT tests still run; those on the fake cuda
 NO_BINDINGS = "cuda-bindings is not installed: the fake cudart takes its enums, errors and handle types from it"
 
 OK = real.cudaError_t.cudaSuccess if real is not None else None
+
+
+def _entry(**fields: Any) -> EngineEntry:
+    """A complete engine entry (vcg fp32, built with TensorRT 10.13.0.35 on GPU "G"), with `fields` changed."""
+    base: dict[str, Any] = dict(file="vcg.plan", tensorrt="10.13.0.35", gpu="G", sm="9.0", precision="fp32",
+                                source_onnx="vcg.fp32.onnx", source_sha256="0" * 64, version_compatible=False,
+                                flags={}, device_memory_bytes=0, profile={}, build_seconds=0.0, census={})
+    return EngineEntry(**{**base, **fields})
 
 
 def native(handle: Any) -> int:
@@ -459,8 +468,7 @@ def test_lru_eviction_keeps_captured_contexts_alive(monkeypatch: pytest.MonkeyPa
 
 def test_context_budget_covers_every_branch_batch_size() -> None:
     def bundle(max_batch: int) -> Any:
-        entry = EngineEntry(file="e", tensorrt="10.13.0.35", gpu="G", sm="9.0",
-                            extra={"profile": {"x": {"min": [1, 3, 64, 64], "max": [max_batch, 3, 64, 64]}}})
+        entry = _entry(file="e", profile={"x": ShapeRange((1, 3, 64, 64), (1, 3, 64, 64), (max_batch, 3, 64, 64))})
         return types.SimpleNamespace(engine=lambda g, p: entry)
 
     plan = dict.fromkeys(MEMORY, "fp32")
@@ -707,9 +715,9 @@ def test_lean_runtime_settings_are_checked(settings: BuildSettings, message: str
 # ------------------------------------------------------------------------------------------------------- loader
 
 
-def _bundle(tmp_path: Path, **extra: Any) -> Any:
+def _bundle(tmp_path: Path, **fields: Any) -> Any:
     (tmp_path / "vcg.plan").write_bytes(b"engine bytes")
-    entry = EngineEntry(file="vcg.plan", tensorrt="10.13.0.35", gpu="G", sm="9.0", extra=extra)
+    entry = _entry(**fields)
     return types.SimpleNamespace(root=tmp_path, engine=lambda g, p: entry,
                                  engine_path=lambda g, p: tmp_path / "vcg.plan")
 

@@ -2,7 +2,8 @@
 
 `Manifest.from_dict` validates a parsed document (JSON Schema, then the cross-field rules in `schema.py`) and builds
 the typed view; `to_dict` gives back plain JSON. Free-form parts stay mappings: the model config (the config module
-owns it), the build environment, lint and parity reports, and the extra fields of variant and engine entries.
+owns it), the build environment, lint and parity reports, the extra fields of variant entries, and the
+informational fields of engine entries (those that decide loading or refusal are typed).
 """
 
 from __future__ import annotations
@@ -170,23 +171,73 @@ class VariantEntry:
 
 
 @dataclass(frozen=True)
+class ShapeRange:
+    """The min/opt/max shapes of one input in an engine's optimisation profile."""
+
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, list[int]]:
+        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ShapeRange:
+        return cls(min=tuple(d["min"]), opt=tuple(d["opt"]), max=tuple(d["max"]))
+
+
+_ENGINE_FIELDS = ("file", "tensorrt", "gpu", "sm", "precision", "sha256", "source_onnx", "source_sha256",
+                  "version_compatible", "flags", "lean_runtime", "device_memory_bytes", "profile", "build_seconds",
+                  "census", "layer_information")
+
+
+@dataclass(frozen=True, kw_only=True)
 class EngineEntry:
-    """One TensorRT engine of a graph at one precision; `extra` holds build options, CUDA and driver versions."""
+    """One TensorRT engine of a graph at one precision: where it was built (TensorRT, GPU), what it was built from,
+    and what a loader needs to refuse or run it. `sha256` repeats the file's hash (stamped by write_bundle; empty
+    until then). `extra` holds the informational fields nothing decides on (CUDA versions, build time, the
+    equivalent trtexec/polygraphy commands)."""
 
     file: str
     tensorrt: str
     gpu: str
     sm: str
+    precision: str
+    source_onnx: str  # the ONNX variant it was built from, and that file's sha256 then
+    source_sha256: str
+    version_compatible: bool
+    flags: Mapping[str, Any]  # builder options (BuildSettings.flags())
+    device_memory_bytes: int
+    profile: Mapping[str, ShapeRange]  # per input, in the graph's input order
+    build_seconds: float
+    census: Mapping[str, Any]  # engine/census.py: layers by precision and the verdict
+    sha256: str = ""
+    lean_runtime: str | None = None  # schema.LEAN_RUNTIME_KINDS
+    layer_information: str | None = None  # the engine inspector's JSON, a bundle file
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.extra, "file": self.file, "tensorrt": self.tensorrt, "gpu": self.gpu, "sm": self.sm}
+        doc = {**self.extra, "file": self.file, "tensorrt": self.tensorrt, "gpu": self.gpu, "sm": self.sm,
+               "precision": self.precision, "source_onnx": self.source_onnx, "source_sha256": self.source_sha256,
+               "version_compatible": self.version_compatible, "flags": dict(self.flags),
+               "lean_runtime": self.lean_runtime, "device_memory_bytes": self.device_memory_bytes,
+               "profile": {name: r.to_dict() for name, r in self.profile.items()},
+               "build_seconds": self.build_seconds, "census": dict(self.census)}
+        # Optional in the schema: written only when set.
+        optional = {"layer_information": self.layer_information, "sha256": self.sha256 or None}
+        return doc | {k: v for k, v in optional.items() if v is not None}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EngineEntry:
-        known = ("file", "tensorrt", "gpu", "sm")
-        return cls(file=d["file"], tensorrt=d["tensorrt"], gpu=d["gpu"], sm=d["sm"],
-                   extra={k: v for k, v in d.items() if k not in known})
+        """The entry of a validated manifest (schema.py checks every typed field first)."""
+        return cls(file=d["file"], tensorrt=d["tensorrt"], gpu=d["gpu"], sm=d["sm"], precision=d["precision"],
+                   source_onnx=d["source_onnx"], source_sha256=d["source_sha256"],
+                   version_compatible=d["version_compatible"], flags=d["flags"],
+                   device_memory_bytes=d["device_memory_bytes"],
+                   profile={name: ShapeRange.from_dict(r) for name, r in d["profile"].items()},
+                   build_seconds=d["build_seconds"], census=d["census"], sha256=d.get("sha256", ""),
+                   lean_runtime=d.get("lean_runtime"), layer_information=d.get("layer_information"),
+                   extra={k: v for k, v in d.items() if k not in _ENGINE_FIELDS})
 
 
 def _tensor(d: Mapping[str, Any]) -> TensorSpec:

@@ -71,6 +71,9 @@ MAX_CROP_SIZE = 4096  # crop side in pixels [paper: 224]
 MAX_SIZE_MULTIPLE = 256  # U-Net size multiple, a power of two [paper: 16]
 MAX_NOISE_BANK_BYTES = 4 << 30  # the noise bank at crop size, (steps + 1) x 3 x crop x crop float32 [paper: 30 MB]
 _FLOAT32_MAX = float(np.finfo(np.float32).max)  # gamma and coef are fed to the graphs as float32
+# What an engine entry records about its lean runtime (engine/loader.py): None (not version-compatible), "embedded"
+# in the plan, or "external" (loaded from the lean runtime library of the TensorRT release that built it).
+LEAN_RUNTIME_KINDS = (None, "embedded", "external")
 
 
 @functools.lru_cache(maxsize=1)
@@ -273,7 +276,7 @@ def _semantic_problems(doc: dict[str, Any], hashes: bool = True) -> list[str]:
                 if entry["precision"] != precision:
                     problems.append(f"at {where}.{kind}.{precision}.precision: {entry['precision']!r} is not the "
                                     "entry's key")
-            problems += _engine_problems(g, where, files, hashes)
+        problems += _engine_problems(g, where, files, hashes)
     return problems
 
 
@@ -292,6 +295,28 @@ def _engine_problems(g: dict[str, Any], where: str, files: dict[str, Any], hashe
         layers = entry.get("layer_information")
         if layers is not None and layers not in files:
             problems.append(f"at {at}.layer_information: {layers!r} is not listed in $.files")
+        if entry.get("lean_runtime") not in LEAN_RUNTIME_KINDS:
+            problems.append(f"at {at}.lean_runtime: {_short(repr(entry.get('lean_runtime')), 40)} is not one of "
+                            f"{list(LEAN_RUNTIME_KINDS)}")
+        problems += _engine_profile_problems(g, entry["profile"], f"{at}.profile")
+    return problems
+
+
+def _engine_profile_problems(g: dict[str, Any], profile: dict[str, Any], at: str) -> list[str]:
+    """An engine's profile gives, per input of the graph, min/opt/max shapes of the input's rank in whole numbers
+    (the schema only says "object"; the typed EngineEntry and the TensorRT launcher read these shapes)."""
+    ranks = {t["name"]: len(t["shape"]) for t in g["inputs"]}
+    problems: list[str] = []
+    for name, levels in profile.items():
+        if name not in ranks:
+            problems.append(f"at {at}: {_short(repr(name), 40)} is not an input of the graph "
+                            f"(inputs: {sorted(ranks)})")
+            continue
+        shapes = [levels.get(level) if isinstance(levels, dict) else None for level in ("min", "opt", "max")]
+        if not all(isinstance(s, list) and len(s) == ranks[name] and all(_is_json_integer(None, d) and d >= 0
+                                                                         for d in s) for s in shapes):
+            problems.append(f"at {at}.{name}: needs min, opt and max shapes of rank {ranks[name]} in whole "
+                            f"numbers, got {_short(repr(levels), 80)}")
     return problems
 
 

@@ -14,16 +14,16 @@ def _tensor_text(t: TensorSpec) -> str:
 
 
 def _engine_summary(bundle: Bundle, e: EngineEntry) -> dict[str, Any]:
-    census = e.extra.get("census") or {}
+    census = e.census
     verdict = census.get("verdict") or {}
     size = bundle.manifest.files[e.file].bytes if e.file in bundle.manifest.files else None
     return {
         "file": e.file,
         "built": f"TensorRT {e.tensorrt}, {e.gpu} (sm {e.sm})"
-                 + (", version-compatible" if e.extra.get("version_compatible") else ""),
+                 + (", version-compatible" if e.version_compatible else ""),
         "MiB": None if size is None else round(size / 2**20, 2),
-        "device_memory_MiB": round(int(e.extra.get("device_memory_bytes", 0)) / 2**20, 1),
-        "build_seconds": e.extra.get("build_seconds"),
+        "device_memory_MiB": round(e.device_memory_bytes / 2**20, 1),
+        "build_seconds": e.build_seconds,
         "census": {"compute_layers": census.get("compute_layers"),
                    "fp32_share": verdict.get("fp32_share"), "fp32_share_onnx": verdict.get("fp32_share_onnx"),
                    "int8_share": verdict.get("int8_share"), "int8_share_onnx": verdict.get("int8_share_onnx"),

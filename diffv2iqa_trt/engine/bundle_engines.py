@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bundle import Bundle, EngineEntry, write_bundle
+from ..bundle.manifest import ShapeRange
 from ..bundle.schema import environment_versions, utc_timestamp
 from ..contract import GRAPH_NAMES
 from ..errors import BuildError, DiffV2IQAError
@@ -77,16 +78,16 @@ def engine_entry(job: EngineJob, source_sha256: str, machine: Machine, gpu: GpuI
                  census: dict[str, Any]) -> EngineEntry:
     """The manifest entry of one built engine (sha256 is stamped by write_bundle from the file)."""
     return EngineEntry(
-        file=job.engine_file, tensorrt=machine.tensorrt, gpu=machine.gpu, sm=machine.sm,
-        extra={"precision": job.precision, "source_onnx": job.onnx_file, "source_sha256": source_sha256,
-               "version_compatible": settings.version_compatible, "flags": settings.flags(),
-               # None, "embedded" or "external" (the loader then needs the lean runtime library of this TensorRT)
-               "lean_runtime": lean_runtime_kind(settings.version_compatible, settings.exclude_lean_runtime),
-               "device_memory_bytes": device_memory_bytes, "gpu_memory_bytes": gpu.memory_bytes,
-               "cuda_driver": gpu.driver, "cuda_runtime": gpu.runtime,
-               "profile": {p.name: {"min": list(p.min), "opt": list(p.opt), "max": list(p.max)} for p in profiles},
-               "build_seconds": round(built_seconds, 3), "built": utc_timestamp(),
-               "layer_information": job.layers_file, "census": census,
+        file=job.engine_file, tensorrt=machine.tensorrt, gpu=machine.gpu, sm=machine.sm, precision=job.precision,
+        source_onnx=job.onnx_file, source_sha256=source_sha256, version_compatible=settings.version_compatible,
+        flags=settings.flags(),
+        # None, "embedded" or "external" (the loader then needs the lean runtime library of this TensorRT)
+        lean_runtime=lean_runtime_kind(settings.version_compatible, settings.exclude_lean_runtime),
+        device_memory_bytes=device_memory_bytes,
+        profile={p.name: ShapeRange(min=p.min, opt=p.opt, max=p.max) for p in profiles},
+        build_seconds=round(built_seconds, 3), layer_information=job.layers_file, census=census,
+        extra={"gpu_memory_bytes": gpu.memory_bytes, "cuda_driver": gpu.driver, "cuda_runtime": gpu.runtime,
+               "built": utc_timestamp(),
                "equivalent": {tool: make(job.onnx_file, job.engine_file, tuple(profiles), **_tool_options(settings))
                               for tool, make in (("trtexec", trtexec_command), ("polygraphy", polygraphy_command))}})
 

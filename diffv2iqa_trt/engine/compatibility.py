@@ -35,7 +35,7 @@ def refusal(entry: EngineEntry, here: Machine) -> str | None:
     """Why `entry` cannot be loaded on `here`, or None when it can."""
     built = TensorRTVersion.parse(entry.tensorrt)
     runtime = TensorRTVersion.parse(here.tensorrt)
-    if entry.extra.get("version_compatible") is True:
+    if entry.version_compatible:
         if runtime.major != built.major or runtime < built:
             return (f"it was built version-compatible with TensorRT {built}, which runs on TensorRT "
                     f"{built.major}.x releases from {built.major}.{built.minor} on; this is TensorRT {runtime}")

@@ -46,10 +46,8 @@ def lean_runtime_kind(version_compatible: bool, exclude_lean_runtime: bool) -> s
 
 def needs_lean_runtime(entry: EngineEntry) -> bool:
     """Whether the engine was built without its lean runtime (the entry's record, or its builder flags)."""
-    flags = entry.extra.get("flags")
-    excluded = isinstance(flags, dict) and flags.get("exclude_lean_runtime") is True
-    return entry.extra.get("lean_runtime") == "external" or (entry.extra.get("version_compatible") is True
-                                                             and excluded)
+    excluded = entry.flags.get("exclude_lean_runtime") is True
+    return entry.lean_runtime == "external" or (entry.version_compatible and excluded)
 
 
 # Parent runtimes of the lean runtimes loaded from them, by id(lean): the bindings' load_runtime does not keep the
@@ -90,7 +88,7 @@ def load_engine(bundle: Bundle, graph: str, precision: str, runtime: trt.Runtime
                 "--lean-runtime PATH (libnvinfer_lean.so.<major> of that release), or rebuild the engines without "
                 "--exclude-lean-runtime")
         reader = lean_runtime
-    if entry.extra.get("version_compatible") is True:
+    if entry.version_compatible:
         reader.engine_host_code_allowed = True  # the plan carries (or its lean runtime runs) host code
     path = bundle.engine_path(graph, precision)
     engine = reader.deserialize_cuda_engine(path.read_bytes())

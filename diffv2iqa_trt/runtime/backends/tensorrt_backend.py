@@ -99,7 +99,7 @@ class TensorRTLauncher:
         # Sized once, from the largest need at any profile shape: a block never has to grow (see the docstring).
         self.context_memory_bytes = max(int(e.device_memory_size_v2) for e in self._engines.values())
         # TODO(lead): expose `limits` (runtime.batching.BatchLimits) built from the bundle's engine profiles
-        # (bundle.engine(g, p).extra["profile"]: max restore batch and height/width, max branch batch).
+        # (bundle.engine(g, p).profile: max restore batch and height/width, max branch batch).
 
     @property
     def context_count(self) -> int:
@@ -238,9 +238,8 @@ def context_budget(bundle: Bundle, plan: Mapping[str, str], slots: int = DEFAULT
     possible branch batch size (1 to the profile's maximum) for VCG and VDA; at least DEFAULT_MAX_CONTEXTS."""
     branch = 0
     for graph in (VCG, VDA):
-        profile = bundle.engine(graph, plan[graph]).extra.get("profile") or {}
-        first = profile.get(IO[graph][0][0]) or {}
-        branch += int((first.get("max") or [0])[0])
+        first = bundle.engine(graph, plan[graph]).profile.get(IO[graph][0][0])
+        branch += 0 if first is None else first.max[0]
     return max(DEFAULT_MAX_CONTEXTS, slots + branch)
 
 
