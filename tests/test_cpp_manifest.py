@@ -183,7 +183,16 @@ JSON_CASES: list[tuple[str, bytes, str | None]] = [
     ("leading-zero", b"012", "leading zero"),
     ("not-utf8", b'"\xff"', "not UTF-8"),
     ("too-large", b" " * (4 << 20) + b"1", "larger than 4194304 bytes"),
+    # issue 22, case 9: the rules of docs/bundle.md ("JSON") for what the two readers once read differently
+    ("nul-escape", b'{"file": "a.onnx\\u0000x"}', "at byte 16: U+0000 (NUL) in a string"),
+    ("lone-low-surrogate", b'["\\udc00"]', "unpaired low surrogate"),
+    ("exponent-past-double", b'{"model": {"config": {"scale": 1e400}}}', "number 1e400 is out of the double range"),
+    ("underflow-is-zero", b"1e-400", None),
 ]
+
+# The same documents as manifests the Python reader is given (schema name and version valid).
+JSON_RULES = [(b'{"schema": "diffv2iqa-trt-bundle", "schema_version": 4, "x": ' + value + b"}", name) for value, name in
+              [(b'"\\ud800"', "lone surrogate"), (b'"a\\u0000b"', "NUL"), (b"1e400", "1e400")]]
 
 
 def test_json_reader_is_strict(verify_bundle: Path, tmp_path: Path) -> None:
@@ -402,3 +411,16 @@ def test_shared_hostile_graphs_are_refused_in_a_bundle(name: str, verify_bundle:
         location = entry["locations"][0]
         shown = "an external tensor without a location" if location is None else f"'{location}'"
         assert f"vda.fp32.onnx (the fp32 vda graph) loads external data from {shown}" in result.stderr, result.stderr
+
+
+@pytest.mark.xfail(reason="python side pending", strict=False)
+@pytest.mark.parametrize("doc,name", JSON_RULES, ids=[n for _, n in JSON_RULES])
+def test_python_reader_refuses_what_the_cpp_reader_refuses(doc: bytes, name: str, tmp_path: Path) -> None:
+    """Issue 22, case 9: a lone \\ud800, \\u0000 in a string and 1e400 are refused by both readers (docs/bundle.md,
+    "JSON"). The C++ reader does (test_json_reader_is_strict); the Python reader (bundle/store.py read_manifest,
+    owned by another change) still accepts all three."""
+    from diffv2iqa_trt.bundle.store import read_manifest
+
+    (tmp_path / "manifest.json").write_bytes(doc)
+    with pytest.raises(BundleError):
+        read_manifest(tmp_path / "manifest.json")

@@ -1,7 +1,8 @@
 // A small strict JSON reader (RFC 8259) for bundle manifests; header-only, C++17, no dependencies.
 //
 // Accepts exactly what the Python loader (diffv2iqa_trt.bundle.store.read_manifest) accepts and refuses the rest:
-// UTF-8 text only, no NaN/Infinity, no duplicate object keys (readers disagree on which one wins), no trailing
+// UTF-8 text only, no NaN/Infinity, no number outside the double range (1e400), no unpaired surrogate escape and no
+// U+0000 in a string, no duplicate object keys (readers disagree on which one wins), no trailing
 // garbage, at most `max_bytes` bytes, `max_values` values and `max_depth` levels (the outermost value is level 1).
 // Numbers are kept as double, and additionally as an exact int64 when written without fraction or exponent and in
 // range, and as an exact uint64 when such an integer is non-negative and at most 2**64-1 (noise seeds go that high). Errors are json::ParseError, a std::runtime_error whose message and `offset()` give the byte offset.
@@ -267,6 +268,9 @@ class Parser {
         case 't': out += '\t'; break;
         case 'u': {
           std::uint32_t cp = hex4();
+          // U+0000 is refused: C string APIs (open, the ONNX Runtime C API) end a name there, so "a.onnx\u0000x"
+          // would name another file than the manifest lists (docs/bundle.md, "JSON").
+          if (cp == 0) fail_at(esc_at, "U+0000 (NUL) in a string");
           if (cp >= 0xDC00 && cp <= 0xDFFF) fail_at(esc_at, "unpaired low surrogate in a \\u escape");
           if (cp >= 0xD800 && cp <= 0xDBFF) {
             if (n_ - i_ < 6 || p_[i_] != '\\' || p_[i_ + 1] != 'u')
