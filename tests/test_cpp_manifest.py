@@ -413,12 +413,11 @@ def test_shared_hostile_graphs_are_refused_in_a_bundle(name: str, verify_bundle:
         assert f"vda.fp32.onnx (the fp32 vda graph) loads external data from {shown}" in result.stderr, result.stderr
 
 
-@pytest.mark.xfail(reason="python side pending", strict=False)
 @pytest.mark.parametrize("doc,name", JSON_RULES, ids=[n for _, n in JSON_RULES])
 def test_python_reader_refuses_what_the_cpp_reader_refuses(doc: bytes, name: str, tmp_path: Path) -> None:
     """Issue 22, case 9: a lone \\ud800, \\u0000 in a string and 1e400 are refused by both readers (docs/bundle.md,
-    "JSON"). The C++ reader does (test_json_reader_is_strict); the Python reader (bundle/store.py read_manifest,
-    owned by another change) still accepts all three."""
+    "JSON"). The C++ reader does (test_json_reader_is_strict); the Python reader (bundle/store.py read_manifest)
+    too."""
     from diffv2iqa_trt.bundle.store import read_manifest
 
     (tmp_path / "manifest.json").write_bytes(doc)

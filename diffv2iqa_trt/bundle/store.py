@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import secrets
@@ -370,6 +371,36 @@ def _read_capped(path: Path) -> bytes:
     return data
 
 
+def _finite_float(text: str) -> float:
+    """A JSON number as a double; one outside the double range (1e400) is refused, as the C++ reader refuses it
+    (docs/bundle.md, "JSON"); one that underflows (1e-400) reads as 0.0 on both sides."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is outside the double range")
+    return value
+
+
+def _check_strings(doc: Any) -> None:
+    """ValueError for U+0000 in a key or string (C string functions would cut a file name there) or an unpaired
+    surrogate escape (not Unicode text), anywhere in the document: the C++ reader's rule. Iterative: the parser
+    already bounded the depth."""
+    stack = [doc]
+    while stack:
+        value = stack.pop()
+        items: Any = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, item in items:
+            for text in (key, item):
+                if isinstance(text, str):
+                    if "\x00" in text:
+                        raise ValueError("U+0000 (NUL) in a string")
+                    try:
+                        text.encode("utf-8")
+                    except UnicodeEncodeError:
+                        raise ValueError("an unpaired surrogate escape in a string") from None
+            if isinstance(item, dict | list):
+                stack.append(item)
+
+
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Parse a manifest.json strictly (a regular file of at most MAX_MANIFEST_BYTES, no link; no NaN/Infinity, no
     duplicate keys) and check its schema name and version; no full validation (see validate_manifest)."""
@@ -381,11 +412,13 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise BundleError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); {REBUILD}",
                           path=path) from None
     try:
-        doc = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+        doc = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant,
+                         parse_float=_finite_float)
+        _check_strings(doc)
     except json.JSONDecodeError as exc:
         raise BundleError(f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
                           f"{REBUILD}", path=path) from None
-    except ValueError as exc:  # duplicate keys, NaN, integers of more than 4300 digits
+    except ValueError as exc:  # duplicate keys, NaN, 1e400, U+0000, a lone surrogate, integers of > 4300 digits
         raise BundleError(f"{path} is not valid JSON ({exc}); {REBUILD}", path=path) from None
     except RecursionError:
         raise BundleError(f"{path} is not a bundle manifest: its JSON is nested too deeply to read; {REBUILD}",
