@@ -626,16 +626,16 @@ def parity(
         paths = write_report(report, out_dir, invocation=_invocation(ctx))
     except DiffV2IQAError as exc:
         raise _failed(exc) from None
-    table = Table(title=f"Parity against torch fp32, {report['images']} images")
+    table = Table(title=f"Parity against torch fp32, {report.images} images")
     for col in ("variant", "max |Δ|", "SRCC", "rank flips", "result"):
         table.add_column(col)
-    for name, v in report["variants"].items():
-        m = v["metrics"]
-        table.add_row(_show(name), f"{m['abs_error']['max']:.3g}", f"{m['srcc']:.6f}", _show(m["rank_flips"]),
-                      "[green]PASS[/]" if v["passed"] else f"[red]FAIL[/] {_show('; '.join(v['failures']))}")
+    for name, v in report.variants.items():
+        m = v.metrics
+        table.add_row(_show(name), f"{m.abs_error.max:.3g}", f"{m.srcc:.6f}", _show(m.rank_flips),
+                      "[green]PASS[/]" if v.passed else f"[red]FAIL[/] {_show('; '.join(v.failures))}")
     out.print(table)
     out.print("wrote " + ", ".join(_show(p) for p in paths))
-    if not report["passed"]:
+    if not report.passed:
         raise typer.Exit(EXIT_FAILED)
 
 

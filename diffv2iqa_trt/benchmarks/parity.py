@@ -8,6 +8,7 @@ pass / fail against the gates in the manifest (`parity.gates.<precision>`; bundl
 from __future__ import annotations
 
 import csv
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,151 @@ class VariantResult:
     @property
     def passed(self) -> bool:
         return not self.failures
+
+
+# --- the report (what parity.json holds, typed) -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ErrorSummary:
+    """|score - reference| over the images (metrics.abs_error_summary)."""
+
+    max: float
+    mean: float
+    p99: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"max": self.max, "mean": self.mean, "p99": self.p99}
+
+
+@dataclass(frozen=True)
+class AgreementMetrics:
+    """A variant's scores against the reference's: absolute errors, rank correlations, rank flips."""
+
+    abs_error: ErrorSummary
+    srcc: float
+    plcc: float
+    krcc: float
+    rank_flips: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"abs_error": self.abs_error.to_dict(), "srcc": self.srcc, "plcc": self.plcc, "krcc": self.krcc,
+                "rank_flips": self.rank_flips}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AgreementMetrics:
+        e = d["abs_error"]
+        return cls(ErrorSummary(e["max"], e["mean"], e["p99"]), d["srcc"], d["plcc"], d["krcc"], d["rank_flips"])
+
+
+@dataclass(frozen=True)
+class VariantParity:
+    """One backend x precision plan against the reference, and its verdict against the bundle's gates."""
+
+    backend: str
+    precision: str
+    metrics: AgreementMetrics
+    tensor_errors: dict[str, float]  # graph -> max |Δ| on one real crop
+    gates: dict[str, float]
+    passed: bool
+    failures: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backend": self.backend, "precision": self.precision, "metrics": self.metrics.to_dict(),
+                "tensor_errors": dict(self.tensor_errors), "gates": dict(self.gates), "passed": self.passed,
+                "failures": list(self.failures)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VariantParity:
+        return cls(d["backend"], d["precision"], AgreementMetrics.from_dict(d["metrics"]), dict(d["tensor_errors"]),
+                   dict(d["gates"]), d["passed"], tuple(d["failures"]))
+
+
+@dataclass(frozen=True)
+class LabelAgreement:
+    srcc: float
+    plcc: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"srcc": self.srcc, "plcc": self.plcc}
+
+
+@dataclass(frozen=True)
+class LabelReport:
+    """SRCC / PLCC against the labels, on the `images` images that have one: the reference's and each variant's."""
+
+    images: int
+    reference: LabelAgreement
+    variants: dict[str, LabelAgreement]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"images": self.images, "reference": self.reference.to_dict(),
+                **{name: m.to_dict() for name, m in self.variants.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LabelReport:
+        agreement = {k: LabelAgreement(v["srcc"], v["plcc"]) for k, v in d.items() if k != "images"}
+        return cls(d["images"], agreement.pop("reference"), agreement)
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """`diffv2iqa-trt parity`: every variant's scores against the torch fp32 reference. `to_json` is parity.json
+    (without the command/date/machine header report.write adds; `from_json` ignores that header)."""
+
+    bundle: str
+    model: str
+    trained: bool
+    images: int
+    unreadable: dict[str, str]  # file -> why it could not be decoded
+    crops: str
+    mode: str
+    steps: int
+    score_range: tuple[float, float]  # of the reference's scores
+    variants: dict[str, VariantParity]  # by VariantResult.name
+    labels: LabelReport | None
+    per_image: tuple[dict[str, Any], ...]  # {"image", "reference", <variant name>: score, ...}
+    reference_backend: str = "torch"
+    reference_precision: str = "fp32"
+
+    @property
+    def passed(self) -> bool:
+        return all(v.passed for v in self.variants.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bundle": self.bundle, "model": self.model, "trained": self.trained, "images": self.images,
+            "unreadable": dict(self.unreadable), "crops": self.crops, "mode": self.mode, "steps": self.steps,
+            "reference": {"backend": self.reference_backend, "precision": self.reference_precision,
+                          "score_range": list(self.score_range)},
+            "variants": {name: v.to_dict() for name, v in self.variants.items()},
+            "labels": None if self.labels is None else self.labels.to_dict(),
+            "passed": self.passed,
+            "per_image": [dict(row) for row in self.per_image],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ParityReport:
+        ref = d["reference"]
+        lo, hi = ref["score_range"]
+        return cls(bundle=d["bundle"], model=d["model"], trained=d["trained"], images=d["images"],
+                   unreadable=dict(d["unreadable"]), crops=d["crops"], mode=d["mode"], steps=d["steps"],
+                   score_range=(lo, hi), variants={k: VariantParity.from_dict(v) for k, v in d["variants"].items()},
+                   labels=None if d["labels"] is None else LabelReport.from_dict(d["labels"]),
+                   per_image=tuple(dict(row) for row in d["per_image"]), reference_backend=ref["backend"],
+                   reference_precision=ref["precision"])
+
+    @classmethod
+    def from_json(cls, text: str) -> ParityReport:
+        """A report from parity.json (or `to_json`); ConfigError when it is not one."""
+        try:
+            return cls.from_dict(json.loads(text))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"not a parity report ({type(exc).__name__}: {exc}); give the parity.json that "
+                              "`diffv2iqa-trt parity` wrote") from None
 
 
 def read_labels(path: str | os.PathLike[str]) -> dict[str, float]:
@@ -97,7 +243,7 @@ def tensor_errors(reference: Executor, other: Executor, x: np.ndarray, spec_gamm
 
 def run_parity(bundle: Bundle, image_paths: Sequence[Path], labels: dict[str, float] | None = None, *,
                batch_size: int = 8, threads: int | None = None,
-               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+               progress: Callable[[str], None] | None = None) -> ParityReport:
     say = progress or (lambda _m: None)
     images, names, errors = [], [], {}
     for p in image_paths:
@@ -128,28 +274,26 @@ def run_parity(bundle: Bundle, image_paths: Sequence[Path], labels: dict[str, fl
                              pipe.spec.noise_seed)
         results.append(VariantResult(backend, precision, scores, metrics, errs, gates,
                                      gate_failures(metrics, gates, len(images), errs)))
-    label_metrics = None
+    label_report = None
     if labels:
         known = [i for i, n in enumerate(names) if n in labels]
         if len(known) >= 2:
             y = np.array([labels[names[i]] for i in known])
-            label_metrics = {"images": len(known), "reference": {"srcc": stats.srcc(ref[known], y),
-                                                                  "plcc": stats.plcc(ref[known], y)}}
-            for r in results:
-                label_metrics[r.name] = {"srcc": stats.srcc(r.scores[known], y), "plcc": stats.plcc(r.scores[known], y)}
-    return {
-        "bundle": str(bundle.root), "model": bundle.model_name, "trained": bundle.trained,
-        "images": len(images), "unreadable": errors, "crops": ref_pipe.spec.crops, "mode": ref_pipe.spec.mode,
-        "steps": ref_pipe.spec.steps, "reference": {"backend": "torch", "precision": "fp32",
-                                                    "score_range": [float(ref.min()), float(ref.max())]},
-        "variants": {r.name: {"backend": r.backend, "precision": r.precision, "metrics": r.metrics,
-                              "tensor_errors": r.tensor_errors, "gates": r.gates, "passed": r.passed,
-                              "failures": r.failures} for r in results},
-        "labels": label_metrics,
-        "passed": all(r.passed for r in results),
-        "per_image": [{"image": n, "reference": float(ref[i]), **{r.name: float(r.scores[i]) for r in results}}
-                      for i, n in enumerate(names)],
-    }
+
+            def agreement(scores: np.ndarray) -> LabelAgreement:
+                return LabelAgreement(stats.srcc(scores[known], y), stats.plcc(scores[known], y))
+
+            label_report = LabelReport(len(known), agreement(ref), {r.name: agreement(r.scores) for r in results})
+    return ParityReport(
+        bundle=str(bundle.root), model=bundle.model_name, trained=bundle.trained, images=len(images),
+        unreadable=errors, crops=ref_pipe.spec.crops, mode=ref_pipe.spec.mode, steps=ref_pipe.spec.steps,
+        score_range=(float(ref.min()), float(ref.max())),
+        variants={r.name: VariantParity(r.backend, r.precision, AgreementMetrics.from_dict(r.metrics),
+                                        r.tensor_errors, r.gates, r.passed, tuple(r.failures)) for r in results},
+        labels=label_report,
+        per_image=tuple({"image": n, "reference": float(ref[i]), **{r.name: float(r.scores[i]) for r in results}}
+                        for i, n in enumerate(names)),
+    )
 
 
 def _gate_text(g: dict[str, float]) -> str:
@@ -157,47 +301,44 @@ def _gate_text(g: dict[str, float]) -> str:
     return text + (f", graphs ≤ {g['max_graph_abs']:g}" if "max_graph_abs" in g else "")
 
 
-def markdown(report: dict[str, Any]) -> str:
-    lines = [f"# Score parity, model {report['model']}" + ("" if report["trained"] else " (UNTRAINED weights)"),
+def markdown(report: ParityReport) -> str:
+    lines = [f"# Score parity, model {report.model}" + ("" if report.trained else " (UNTRAINED weights)"),
              "", "<!--header-->",
-             f"{report['images']} images, crops `{report['crops']}`, mode `{report['mode']}`, {report['steps']} steps. "
-             f"Reference: torch fp32, scores in [{report['reference']['score_range'][0]:.4f}, "
-             f"{report['reference']['score_range'][1]:.4f}].", "",
+             f"{report.images} images, crops `{report.crops}`, mode `{report.mode}`, {report.steps} steps. "
+             f"Reference: torch fp32, scores in [{report.score_range[0]:.4f}, {report.score_range[1]:.4f}].", "",
              "| variant | max abs err | mean abs err | p99 abs err | SRCC | PLCC | KRCC | rank flips | gates "
              "| result |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, v in report["variants"].items():
-        m, g = v["metrics"], v["gates"]
-        lines.append(f"| {name} | {m['abs_error']['max']:.3g} | {m['abs_error']['mean']:.3g} | "
-                     f"{m['abs_error']['p99']:.3g} | {m['srcc']:.6f} | {m['plcc']:.6f} | {m['krcc']:.6f} | "
-                     f"{m['rank_flips']} | {_gate_text(g)} | "
-                     f"{'PASS' if v['passed'] else 'FAIL: ' + '; '.join(v['failures'])} |")
+    for name, v in report.variants.items():
+        m = v.metrics
+        lines.append(f"| {name} | {m.abs_error.max:.3g} | {m.abs_error.mean:.3g} | "
+                     f"{m.abs_error.p99:.3g} | {m.srcc:.6f} | {m.plcc:.6f} | {m.krcc:.6f} | "
+                     f"{m.rank_flips} | {_gate_text(v.gates)} | "
+                     f"{'PASS' if v.passed else 'FAIL: ' + '; '.join(v.failures)} |")
     lines += ["", "Per-graph max abs tensor error on one real crop (restore_step at the middle step; both backends' "
-              "branches on the reference's restore_step output):", "", "| variant | restore_step | vcg | vda |",
+              "branches on the reference's restore_step output):", "", f"| variant | {' | '.join(GRAPH_NAMES)} |",
               "|---|---|---|---|"]
-    for name, v in report["variants"].items():
-        t = v["tensor_errors"]
-        lines.append(f"| {name} | {t['restore_step']:.3g} | {t['vcg']:.3g} | {t['vda']:.3g} |")
-    if report["labels"]:
-        lines += ["", f"Against labels ({report['labels']['images']} images):", "", "| scores | SRCC | PLCC |",
+    for name, v in report.variants.items():
+        lines.append(f"| {name} | " + " | ".join(f"{v.tensor_errors[g]:.3g}" for g in GRAPH_NAMES) + " |")
+    if report.labels is not None:
+        lines += ["", f"Against labels ({report.labels.images} images):", "", "| scores | SRCC | PLCC |",
                   "|---|---|---|"]
-        for name, m in report["labels"].items():
-            if isinstance(m, dict):
-                lines.append(f"| {name} | {m['srcc']:.4f} | {m['plcc']:.4f} |")
-    if report["unreadable"]:
-        lines += ["", "Unreadable files (skipped): " + ", ".join(sorted(report["unreadable"]))]
+        for name, a in {"reference": report.labels.reference, **report.labels.variants}.items():
+            lines.append(f"| {name} | {a.srcc:.4f} | {a.plcc:.4f} |")
+    if report.unreadable:
+        lines += ["", "Unreadable files (skipped): " + ", ".join(sorted(report.unreadable))]
     lines += ["", "Plots: `parity_scatter.png` (variant against reference), `parity_errors.png` (|Δ| histogram)."]
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict[str, Any], out_dir: Path, name: str = "parity", invocation: str | None = None
+def write_report(report: ParityReport, out_dir: Path, name: str = "parity", invocation: str | None = None
                  ) -> list[Path]:
     from . import plots
     from .report import write
 
-    json_path, md_path = write(out_dir, name, report, markdown(report), invocation=invocation)
-    ref = np.array([r["reference"] for r in report["per_image"]])
-    scores = {v: np.array([r[v] for r in report["per_image"]]) for v in report["variants"]}
+    json_path, md_path = write(out_dir, name, report.to_dict(), markdown(report), invocation=invocation)
+    ref = np.array([r["reference"] for r in report.per_image])
+    scores = {v: np.array([r[v] for r in report.per_image]) for v in report.variants}
     try:
         pngs = [plots.scatter_vs_reference(ref, scores, out_dir / f"{name}_scatter.png"),
                 plots.error_histogram({v: np.abs(s - ref) for v, s in scores.items()},
