@@ -384,20 +384,27 @@ def _check_strings(doc: Any) -> None:
     """ValueError for U+0000 in a key or string (C string functions would cut a file name there) or an unpaired
     surrogate escape (not Unicode text), anywhere in the document: the C++ reader's rule. Iterative: the parser
     already bounded the depth."""
-    stack = [doc]
-    while stack:
+    def check(text: str) -> None:
+        if "\x00" in text:
+            raise ValueError("U+0000 (NUL) in a string")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("an unpaired surrogate escape in a string") from None
+
+    if isinstance(doc, str):
+        check(doc)
+    stack = [doc] if isinstance(doc, dict | list) else []
+    while stack:  # no per-item objects: the manifest's long number tables cost nothing
         value = stack.pop()
-        items: Any = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-        for key, item in items:
-            for text in (key, item):
-                if isinstance(text, str):
-                    if "\x00" in text:
-                        raise ValueError("U+0000 (NUL) in a string")
-                    try:
-                        text.encode("utf-8")
-                    except UnicodeEncodeError:
-                        raise ValueError("an unpaired surrogate escape in a string") from None
-            if isinstance(item, dict | list):
+        if isinstance(value, dict):
+            for key in value:
+                check(key)
+            value = value.values()
+        for item in value:
+            if isinstance(item, str):
+                check(item)
+            elif isinstance(item, dict | list):
                 stack.append(item)
 
 
