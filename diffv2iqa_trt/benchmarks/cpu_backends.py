@@ -1,0 +1,203 @@
+"""The CPU engines side by side: ONNX Runtime FP32, OpenVINO f32, OpenVINO bf16 (and ONNX Runtime int8-cpu).
+
+python -m diffv2iqa_trt.benchmarks.cpu_backends --bundle DIR [--threads 2] [--batch 1] [--rounds 5]
+       [--images 4] [--end-to-end-rounds 2] [--out benchmarks/results/cpu] [--name NAME]
+
+Each choice is the toolkit's own executor, as `score --backend B --precision P` makes it. Per graph (restore_step,
+vcg, vda): the same input for every choice (a real photograph's crop; restore_step at the middle step), one warm-up
+call each (OpenVINO compiles for the shape then), then interleaved rounds (fp32, f32, bf16, int8-cpu, fp32, ...) so
+the drift of a machine shared with other work hits every choice alike; the median seconds per call, its ratio to
+ONNX Runtime FP32, the max |Δ| of the output against ONNX Runtime FP32 (also as a fraction of that output's range),
+and GFLOP/s from the model's MAC count. End to end: `--images` distorted photographs scored together, as `score`
+does (its default batch of 8 crops), one warm-up and `--end-to-end-rounds` interleaved rounds; images/s, and the
+scores' max |Δ| and SRCC against ONNX Runtime FP32 (SRCC only means something with a trained model and several
+images). The CPU model, its ISA flags and the package versions are recorded with the figures; bf16 is left out,
+with the reason, on a CPU without BF16 instructions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..bundle import Bundle, load_bundle
+from ..contract import GRAPH_NAMES, RESTORE_STEP
+from ..data.distortions import distort
+from ..data.photos import PHOTO_NAMES, SET_DISTORTIONS, photo
+from ..metrics import srcc
+from ..runtime.backends import BackendOptions, create_executor
+from ..runtime.backends.openvino_backend import bf16_problem_here, ov_version
+from ..runtime.from_bundle import bundle_pipeline
+from . import report
+from .precision_cpu import graph_inputs
+
+BASELINE = "onnxruntime fp32"
+STAGES = {RESTORE_STEP: "restoration steps", "vcg": "VCG", "vda": "VDA"}  # roofline.stage_macs' names
+
+
+def choices(bundle: Bundle) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
+    """The choices this machine and bundle allow, as label -> (backend, precision plan), and the ones left out with
+    the reason."""
+    chosen = {BASELINE: ("onnxruntime", "fp32"), "openvino f32": ("openvino", "fp32")}
+    skipped = {}
+    problem = bf16_problem_here()
+    if problem is None:
+        chosen["openvino bf16"] = ("openvino", "bf16")
+    else:
+        skipped["openvino bf16"] = problem
+    int8 = [g for g in GRAPH_NAMES if "int8-cpu" in bundle.precisions(g)]
+    if int8:
+        chosen["onnxruntime int8-cpu"] = ("onnxruntime", ",".join(f"{g}=int8-cpu" for g in int8))
+    else:
+        skipped["onnxruntime int8-cpu"] = "the bundle has no int8-cpu variant (build --precision int8 adds one)"
+    return chosen, skipped
+
+
+def _interleaved(calls: dict[str, Callable[[], object]], rounds: int, pause: float) -> dict[str, list[float]]:
+    """Seconds per call of each choice over `rounds` rounds, one call of each per round. `pause` seconds between
+    calls let one engine's worker threads go idle before the next engine runs (ONNX Runtime's spin after a run)."""
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(rounds):
+        for k, call in calls.items():
+            time.sleep(pause)
+            t = time.perf_counter()
+            call()
+            times[k].append(time.perf_counter() - t)
+    return times
+
+
+def time_graphs(bundle: Bundle, executors: dict[str, Any], rounds: int, batch: int, pause: float = 0.05
+                ) -> dict[str, Any]:
+    from .roofline import stage_macs
+
+    m = bundle.manifest
+    macs = stage_macs(dict(m.model.config), m.pipeline.steps)
+    results: dict[str, Any] = {}
+    for graph in GRAPH_NAMES:
+        feed = list(graph_inputs(bundle, graph, batch).values())
+        outputs = {k: np.asarray(getattr(ex, graph)(*feed), np.float64) for k, ex in executors.items()}  # warm-up
+        ref = outputs[BASELINE]
+        span = float(ref.max() - ref.min()) or float(np.abs(ref).max()) or 1.0
+        times = _interleaved({k: functools.partial(getattr(ex, graph), *feed) for k, ex in executors.items()}, rounds,
+                             pause)
+        base = statistics.median(times[BASELINE])
+        flop = None
+        if macs is not None:
+            flop = 2 * batch * macs[STAGES[graph]] / (m.pipeline.steps if graph == RESTORE_STEP else 1)
+        results[graph] = {}
+        for k, v in times.items():
+            med = statistics.median(v)
+            delta = float(np.max(np.abs(outputs[k] - ref)))
+            results[graph][k] = {"median_s": med, "min_s": min(v), "max_s": max(v), "speedup": base / med,
+                                 "max_abs_vs_fp32": delta, "max_abs_vs_fp32_of_range": delta / span,
+                                 "gflop_per_s": None if flop is None else flop / med / 1e9}
+    return results
+
+
+def evaluation_images(count: int) -> list[np.ndarray]:
+    """`count` distorted photographs (blur, noise, JPEG at levels 1-5), at their own sizes."""
+    names = [n for n in PHOTO_NAMES if n != "stereo_motorcycle"]
+    return [distort(photo(names[i % len(names)]), SET_DISTORTIONS[i % 3], 1 + (i * 2) % 5, seed=i)
+            for i in range(count)]
+
+
+def time_end_to_end(bundle: Bundle, chosen: dict[str, tuple[str, str]], images: list[np.ndarray], rounds: int,
+                    threads: int, pause: float = 0.05) -> dict[str, Any]:
+    pipes = {k: bundle_pipeline(bundle, b, precision=p, threads=threads) for k, (b, p) in chosen.items()}
+    scores = {k: np.array([r.score for r in pipe.score(images)]) for k, pipe in pipes.items()}  # warm-up
+    times = _interleaved({k: functools.partial(pipe.score, images) for k, pipe in pipes.items()}, rounds, pause)
+    base = statistics.median(times[BASELINE])
+    ref = scores[BASELINE]
+    return {k: {"median_s": statistics.median(v), "images_per_s": len(images) / statistics.median(v),
+                "speedup": base / statistics.median(v), "scores": scores[k].tolist(),
+                "max_abs_score_vs_fp32": float(np.max(np.abs(scores[k] - ref))),
+                "srcc_vs_fp32": float(srcc(scores[k], ref)) if len(images) >= 3 else None}
+            for k, v in times.items()}
+
+
+def versions() -> dict[str, str]:
+    import onnxruntime
+
+    return {"onnxruntime": onnxruntime.__version__, "openvino": ov_version(), "numpy": np.__version__}
+
+
+def _f(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def markdown(r: dict[str, Any]) -> str:
+    lines = [f"# CPU backends side by side, model {r['model']}", "", "<!--header-->",
+             f"ISA flags: {' '.join(r['isa_flags']) or 'unknown'}  ",
+             f"Versions: {', '.join(f'{k} {v}' for k, v in r['versions'].items())}  ",
+             f"{r['threads']} threads, batch {r['batch']}, crop {r['crop_size']}², {r['steps']} steps. Each figure is "
+             f"the median of {r['rounds']} interleaved rounds (one call of each choice per round, {r['pause_s']} s "
+             "apart) "
+             "on a machine shared with other work; ratios are against ONNX Runtime FP32 in the same rounds.", ""]
+    if r["skipped"]:
+        lines += [f"Left out: {k}: {v}  " for k, v in r["skipped"].items()] + [""]
+    lines += ["| graph | choice | median ms | × vs ORT FP32 | max \\|Δ\\| vs FP32 | of output range | GFLOP/s |",
+              "|---|---|---|---|---|---|---|"]
+    for graph, by in r["graphs"].items():
+        for k, v in by.items():
+            lines.append(f"| {graph} | {k} | {1e3 * v['median_s']:.1f} | {v['speedup']:.2f}× | "
+                         f"{v['max_abs_vs_fp32']:.2g} | {v['max_abs_vs_fp32_of_range']:.2g} | "
+                         f"{_f(v['gflop_per_s'], '.1f')} |")
+    if r.get("end_to_end"):
+        lines += ["", f"End to end: {r['images']} distorted photographs scored together (crops "
+                      f"{r['crops']}, mode {r['mode']}, batch up to 8 crops as `score`), {r['end_to_end_rounds']} "
+                      "interleaved round(s) after a warm-up.", "",
+                  "| choice | median s | images/s | × vs ORT FP32 | max \\|Δ score\\| vs FP32 | SRCC vs FP32 |",
+                  "|---|---|---|---|---|---|"]
+        for k, v in r["end_to_end"].items():
+            lines.append(f"| {k} | {v['median_s']:.2f} | {v['images_per_s']:.3g} | {v['speedup']:.2f}× | "
+                         f"{v['max_abs_score_vs_fp32']:.2g} | {_f(v['srcc_vs_fp32'], '.6f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--bundle", type=Path, required=True)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=1, help="batch of the per-graph timings")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--images", type=int, default=4, help="images of the end-to-end run")
+    parser.add_argument("--end-to-end-rounds", type=int, default=2, help="0 skips the end-to-end run")
+    parser.add_argument("--pause", type=float, default=0.05, help="seconds between two timed calls")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu"))
+    parser.add_argument("--name", default=None)
+    args = parser.parse_args(argv)
+
+    bundle = load_bundle(args.bundle)
+    chosen, skipped = choices(bundle)
+    executors = {k: create_executor(b, bundle, BackendOptions(precision=p, threads=args.threads))
+                 for k, (b, p) in chosen.items()}
+    p = bundle.manifest.pipeline
+    results: dict[str, Any] = {
+        "model": bundle.manifest.model.name, "isa_flags": report.simd_flags(), "versions": versions(),
+        "threads": args.threads, "batch": args.batch, "rounds": args.rounds, "crop_size": p.crop_size,
+        "steps": p.steps, "crops": p.crops, "mode": p.mode, "choices": {k: list(v) for k, v in chosen.items()},
+        "pause_s": args.pause, "skipped": skipped,
+        "graphs": time_graphs(bundle, executors, args.rounds, args.batch, args.pause)}
+    del executors
+    if args.end_to_end_rounds > 0:
+        images = evaluation_images(args.images)
+        results |= {"images": args.images, "end_to_end_rounds": args.end_to_end_rounds,
+                    "end_to_end": time_end_to_end(bundle, chosen, images, args.end_to_end_rounds, args.threads,
+                                                  args.pause)}
+    name = args.name or f"cpu_backends_{bundle.manifest.model.name}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    text = markdown(results)
+    paths = report.write(args.out, name, results, text)
+    print(text.replace("<!--header-->", ""))
+    print(f"wrote {paths[0]} and {paths[1]}")
+
+
+if __name__ == "__main__":
+    main()
