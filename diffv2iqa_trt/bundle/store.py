@@ -400,8 +400,7 @@ def _check_strings(doc: Any) -> None:
         if isinstance(value, dict):
             for key in value:
                 check(key)
-            value = value.values()
-        for item in value:
+        for item in value.values() if isinstance(value, dict) else value:
             if isinstance(item, str):
                 check(item)
             elif isinstance(item, dict | list):
