@@ -14,7 +14,7 @@ $(BIN)/diffv2iqa-trt: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet $(TORCH_PIP_ARGS) torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[cpu,precision,dev,ray]'
+	$(BIN)/pip install --quiet -e '.[cpu,precision,dev,ray,openvino]'
 	touch $@
 
 # The TensorRT 10.13 type stubs, fixed up, for mypy and the engine tests (scripts/tensorrt_stubs.py; needs PyPI once).

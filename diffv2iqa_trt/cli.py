@@ -153,6 +153,7 @@ def _fmt(v: float | None) -> str:
 class BackendName(str, Enum):
     torch = "torch"
     onnxruntime = "onnxruntime"
+    openvino = "openvino"
     torch_cuda = "torch-cuda"
     tensorrt = "tensorrt"
 
@@ -168,13 +169,15 @@ def score(
     bundle: Annotated[Path | None, typer.Option(help="A bundle written by `build`; scores come from its graphs.")]
     = None,
     backend: Annotated[BackendName | None, typer.Option(
-        help="torch (the reference), onnxruntime, or the GPU stream backends torch-cuda (the PyTorch graphs on "
-             "CUDA streams and graphs) and tensorrt (the bundle's engines; never run in this project so far). "
-             "Default: onnxruntime with --bundle, torch without.")] = None,
+        help="torch (the reference), onnxruntime, openvino (CPU; the `openvino` extra; --precision bf16 on CPUs with "
+             "AVX-512 BF16 or AMX), or the GPU stream backends torch-cuda (the PyTorch graphs on CUDA streams and "
+             "graphs) and tensorrt (the bundle's engines; never run in this project so far). Default: onnxruntime "
+             "with --bundle, torch without.")] = None,
     precision: Annotated[str | None, typer.Option(
         help="Precision plan of the bundle's graphs for onnxruntime: fp32, fp16, int8, int8-cpu or per graph "
-             "(restore_step=fp16,vcg=fp16,vda=int8). Default: the plan the bundle was built with (fp32 if none). "
-             "On the CPU, int8 runs the int8-cpu variant where the bundle has one.")] = None,
+             "(restore_step=fp16,vcg=fp16,vda=int8); for openvino: fp32 or bf16 (the fp32 graphs with OpenVINO's "
+             "bf16 hint), also per graph. Default: the plan the bundle was built with (fp32 if none). On the CPU, "
+             "int8 runs the int8-cpu variant where the bundle has one.")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="Native checkpoint (.safetensors). Default: the embedded "
                                                          "demo model (tiny, trained on synthetic distortions; see "
                                                          "weights/MODEL_CARD.md).")] = None,
@@ -192,7 +195,8 @@ def score(
     batch_size: Annotated[int, typer.Option(min=1, max=MAX_BATCH, help="Crops per batch.")] = 8,
     device: Annotated[str, typer.Option(help="cpu or cuda (torch); cpu, cuda or tensorrt (onnxruntime EPs).")]
     = "cpu",
-    threads: Annotated[int | None, typer.Option(min=1, max=MAX_THREADS, help="CPU threads for onnxruntime.")]
+    threads: Annotated[int | None, typer.Option(min=1, max=MAX_THREADS, help="CPU threads for onnxruntime and "
+                                                                             "openvino.")]
     = None,
     max_pixels: Annotated[int, typer.Option(min=1, help="Refuse images whose header declares more pixels than this "
                                                         "(checked before decoding; default 100 megapixels).")]
@@ -605,7 +609,8 @@ def parity(
     out_dir: Annotated[Path, typer.Option("--out", help="Report directory (JSON, Markdown, PNG).")]
     = Path("parity-report"),
     batch_size: Annotated[int, typer.Option(min=1, max=MAX_BATCH, help="Crops per batch.")] = 8,
-    threads: Annotated[int | None, typer.Option(min=1, max=MAX_THREADS, help="CPU threads for onnxruntime.")]
+    threads: Annotated[int | None, typer.Option(min=1, max=MAX_THREADS, help="CPU threads for onnxruntime and "
+                                                                             "openvino.")]
     = None,
 ) -> None:
     """Score parity of every backend x precision in the bundle against the torch fp32 reference. Exits 1 when a
@@ -722,7 +727,8 @@ def calibrate(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Record again; read and write no cache.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, max=MAX_BATCH, help="Crops per batch while recording.")] = 8,
     device: Annotated[str, typer.Option(help="cpu or cuda (onnxruntime).")] = "cpu",
-    threads: Annotated[int | None, typer.Option(min=1, max=MAX_THREADS, help="CPU threads for onnxruntime.")]
+    threads: Annotated[int | None, typer.Option(min=1, max=MAX_THREADS, help="CPU threads for onnxruntime and "
+                                                                             "openvino.")]
     = None,
     max_pixels: Annotated[int, typer.Option(min=1, help="Refuse images whose header declares more pixels than this "
                                                         "(default 100 megapixels).")] = DEFAULT_MAX_PIXELS,
@@ -867,8 +873,8 @@ def score_dataset(
                                                      "ray://host:10001). Default: a local Ray started for this run.")]
     = None,
     backend: Annotated[BackendName | None, typer.Option(
-        help="onnxruntime (default, CPU), or tensorrt / torch-cuda (one GPU per worker; GPU workers were never run "
-             "in this project).")] = None,
+        help="onnxruntime (default, CPU), openvino (CPU), or tensorrt / torch-cuda (one GPU per worker; GPU workers "
+             "were never run in this project).")] = None,
     precision: Annotated[str | None, typer.Option(help="Precision plan of the bundle's graphs (as for `score`).")]
     = None,
     crops: Annotated[str | None, typer.Option(help="Crop policy (default: the bundle's).")] = None,
