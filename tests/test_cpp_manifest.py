@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from hostile_edits import apply_edits
 
 from diffv2iqa_trt.bundle import load_bundle
 from diffv2iqa_trt.bundle.store import _external_locations
@@ -224,32 +225,6 @@ def test_json_reader_is_strict(verify_bundle: Path, tmp_path: Path) -> None:
 # --- issue 22, case 7: the noise test vectors must be the crop-size bank's rows ---------------------------------------
 
 EDITS = json.loads((HOSTILE / "manifest_edits.json").read_text(encoding="utf-8"))["cases"]
-
-
-def apply_edits(doc: dict[str, Any], edits: list[dict[str, Any]]) -> None:
-    """tests/data/hostile/manifest_edits.json's edits, applied to a parsed manifest (see its 'about')."""
-    p = doc["pipeline"]
-    known = {"steps": p["steps"], "crop_size": p["crop_size"]}
-
-    def value(v: Any) -> Any:
-        return [known.get(x, x) if isinstance(x, str) else x for x in v] if isinstance(v, list) else known.get(v, v)
-
-    def parent(path: list[Any]) -> Any:
-        node: Any = doc
-        for key in path[:-1]:
-            node = node[key]
-        return node
-
-    for edit in edits:
-        if edit["op"] == "set":
-            parent(edit["path"])[edit["path"][-1]] = value(edit["value"])
-        elif edit["op"] == "resize":
-            items = parent(edit["path"])[edit["path"][-1]]
-            length = value(edit["length"])
-            items[:] = items[:length] + [items[-1]] * max(0, length - len(items))
-        else:
-            assert edit["op"] == "copy", edit
-            parent(edit["to"])[edit["to"][-1]] = parent(edit["from"])[edit["from"][-1]]
 
 
 @pytest.mark.parametrize("case", EDITS, ids=[c["name"] for c in EDITS])

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hostile_edits import apply_edits
 from PIL import Image
 from test_bundle import fake_files, make_manifest
 from test_hostile_bundle import within
@@ -159,33 +160,6 @@ def test_noise_test_vectors_must_describe_the_pipelines_bank(built: Bundle, edit
 SHARED_EDITS = Path(__file__).parent / "data" / "hostile" / "manifest_edits.json"
 
 
-def _apply_shared(doc: dict[str, Any], edits: list[dict[str, Any]]) -> None:
-    """The edits of tests/data/hostile/manifest_edits.json, as its 'about' defines them (the C++ tests read the same
-    file): set VALUE, resize a list to LENGTH (repeating its last item), copy FROM to TO; "steps" and "crop_size"
-    stand for the manifest's values before the edits."""
-    known = {"steps": doc["pipeline"]["steps"], "crop_size": doc["pipeline"]["crop_size"]}
-
-    def value(v: Any) -> Any:
-        return [known.get(x, x) if isinstance(x, str) else x for x in v] if isinstance(v, list) else known.get(v, v)
-
-    def parent(path: list[Any]) -> Any:
-        node: Any = doc
-        for key in path[:-1]:
-            node = node[key]
-        return node
-
-    for edit in edits:
-        if edit["op"] == "set":
-            parent(edit["path"])[edit["path"][-1]] = value(edit["value"])
-        elif edit["op"] == "resize":
-            items = parent(edit["path"])[edit["path"][-1]]
-            length = value(edit["length"])
-            items[:] = items[:length] + [items[-1]] * max(0, length - len(items))
-        else:
-            assert edit["op"] == "copy", edit
-            parent(edit["to"])[edit["to"][-1]] = parent(edit["from"])[edit["from"][-1]]
-
-
 def test_the_shared_hostile_manifests_are_refused_where_the_cpp_reader_refuses_them(built: Bundle) -> None:
     """The Python loader and the C++ reader follow one rule: each case of the shared file is refused at the JSON path
     it names (or, for the one case no reader can refuse at load, loads)."""
@@ -196,7 +170,7 @@ def test_the_shared_hostile_manifests_are_refused_where_the_cpp_reader_refuses_t
     assert len(cases) >= 9
     for case in cases:
         doc = json.loads(original)
-        _apply_shared(doc, case["edits"])
+        apply_edits(doc, case["edits"])
         (built.root / MANIFEST_NAME).write_text(json.dumps(doc))
         if case["refused_at"] is None:
             load_bundle(built.root)
