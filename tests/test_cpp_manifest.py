@@ -129,6 +129,14 @@ def _duplicate_key(root: Path) -> str:
     return 'duplicate key "schema"'
 
 
+def _renamed_input(root: Path) -> str:
+    """Issue 23: the reader took the I/O names from the manifest and then bound the contract's names regardless."""
+    doc = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+    doc["graphs"]["vcg"]["inputs"][1]["name"] = "y_0"
+    (root / "manifest.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
+    return "$.graphs.vcg.inputs: names [x, y_0, y_t1, y_t2], the contract's are [x, y0, y_t1, y_t2]"
+
+
 DAMAGE: dict[str, tuple[Callable[[Path], str], str]] = {
     "truncated": (_truncate, "truncated"),
     "flipped-byte": (_flip, "altered"),
@@ -138,6 +146,7 @@ DAMAGE: dict[str, tuple[Callable[[Path], str], str]] = {
     "other-resize": (_other_resize, "rebuild"),
     "other-generator": (_other_generator, "rebuild"),
     "duplicate-key": (_duplicate_key, "not valid JSON"),
+    "renamed-input": (_renamed_input, "rebuild the bundle"),
 }
 
 

@@ -13,6 +13,7 @@
 #include <sstream>
 #include <vector>
 
+#include "diffv2iqa/backend.hpp"
 #include "diffv2iqa/json.hpp"
 #include "diffv2iqa/onnx_refs.hpp"
 #include "diffv2iqa/sha256.hpp"
@@ -30,6 +31,19 @@ constexpr int kMaxSizeMultiple = 256;
 constexpr int kMaxGrid = 64;
 constexpr std::uint64_t kMaxNoiseBank = std::uint64_t{4} << 30;
 const char* const kGraphNames[] = {"restore_step", "vcg", "vda"};
+
+Graph graph_of(const std::string& name) {
+  for (Graph g : kGraphs)
+    if (name == graph_name(g)) return g;
+  throw std::logic_error("no graph named " + name);
+}
+
+std::string name_list(const std::vector<std::string>& names) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < names.size(); ++i) out += (i ? ", " : "") + names[i];
+  return out + "]";
+}
+
 const char* const kCoefNames[] = {"sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
                                   "posterior_mean_coef1", "posterior_mean_coef2", "posterior_std"};
 const char* const kLinkAdvice =
@@ -510,6 +524,19 @@ Bundle load_bundle(const std::string& dir, bool verify_hashes) {
         std::string name = r.string(list.items[i], "name", w + "." + kind + "[" + std::to_string(i) + "]");
         (std::string(kind) == "inputs" ? graph.inputs : graph.outputs).push_back(name);
       }
+    }
+    // The backends bind the contract's tensor names (backend.hpp graph_tensors): a manifest that names others
+    // describes graphs this reader cannot run, so it is refused here rather than failing at the first bind.
+    std::vector<std::string> want_inputs, want_outputs;
+    for (const TensorSpec& t : graph_tensors(graph_of(gname)))
+      (t.is_input ? want_inputs : want_outputs).push_back(t.name);
+    for (const char* kind : {"inputs", "outputs"}) {
+      const bool in = std::string(kind) == "inputs";
+      const std::vector<std::string>& have = in ? graph.inputs : graph.outputs;
+      const std::vector<std::string>& want = in ? want_inputs : want_outputs;
+      if (have != want)
+        r.bad(w + "." + kind, "names " + name_list(have) + ", the contract's are " + name_list(want) +
+                                  " (in this order); rebuild the bundle with this toolkit");
     }
     for (const char* kind : {"variants", "engines"}) {
       const Value& entries = r.object(g, kind, w);
