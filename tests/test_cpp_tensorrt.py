@@ -9,8 +9,9 @@ TensorRT 10.16 and 11.1 headers and the CUDA 13 runtime headers: the stand-in fo
   the two header sets. The backend is runtime-only: no builder, no ONNX parser.
 - cpp/include/diffv2iqa/backend.hpp needs neither CUDA nor TensorRT: a fake backend compiles and runs against it.
 
-TensorRT headers: `<repo>/../shared/third_party/tensorrt-headers/<version>/include`, or $DIFFV2IQA_TRT_HEADERS in
-place of `<repo>/../shared/third_party/tensorrt-headers`. CUDA headers: scripts/cuda_headers.sh (PyPI once).
+TensorRT headers: `build/tensorrt-headers/<version>/include` inside the checkout (git-ignored: copy or link the
+public headers there), else the workplace's `../shared/third_party/tensorrt-headers`, or $DIFFV2IQA_TRT_HEADERS in place
+of either. CUDA headers: scripts/cuda_headers.sh (PyPI once).
 """
 
 from __future__ import annotations
@@ -78,20 +79,23 @@ def header_identifiers(include: Path) -> set[str]:
 
 
 def headers_root() -> Path:
-    """$DIFFV2IQA_TRT_HEADERS, else the workplace's shared/ folder beside the checkout (or inside it, where a
-    checkout carries one)."""
+    """$DIFFV2IQA_TRT_HEADERS, else build/tensorrt-headers inside the checkout, else the workplace's shared/ folder
+    beside the checkout (or inside it, where a checkout carries one). Where none exists, the checkout's own folder
+    is the one a skip names."""
     env = os.environ.get("DIFFV2IQA_TRT_HEADERS")
     if env:
         return Path(env)
-    candidates = [base / "shared" / "third_party" / "tensorrt-headers" for base in (ROOT.parent, ROOT)]
+    candidates = [ROOT / "build" / "tensorrt-headers",
+                  *(base / "shared" / "third_party" / "tensorrt-headers" for base in (ROOT.parent, ROOT))]
     return next((c for c in candidates if c.is_dir()), candidates[0])
 
 
 def trt_include(version: str) -> Path:
     include = headers_root() / version / "include"
     if not (include / "NvInferRuntime.h").is_file():
-        pytest.skip(f"no TensorRT {version} headers at {include} (set DIFFV2IQA_TRT_HEADERS to the folder holding "
-                    f"{'/'.join(VERSIONS)}/include)")
+        pytest.skip(f"no TensorRT {version} headers at {include} (put the public TensorRT headers of "
+                    f"{' and '.join(VERSIONS)} in build/tensorrt-headers/<version>/include, or set "
+                    "DIFFV2IQA_TRT_HEADERS to the folder holding them)")
     return include
 
 
