@@ -317,6 +317,11 @@ class Scorer:
         return [FileResult(Path(f), r.image_score, r.error)
                 for f, r in zip(files, self.score(list(files), progress=progress), strict=True)]
 
+    def score_prepared(self, prepared: Sequence[Sequence[WorkUnit]]) -> list[ImageScore]:
+        """Images already decoded and cut into work units (`runtime.crops.prepare`, as score-dataset's decoding
+        stage does on other workers): one ImageScore per image, in order."""
+        return self.pipeline.score_prepared(prepared)
+
     def close(self) -> None:
         """Release the backend: a GPU stream pipeline frees its buffers, graphs, contexts and streams; a host pipeline
         drops its sessions (ONNX Runtime) or model (torch) and its noise banks. Idempotent; scoring afterwards raises

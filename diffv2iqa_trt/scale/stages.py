@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..api import Scorer
 from ..errors import ImageDecodeError
 from ..runtime.crops import ImageSizeError, prepare
 from ..runtime.images import allow_pillow_pixels, load_image
 from ..runtime.pipeline import PipelineSpec
 from ..runtime.scoring import FileResult, checked_result
-from ..scorers import ScoreOptions, open_scorer
+from ..scorers import ScoreOptions
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,8 @@ class BundleScorer:
     """One per Ray actor: the bundle's scorer, opened once, applied to batches of prepared images."""
 
     def __init__(self, options: ScoreOptions, rules: CropRules) -> None:
-        self.scorer = open_scorer(options)
-        mine = CropRules.of(self.scorer.pipeline.spec)
+        self.scorer = Scorer.from_options(options)  # the public API, as `score` uses it
+        mine = CropRules.of(self.scorer.spec)
         if mine != rules:  # the decoding stage cut crops for another pipeline: a bug, not a user error
             raise RuntimeError(f"the scorer's crop rules {mine} differ from the decoding stage's {rules}")
 
@@ -96,7 +97,7 @@ class BundleScorer:
         results: list[FileResult] = [FileResult(p, None, e) for p, e in zip(paths, errors, strict=True)]
         todo = [(i, blob) for i, blob in enumerate(blobs) if blob is not None]
         prepared = [pickle.loads(blob) for _, blob in todo]  # written by decode_and_crop in this same job
-        for (i, _), score in zip(todo, self.scorer.pipeline.score_prepared(prepared), strict=True):
+        for (i, _), score in zip(todo, self.scorer.score_prepared(prepared), strict=True):
             results[i] = checked_result(paths[i], score)
         rows = [r.row() for r in results]
         columns: dict[str, list[Any]] = {
