@@ -61,8 +61,8 @@ class _LineStatus:
     """Progress without a terminal (output redirected, CI logs): each new message as a line on stderr, with the
     seconds since the start, instead of a spinner that prints nothing there."""
 
-    def __init__(self, label: str) -> None:
-        self.label, self.start, self.last = label, time.perf_counter(), ""
+    def __init__(self) -> None:
+        self.start, self.last = time.perf_counter(), ""
 
     def update(self, message: str) -> None:
         if message != self.last:
@@ -78,7 +78,7 @@ def _status(label: str) -> Iterator[Any]:
         with err.status(label) as status:
             yield status
     else:
-        lines = _LineStatus(label)
+        lines = _LineStatus()
         lines.update(f"{escape(label)}: started")
         yield lines
 

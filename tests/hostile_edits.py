@@ -3,6 +3,7 @@ Python loader's tests, so both read the same hostile manifests."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -31,3 +32,15 @@ def apply_edits(doc: dict[str, Any], edits: list[dict[str, Any]]) -> None:
         else:
             assert edit["op"] == "copy", edit
             parent(edit["to"])[edit["to"][-1]] = parent(edit["from"])[edit["from"][-1]]
+
+
+def point_external_data_at(onnx_path: Path, location: str) -> None:
+    """Rewrite every initializer's external-data `location` of an ONNX file (its data is not loaded)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    for t in model.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location":
+                entry.value = location
+    onnx_path.write_bytes(model.SerializeToString())

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from hostile_edits import apply_edits
+from hostile_edits import apply_edits, point_external_data_at
 
 from diffv2iqa_trt.bundle import load_bundle
 from diffv2iqa_trt.bundle.store import _external_locations
@@ -333,12 +333,7 @@ def external_vcg(source: Path, root: Path, *, location: str = "vcg.data", listed
                 data[start:start + length] = values.astype("<f4").tobytes()
         (root / "vcg.data").write_bytes(bytes(data))
     if location != "vcg.data":
-        graph = onnx.load(str(root / "vcg.fp32.onnx"), load_external_data=False)
-        for t in graph.graph.initializer:
-            for e in t.external_data:
-                if e.key == "location":
-                    e.value = location
-        (root / "vcg.fp32.onnx").write_bytes(graph.SerializeToString())
+        point_external_data_at(root / "vcg.fp32.onnx", location)
     doc = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
     _relist(root, doc, "vcg.fp32.onnx")
     if listed:

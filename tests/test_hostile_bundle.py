@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from hostile_edits import point_external_data_at
 from onnx import TensorProto, external_data_helper, helper, numpy_helper
 from test_bundle import CROP, fake_files, leftovers, make_manifest
 from typer.testing import CliRunner
@@ -226,12 +227,7 @@ def _bundle_with_external_vcg(tmp_path: Path, location: str, *, listed: bool) ->
     if not listed:
         shutil.copy(tmp_path / "g" / "vcg.data", root / "vcg.data")  # present, but neither listed nor hashed
     if location != "vcg.data":
-        model = onnx.load(str(root / "vcg.fp32.onnx"), load_external_data=False)
-        for t in model.graph.initializer:
-            for entry in t.external_data:
-                if entry.key == "location":
-                    entry.value = location
-        (root / "vcg.fp32.onnx").write_bytes(model.SerializeToString())
+        point_external_data_at(root / "vcg.fp32.onnx", location)
         manifest_doc = json.loads((root / MANIFEST_NAME).read_text())
         size = (root / "vcg.fp32.onnx").stat().st_size
         digest = store_module.sha256_file(root / "vcg.fp32.onnx")

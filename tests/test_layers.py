@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "diffv2iqa_trt"
 DEPLOYMENT = [*sorted((PACKAGE / "runtime").rglob("*.py")), *sorted((PACKAGE / "bundle").rglob("*.py")),
               *sorted((PACKAGE / "calibration").rglob("*.py")), *sorted((PACKAGE / "engine").rglob("*.py")),
               *(PACKAGE / name for name in ("contract.py", "errors.py", "config.py", "schedule.py", "metrics.py",
-                                            "precision_plan.py"))]
+                                            "cache_dirs.py", "precision_plan.py"))]
 FORBIDDEN = ("torch", "diffv2iqa_trt.model", "diffv2iqa_trt.export", "diffv2iqa_trt.benchmarks",
              "diffv2iqa_trt.reference", "diffv2iqa_trt.training", "diffv2iqa_trt.assemble", "diffv2iqa_trt.cli",
              "diffv2iqa_trt.scorers")

@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 from diffv2iqa_trt.cli import app
 from diffv2iqa_trt.errors import BackendError
 from diffv2iqa_trt.runtime.backends import BackendOptions
-from diffv2iqa_trt.runtime.backends import onnxruntime_backend as backend
 from diffv2iqa_trt.runtime.backends.onnxruntime_backend import (
     engine_cache_dir,
     executor_from_bundle,
@@ -219,7 +218,20 @@ def test_cli_refuses_the_fallback_with_exit_code_2(auto_built, gpu_build, monkey
     assert "without CUDAExecutionProvider" in res.stderr and "Traceback" not in res.output
 
 
-def test_module_reads_the_same_cache_variable_as_calibration():
-    from diffv2iqa_trt.calibration.cache import CACHE_ENV
+def test_every_cache_lives_under_one_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """One rule (cache_dirs.cache_root) for calibration sets, timing caches and the backends' compiled models."""
+    from diffv2iqa_trt.cache_dirs import CACHE_ENV, cache_root
+    from diffv2iqa_trt.calibration.cache import default_cache_dir
+    from diffv2iqa_trt.engine.compatibility import Machine
+    from diffv2iqa_trt.engine.timing_cache import default_cache_path
 
-    assert backend.CACHE_ENV == CACHE_ENV
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # not absolute: ignored, as the XDG spec asks
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_root() == tmp_path / "home" / ".cache" / "diffv2iqa-trt"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "diffv2iqa-trt"
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "mine"))
+    machine = Machine(tensorrt="10.13.0.35", gpu="NVIDIA H100", sm="9.0")
+    assert default_cache_dir() == tmp_path / "mine" / "calibration"
+    assert default_cache_path(machine) == tmp_path / "mine" / "timing" / "trt10.13.0.35-sm9.0-nvidia-h100.cache"

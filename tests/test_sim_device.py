@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from toy_graphs import ToyExecutor
+from toy_graphs import FailOnce, ToyExecutor
 
 from diffv2iqa_trt.config import ScoringConfig, tiny_config
 from diffv2iqa_trt.data.photos import photos
@@ -217,18 +217,8 @@ def test_the_strict_device_catches_a_capture_left_open(images: list[np.ndarray])
     """Without the abort, a failure inside a capture leaves the device capturing: the next batch fails."""
     mutant = _mutant("no-abort", "            d.abort_capture(loop)\n", "            pass\n")
 
-    class FailOnce(ExecutorLauncher):
-        """Its next vcg launch fails on the host side (as a TensorRT enqueue error would), once armed."""
-
-        armed = False
-
-        def before_enqueue(self, graph: str, *args: Any) -> None:
-            if self.armed and graph == "vcg":
-                self.armed = False
-                raise RuntimeError("injected")
-
     for module, survives in ((stream_pipeline, True), (mutant, False)):
-        launcher = FailOnce(ToyExecutor())
+        launcher = FailOnce(ToyExecutor(), "vcg", RuntimeError("injected"))
         device = StrictDevice(0)
         pipe = module.StreamPipeline(device, launcher, spec("center", "crops"), batch_size=2, cuda_graph=True)
         pipe.score(images)

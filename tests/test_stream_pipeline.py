@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from toy_graphs import ToyExecutor
+from toy_graphs import FailOnce, ToyExecutor
 from typer.testing import CliRunner
 
 from diffv2iqa_trt.bundle import Bundle
@@ -201,17 +201,7 @@ def test_a_failure_inside_a_capture_leaves_the_stream_usable(bundle: Bundle, ima
     spec = dataclasses.replace(bundle_pipeline(bundle).spec, crops="center", mode="crops")
     want = [r.score for r in Pipeline(ToyExecutor(), spec, 2).score(images)]
 
-    class FailOnce(ExecutorLauncher):
-        """Its next vda launch fails on the host side (as a TensorRT enqueue error would), once armed."""
-
-        armed = False
-
-        def before_enqueue(self, graph: str, *args: Any) -> None:
-            if self.armed and graph == "vda":
-                self.armed = False
-                raise BackendError("injected failure")
-
-    launcher = FailOnce(ToyExecutor())
+    launcher = FailOnce(ToyExecutor(), "vda", BackendError("injected failure"))
     device = StrictDevice(0)
     pipe = StreamPipeline(device, launcher, spec, batch_size=2, cuda_graph=True)
     assert [r.score for r in pipe.score(images)] == want  # 5 images: batches 2, 2, 1: every slot's eager run

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+
+from diffv2iqa_trt.runtime.device import ExecutorLauncher
 
 
 class ToyExecutor:
@@ -36,3 +40,17 @@ class ToyExecutor:
 
     def vda(self, x: np.ndarray, y0: np.ndarray, yt1: np.ndarray, yt2: np.ndarray) -> np.ndarray:
         return self._score(yt2, yt1, y0, x, -1.0)
+
+
+class FailOnce(ExecutorLauncher):
+    """A host launcher whose next `graph` launch fails on its host side (as a TensorRT enqueue error would) once
+    `armed` is set; the failure happens when the launch is enqueued, so inside a capture too."""
+
+    def __init__(self, executor: Any, graph: str, error: Exception) -> None:
+        super().__init__(executor)
+        self.graph, self.error, self.armed = graph, error, False
+
+    def before_enqueue(self, graph: str, *args: Any) -> None:
+        if self.armed and graph == self.graph:
+            self.armed = False
+            raise self.error

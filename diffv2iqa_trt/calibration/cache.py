@@ -40,6 +40,7 @@ from .. import __version__
 from ..atomic import atomic_path
 from ..bundle.schema import utc_timestamp
 from ..bundle.store import Bundle
+from ..cache_dirs import cache_root
 from ..config import ScoringConfig
 from ..contract import GRAPH_NAMES
 from ..errors import ConfigError
@@ -50,22 +51,14 @@ from . import record as recording
 from .dataset import DEFAULT_MAX_CROPS, FORMAT_VERSION, MIN_IMAGES, CalibrationSet
 from .record import Progress, check_enough, image_files, plan_crops
 
-CACHE_ENV = "DIFFV2IQA_TRT_CACHE"  # overrides the cache root (its `calibration` folder holds the sets)
-
 
 class CalibrationCacheWarning(UserWarning):
     """A cached calibration set was present but not used (damaged, swapped or altered): it is recorded again."""
 
 
 def default_cache_dir() -> Path:
-    """$DIFFV2IQA_TRT_CACHE/calibration, else $XDG_CACHE_HOME/diffv2iqa-trt/calibration, else
-    ~/.cache/diffv2iqa-trt/calibration."""
-    root = os.environ.get(CACHE_ENV)
-    if root:
-        return Path(root) / "calibration"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
-    return base / "diffv2iqa-trt" / "calibration"
+    """The `calibration` folder of the toolkit's cache (cache_dirs.cache_root)."""
+    return cache_root() / "calibration"
 
 
 def weight_hashes(bundle: Bundle) -> dict[str, dict[str, str]]:

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..atomic import current_umask
+from ..cache_dirs import cache_root
 from ..errors import ConfigError
 from .compatibility import Machine
 
@@ -39,8 +40,7 @@ def cache_key(machine: Machine) -> str:
 
 
 def default_cache_path(machine: Machine) -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "diffv2iqa-trt" / "timing" / f"{cache_key(machine)}.cache"
+    return cache_root() / "timing" / f"{cache_key(machine)}.cache"
 
 
 class TimingCacheFile:

@@ -26,6 +26,7 @@ from .crops import ImageSizeError, WorkUnit
 
 if TYPE_CHECKING:
     from ..bundle.manifest import Profiles
+    from ..bundle.store import Bundle
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,9 @@ class BatchLimits:
                    max_width=int(restore[3]) if resolution else None)
 
     @classmethod
-    def from_bundle(cls, bundle: object, resolution: bool = True) -> BatchLimits:
-        """Limits from a runtime Bundle's graph entries (typed loosely: runtime/ must not import bundle.store)."""
-        graphs = {g: bundle.graph(g).profiles for g in (RESTORE_STEP, *BRANCH_GRAPHS)}  # type: ignore[attr-defined]
-        return cls.from_profiles(graphs, resolution)
+    def from_bundle(cls, bundle: Bundle, resolution: bool = True) -> BatchLimits:
+        """Limits from a bundle's graph entries."""
+        return cls.from_profiles({g: bundle.graph(g).profiles for g in (RESTORE_STEP, *BRANCH_GRAPHS)}, resolution)
 
     def restore_batch_for(self, batch_size: int, direct: bool) -> int:
         """Images per restoration batch; `direct`: the restored images are the branch inputs (crops mode)."""

@@ -80,6 +80,17 @@ class Launch:
     def __call__(self) -> None:
         self.fn(*self.inputs, self.out, self.stream)
 
+    @property
+    def graph(self) -> str:
+        return getattr(self.fn, "__name__", type(self.fn).__name__)
+
+    def host_side(self) -> None:
+        """The launcher's host-side checks (`before_enqueue(graph, inputs, out, stream)`, where it has them), which
+        run when the launch is enqueued, as TensorRT's shape checks do, not when the device runs the graph."""
+        check = getattr(getattr(self.fn, "__self__", None), "before_enqueue", None)
+        if check is not None:
+            check(self.graph, self.inputs, self.out, self.stream)
+
 
 class Launcher(Protocol):
     """Runs a graph of the bundle contract on device arrays, writing its result into `out`, on `stream`."""
@@ -171,6 +182,8 @@ class HostDevice:
         self._do("copy", lambda: np.copyto(dst, src[:, top:top + h, left:left + w]), stream)
 
     def enqueue(self, work: Work, stream: HostStream) -> None:
+        if isinstance(work, Launch):
+            work.host_side()
         self._do("launch", work, stream)
 
     def record(self, event: HostEvent, stream: HostStream) -> None:

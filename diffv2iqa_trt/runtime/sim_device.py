@@ -19,7 +19,7 @@ GPU would (ordering bugs, races, work inside a capture that a CUDA graph forbids
 A launcher may have a host side: `before_enqueue(graph, inputs, out, stream)` runs when the launch is enqueued (as
 TensorRT's shape checks and enqueue call do on the host), the graph itself when the device runs it.
 `ProfileLauncher` wraps a launcher and refuses any input shape outside the bundle's profile, on the host side,
-exactly where TensorRT's `set_input_shape` would.
+exactly where TensorRT's `set_input_shape` would (HostDevice runs the host side at enqueue too).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ..contract import GRAPH_INPUTS, RESTORE_STEP, VCG, VDA
+from ..contract import GRAPH_INPUTS
 from ..errors import BackendError
 from .device import Launch, Launcher
 
@@ -305,14 +305,10 @@ class StrictDevice:
         if not isinstance(work, Launch):
             raise DeviceOrderError("StrictDevice.enqueue takes a runtime.device.Launch (its buffers must be known "
                                    f"to check their ordering), got {type(work).__name__}")
-        # The host side of a launch (TensorRT's shape and address checks, enqueue errors) happens now, on the host;
-        # only the device side waits in the queue.
-        host_side = getattr(getattr(work.fn, "__self__", None), "before_enqueue", None)
-        if host_side is not None:
-            host_side(_name(work.fn), work.inputs, work.out, stream)
-        inputs = [self._region(a, "device", f"{_name(work.fn)} input") for a in work.inputs]
-        out = self._region(work.out, "device", f"{_name(work.fn)} output")
-        fn, label = work.fn, _name(work.fn)
+        work.host_side()  # now, on the host; only the device side waits in the queue
+        fn, label = work.fn, work.graph
+        inputs = [self._region(a, "device", f"{label} input") for a in work.inputs]
+        out = self._region(work.out, "device", f"{label} output")
 
         def run(stream: SimStream = stream) -> None:
             fn(*[r.array(label) for r in inputs], out.array(label), stream)
@@ -340,12 +336,7 @@ class StrictDevice:
         self._tick(stream)
         event.clock = dict(stream.clock)
         event.captured_in = None
-        op = Op("record", lambda: None, stream)
-
-        def stamp() -> None:
-            op.time = time.perf_counter()
-
-        op.run = stamp
+        op = Op("record", lambda: None, stream)  # its time is stamped when it runs (_run_until)
         event.last_record = op
         stream.queue.append(op)
 
@@ -479,10 +470,6 @@ def _same(src: np.ndarray, dst: np.ndarray, what: str) -> None:
         raise ValueError(f"{what}: {src.shape} {src.dtype} into {dst.shape} {dst.dtype}")
 
 
-def _name(fn: Callable[..., Any]) -> str:
-    return getattr(fn, "__name__", type(fn).__name__)
-
-
 # ----------------------------------------------------------------------------------------------- profile limits
 
 
@@ -498,7 +485,8 @@ class ProfileLauncher:
         self.plan = getattr(inner, "plan", None)
         self.shapes_seen: dict[str, set[tuple[tuple[int, ...], ...]]] = {}
 
-    def _check(self, graph: str, inputs: tuple[np.ndarray, ...]) -> None:
+    def before_enqueue(self, graph: str, inputs: tuple[np.ndarray, ...], out: np.ndarray, stream: Any) -> None:
+        """The host side of a launch (devices call it when the launch is enqueued): the profile check."""
         p = self.profiles[graph]
         for name, array in zip(GRAPH_INPUTS[graph], inputs, strict=True):
             if name not in p.min:
@@ -510,22 +498,16 @@ class ProfileLauncher:
                                    f"(its profile allows {list(lo)} to {list(hi)})")
         self.shapes_seen.setdefault(graph, set()).add(tuple(tuple(a.shape) for a in inputs))
 
-    def before_enqueue(self, graph: str, inputs: tuple[np.ndarray, ...], out: np.ndarray, stream: Any) -> None:
-        self._check(graph, inputs)
-
     def restore_step(self, x: np.ndarray, y: np.ndarray, gamma: np.ndarray, coef: np.ndarray, z: np.ndarray,
                      out: np.ndarray, stream: Any) -> None:
-        self._check(RESTORE_STEP, (x, y, gamma, coef, z))
         self.inner.restore_step(x, y, gamma, coef, z, out, stream)
 
     def vcg(self, x: np.ndarray, y0: np.ndarray, yt1: np.ndarray, yt2: np.ndarray, out: np.ndarray,
             stream: Any) -> None:
-        self._check(VCG, (x, y0, yt1, yt2))
         self.inner.vcg(x, y0, yt1, yt2, out, stream)
 
     def vda(self, x: np.ndarray, y0: np.ndarray, yt1: np.ndarray, yt2: np.ndarray, out: np.ndarray,
             stream: Any) -> None:
-        self._check(VDA, (x, y0, yt1, yt2))
         self.inner.vda(x, y0, yt1, yt2, out, stream)
 
     def close(self) -> None:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from ...cache_dirs import CACHE_ENV, cache_root
 from ...contract import GRAPH_NAMES, GRAPH_OUTPUTS, RESTORE_STEP, TensorSpec
 from ...errors import BackendError, BundleError, ConfigError
 from ...precision_plan import runnable_plan
@@ -51,7 +52,6 @@ CPU_PROVIDER = "CPUExecutionProvider"
 # a string; booleans of the TensorRT EP must read "True" / "False").
 ProviderList = list[tuple[str, dict[str, str]]]
 
-CACHE_ENV = "DIFFV2IQA_TRT_CACHE"  # the toolkit's cache root (the same variable calibration/cache.py reads)
 TRT_CACHE_DIR = "onnxruntime-tensorrt"  # under the cache root: one folder per bundle (and ONNX Runtime version)
 
 # Why a GPU provider is missing from a session, and what to do about it (the message of a refused fallback).
@@ -120,17 +120,6 @@ def io_mismatches(session_io: Sequence[Any], expected: Sequence[TensorSpec], kin
     return problems
 
 
-def default_cache_root() -> Path:
-    """The toolkit's cache folder: $DIFFV2IQA_TRT_CACHE, else $XDG_CACHE_HOME/diffv2iqa-trt (when absolute), else
-    ~/.cache/diffv2iqa-trt (the rule calibration/cache.py follows for its `calibration` folder)."""
-    root = os.environ.get(CACHE_ENV)
-    if root:
-        return Path(root)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
-    return base / "diffv2iqa-trt"
-
-
 def bundle_key(bundle: Bundle) -> str:
     """16 hex digits of the sha256 of the bundle's manifest (canonical JSON). The manifest lists the sha256 of every
     file, so two bundles share a key only when they hold the same graphs."""
@@ -143,7 +132,7 @@ def engine_cache_dir(bundle: Bundle, ort_version: str, root: Path | None = None)
     The EP names an engine file after the model's file name and its node and input names, not its weights (its
     `TRTGenerateId`): every bundle's `restore_step.fp32.onnx` would get the same name, and a rebuilt bundle would load
     the old engine. Its docs also say to discard engines when ONNX Runtime changes: a folder per bundle and version."""
-    base = root if root is not None else default_cache_root()
+    base = root if root is not None else cache_root()
     return base / TRT_CACHE_DIR / f"ort{ort_version}-{bundle_key(bundle)}"
 
 

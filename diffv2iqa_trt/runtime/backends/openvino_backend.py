@@ -31,10 +31,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ...cache_dirs import CACHE_ENV, cache_root
 from ...contract import GRAPH_NAMES, GRAPH_OUTPUTS, RESTORE_STEP, TensorSpec
 from ...errors import BackendError, BundleError, ConfigError
 from ...precision_plan import BF16, runnable_plan, variant_of
-from .onnxruntime_backend import CACHE_ENV, bundle_key, default_cache_root, io_mismatches
+from .onnxruntime_backend import bundle_key, io_mismatches
 
 if TYPE_CHECKING:
     from ...bundle.store import Bundle
@@ -105,7 +106,7 @@ def openvino_cache_dir(bundle: Bundle, ov_version: str, root: Path | None = None
     """Where OpenVINO keeps this bundle's compiled models: <cache root>/openvino/ov<version>-<bundle key>. OpenVINO
     keys each blob by the model and the compile options; the folder per bundle and version keeps them apart from
     other bundles' and easy to delete."""
-    base = root if root is not None else default_cache_root()
+    base = root if root is not None else cache_root()
     return base / OV_CACHE_DIR / f"ov{ov_version.split('-')[0]}-{bundle_key(bundle)}"
 
 
