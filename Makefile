@@ -17,12 +17,22 @@ $(BIN)/diffv2iqa-trt: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[cpu,precision,dev,ray,openvino]'
 	touch $@
 
+# The serving environment (`diffv2iqa-trt serve`): PyTriton needs NumPy < 2, the development environment NumPy 2
+# (see the `serve` extra in pyproject.toml), so serving gets its own virtualenv beside $(VENV). The serve tests start
+# the server from it (DIFFV2IQA_TRT_SERVE_PYTHON) and talk to it from $(VENV), as a client would.
+SERVE_VENV ?= $(VENV)-serve
+$(SERVE_VENV)/bin/diffv2iqa-trt: pyproject.toml
+	$(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/pip install --quiet $(TORCH_PIP_ARGS) torch==2.13.0
+	$(SERVE_VENV)/bin/pip install --quiet -e '.[serve]'
+	touch $@
+
 # The TensorRT 10.13 type stubs, fixed up, for mypy and the engine tests (scripts/tensorrt_stubs.py; needs PyPI once).
 typings/.installed: scripts/tensorrt_stubs.py | $(BIN)/diffv2iqa-trt
 	$(BIN)/python scripts/tensorrt_stubs.py typings
 
 .PHONY: install demo lint test test-all
-install: $(BIN)/diffv2iqa-trt typings/.installed
+install: $(BIN)/diffv2iqa-trt typings/.installed $(SERVE_VENV)/bin/diffv2iqa-trt
 
 demo: install
 	$(BIN)/python scripts/make_samples.py out/samples
@@ -34,7 +44,7 @@ lint: install
 
 # --durations: CI logs the slowest tests, so a test that grows slow is seen.
 test: install
-	$(BIN)/python -m pytest -m "not slow" -q --durations=15
+	DIFFV2IQA_TRT_SERVE_PYTHON=$(SERVE_VENV)/bin/python $(BIN)/python -m pytest -m "not slow" -q --durations=15
 
 test-all: install
-	$(BIN)/python -m pytest -q
+	DIFFV2IQA_TRT_SERVE_PYTHON=$(SERVE_VENV)/bin/python $(BIN)/python -m pytest -q

@@ -936,7 +936,17 @@ def _register_training() -> None:
     app.add_typer(train_app, name="train", help="Train the tiny demo model on synthetic distortions of real photos.")
 
 
+def _register_serving() -> None:
+    """`diffv2iqa-trt serve` and `export-triton` (diffv2iqa_trt/serving); their modules import PyTriton lazily."""
+    from .serving.export_command import export_triton
+    from .serving.serve_command import serve
+
+    app.command("serve")(serve)
+    app.command("export-triton")(export_triton)
+
+
 _register_training()
+_register_serving()
 
 
 if __name__ == "__main__":
