@@ -15,6 +15,7 @@ from ..contract import GRAPH_NAMES, GRAPH_OUTPUTS, RESTORE_OUTPUT, RESTORE_STEP,
 from ..metrics import abs_error_summary, krcc, plcc, rank_flips, srcc
 from ..runtime.backends.onnxruntime_backend import OnnxRuntimeExecutor
 from ..runtime.crops import WorkUnit
+from ..runtime.executor import Executor
 from ..runtime.pipeline import Pipeline, PipelineSpec
 
 
@@ -107,5 +108,9 @@ class EvalSet:
             {g: paths[g] for g in GRAPH_NAMES}, {g: [t.name for t in self.io[g][0]] for g in GRAPH_NAMES},
             {g: GRAPH_OUTPUTS[g][0] for g in GRAPH_NAMES}, device="cpu", threads=self.threads,
             io={g: self.io[g] for g in GRAPH_NAMES})
+        return self.scores_with(executor)
+
+    def scores_with(self, executor: Executor) -> np.ndarray:
+        """Fused scores of every evaluation image on `executor` (any backend's, or a wrapper of one)."""
         results = Pipeline(executor, self.spec, self.batch_size).score_prepared(self.prepared)
         return np.array([r.score for r in results], dtype=np.float64)

@@ -28,7 +28,7 @@ from ..calibration import MIN_IMAGES, CalibrationSet, calibration_set
 from ..calibration.record import image_files
 from ..contract import GRAPH_NAMES, RESTORE_STEP
 from ..errors import ConfigError, ExportError, ImageDecodeError
-from ..precision_plan import INT8, INT8_CPU, PrecisionPlan
+from ..precision_plan import BF16, INT8, INT8_CPU, PrecisionPlan
 from ..runtime.crops import prepare
 from ..runtime.images import load_image
 from ..runtime.pipeline import PipelineSpec
@@ -337,5 +337,9 @@ def _write(bundle: Bundle, request: PrecisionPlan, chosen: Mapping[str, Measured
         "candidates": {g: [m.to_dict() for m in ms.values()] for g, ms in work.measured.items() if ms},
         "failed": work.failed,
     })
+    prior = bundle.manifest.precision
+    if prior is not None and BF16 in prior.report:
+        # The bf16 record measures the FP32 graphs, which this build copies unchanged: it stays valid.
+        report[BF16] = prior.report[BF16]
     doc["precision"] = PrecisionSection(plan=plan, requested=request.label(), report=report).to_dict()
     return write_bundle(out, doc, files, overwrite=options.overwrite)
