@@ -4,12 +4,16 @@ runtime/, bundle/ and engine/ (and the bottom modules they use) must run where o
 TensorRT are installed (an engine build box needs no torch), so they may not import torch, the model, the exporter,
 the reference, the benchmarks, training, bundle assembly or the CLI. Checked statically on every import statement
 (including imports inside functions), so a lazy import cannot slip through the way it would in a test that only
-imports the package.
+imports the package. Imports named by strings (`importlib.import_module("diffv2iqa_trt.x")`, `__import__`, a
+"module:function" reference) are edges too: the checker reads them, and no module of the package may name one of
+the package's own modules that way (issue 23 item 3: the backend registry used to, so the test could not see that the
+runtime reached the reference side).
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -22,16 +26,43 @@ DEPLOYMENT = [*sorted((PACKAGE / "runtime").rglob("*.py")), *sorted((PACKAGE / "
 FORBIDDEN = ("torch", "diffv2iqa_trt.model", "diffv2iqa_trt.export", "diffv2iqa_trt.benchmarks",
              "diffv2iqa_trt.reference", "diffv2iqa_trt.training", "diffv2iqa_trt.assemble", "diffv2iqa_trt.cli",
              "diffv2iqa_trt.scorers")
+# "pkg.module" or "pkg.module:function" in a string: how an import by name is spelled.
+_MODULE_TEXT = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*)?")
+# String-named edges into the package that exist on purpose, each with why; an entry is removed with its cause.
+TRANSITIONAL_EDGES = {
+    ("runtime/backends/__init__.py", "diffv2iqa_trt.reference.backends"):
+        "until api.py imports diffv2iqa_trt.reference.backends itself (issue 23 item 3)",
+}
+
+
+def string_imports(tree: ast.AST) -> set[str]:
+    """Modules named by strings: the argument of importlib.import_module / __import__ (a constant), and any string
+    constant of the form "diffv2iqa_trt.module" or "diffv2iqa_trt.module:function" (a lazy reference resolved
+    later, like the registry's old entries)."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) and isinstance(
+                node.args[0].value, str):
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+            if called in ("import_module", "__import__"):
+                names.add(node.args[0].value.partition(":")[0])
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith(
+                "diffv2iqa_trt.") and _MODULE_TEXT.fullmatch(node.value):
+            names.add(node.value.partition(":")[0])
+    return names
 
 
 def imported_modules(path: Path, module: str | None = None) -> set[str]:
-    """Absolute names of every module an import statement in `path` names (relative imports resolved); `module`: the
-    dotted name the file has (default: from its place in the package)."""
+    """Absolute names of every module an import statement in `path` names (relative imports resolved), and every
+    module it names by a string (string_imports); `module`: the dotted name the file has (default: from its place in
+    the package)."""
     package = module or ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
     if path.name != "__init__.py":
         package = package.rsplit(".", 1)[0]
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = string_imports(tree)
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -57,10 +88,67 @@ def test_resolver_sees_relative_and_lazy_imports(tmp_path: Path) -> None:
     assert {"diffv2iqa_trt.model", "torch.nn"} <= imported_modules(lazy, "diffv2iqa_trt.runtime._probe_for_test")
 
 
+def test_resolver_sees_imports_named_by_strings(tmp_path: Path) -> None:
+    probe = tmp_path / "_probe_for_test.py"
+    probe.write_text('import importlib\nREGISTRY = {"torch": "diffv2iqa_trt.reference.torch_executor:make"}\n'
+                     'def f():\n    importlib.import_module("diffv2iqa_trt.model.unet")\n    __import__("torch")\n'
+                     '    return "diffv2iqa_trt.benchmarks.bench is a phrase, not a module"\n')
+    names = imported_modules(probe, "diffv2iqa_trt.runtime._probe_for_test")
+    assert {"diffv2iqa_trt.reference.torch_executor", "diffv2iqa_trt.model.unet", "torch"} <= names
+    assert not any(n.startswith("diffv2iqa_trt.benchmarks") for n in names)  # prose is not an import
+
+
+def _forbidden(path: Path) -> list[str]:
+    rel = str(path.relative_to(PACKAGE))
+    return sorted(n for n in imported_modules(path) if any(n == f or n.startswith(f + ".") for f in FORBIDDEN)
+                  and (rel, n) not in TRANSITIONAL_EDGES)
+
+
 @pytest.mark.parametrize("path", DEPLOYMENT, ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_deployment_modules_do_not_import_the_torch_side(path: Path) -> None:
-    bad = sorted(n for n in imported_modules(path) if any(n == f or n.startswith(f + ".") for f in FORBIDDEN))
+    bad = _forbidden(path)
     assert not bad, f"{path.relative_to(PACKAGE)} imports {bad}"
+
+
+def test_the_old_string_registry_would_fail_the_layering_test(tmp_path: Path) -> None:
+    # What runtime/backends/__init__.py held before issue 23 item 3: the rule must catch it.
+    old = tmp_path / "__init__.py"
+    old.write_text('_REGISTRY = {"torch": "diffv2iqa_trt.reference.torch_executor:executor_from_bundle"}\n')
+    names = imported_modules(old, "diffv2iqa_trt.runtime.backends")
+    assert "diffv2iqa_trt.reference.torch_executor" in names
+
+
+def test_no_module_names_a_module_of_the_package_by_a_string() -> None:
+    """Every edge inside the package is an import statement (the layering checks above read those), except the
+    listed transitional ones."""
+    found = set()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = str(path.relative_to(PACKAGE))
+        for name in string_imports(ast.parse(path.read_text(), filename=str(path))):
+            if name.startswith("diffv2iqa_trt.") and (rel, name) not in TRANSITIONAL_EDGES:
+                found.add((rel, name))
+    # The CLI runs itself in subprocesses ("python -m diffv2iqa_trt.cli") and report.py names harness modules in
+    # the command it records: module names as text for a command line, not imports.
+    assert found <= {("benchmarks/scale_bench.py", "diffv2iqa_trt.cli")}, sorted(found)
+    for rel, name in TRANSITIONAL_EDGES:  # a listed edge that is gone must leave the list too
+        assert name in string_imports(ast.parse((PACKAGE / rel).read_text())), (rel, name)
+
+
+def test_backends_are_registered_as_functions_by_their_own_side() -> None:
+    from diffv2iqa_trt.reference import backends as reference
+    from diffv2iqa_trt.runtime import backends
+
+    assert set(backends.backend_names()) == {"onnxruntime", "openvino", "torch", "torch-cuda", "tensorrt"}
+    assert backends.create_executor.__module__ == "diffv2iqa_trt.runtime.backends"
+    assert backends.STREAM_BACKENDS["torch-cuda"] is reference.torch_cuda_pipeline
+    for name in ("onnxruntime", "openvino", "tensorrt"):
+        factory = backends._REGISTRY.get(name) or backends.STREAM_BACKENDS[name]
+        assert factory.__module__ == "diffv2iqa_trt.runtime.backends", name
+    with pytest.raises(TypeError, match="register a function, not str"):
+        backends.register_backend("torch", "diffv2iqa_trt.reference.torch_executor:executor_from_bundle")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="register a function"):
+        backends.register_stream_backend("x", "diffv2iqa_trt.reference.torch_cuda:stream_pipeline_from_bundle")  # type: ignore[arg-type]
+    assert "x" not in backends.backend_names()
 
 
 def test_bottom_modules_import_nothing_above_them() -> None:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import copy
 import faulthandler
-import importlib
 import json
 import math
 import os
@@ -328,14 +327,10 @@ def _close(thing: Any) -> None:
 
 
 def dry_device() -> Any:
-    """The dry run's stand-in for a CUDA device: the strict simulated device where it exists, else HostDevice."""
-    try:
-        module = importlib.import_module("diffv2iqa_trt.runtime.sim_device")
-        return module.StrictDevice(0)
-    except (ImportError, AttributeError):
-        from ..runtime.device import HostDevice
+    """The dry run's stand-in for a CUDA device: the strict simulated device."""
+    from ..runtime.sim_device import StrictDevice
 
-        return HostDevice()
+    return StrictDevice(0)
 
 
 # ------------------------------------------------------------------------------------------------------ the check
