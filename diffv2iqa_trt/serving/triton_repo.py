@@ -36,7 +36,7 @@ from .. import __version__
 from ..bundle.manifest import GraphEntry
 from ..bundle.schema import MANIFEST_NAME
 from ..bundle.store import Bundle
-from ..contract import BRANCH_GRAPHS, BROADCAST_INPUTS, GRAPH_NAMES, RESTORE_STEP
+from ..contract import BROADCAST_INPUTS, GRAPH_NAMES, RESTORE_STEP
 from ..errors import BundleError, ConfigError
 from ..precision_plan import PrecisionPlan, runnable_plan
 
@@ -193,7 +193,8 @@ def _parameters(values: Mapping[str, str]) -> list[str]:
     lines = ["parameters ["]
     items = list(values.items())
     for i, (key, value) in enumerate(items):
-        lines.append(f"  {{ key: {_q(key)} value: {{ string_value: {_q(value)} }} }}{',' if i < len(items) - 1 else ''}")
+        sep = "," if i < len(items) - 1 else ""
+        lines.append(f"  {{ key: {_q(key)} value: {{ string_value: {_q(value)} }} }}{sep}")
     lines.append("]")
     return lines
 
@@ -296,7 +297,8 @@ def _onnx_model(bundle: Bundle, graph: str, precision: str, root: Path, options:
         if source is not None:
             _copy(bundle.file_path(source), root / rel)
     kind = ONNX_KINDS[options.onnx_device]
-    comment = [f"{graph}: the {precision} ONNX variant ({variant.file}, sha256 {bundle.manifest.files[variant.file].sha256})",
+    sha = bundle.manifest.files[variant.file].sha256
+    comment = [f"{graph}: the {precision} ONNX variant ({variant.file}, sha256 {sha})",
                f"of the bundle of {bundle.manifest.model.label}, exported by diffv2iqa-trt {__version__}.",
                "Shapes from the bundle's profiles (-1: dynamic). Needs Triton's onnxruntime backend."]
     (root / graph / "config.pbtxt").write_text(graph_config(
@@ -354,8 +356,9 @@ def _front_model(bundle: Bundle, plan: PrecisionPlan, root: Path, options: Repos
     (root / FRONT / "config.pbtxt").write_text(python_config(
         FRONT, max_batch=max_batch, instances=options.instances, delay_us=options.max_queue_delay_us,
         comment=comment, parameters=parameters), encoding="utf-8")
+    calls = ", ".join(targets.values())
     return ExportedModel(FRONT, 'backend: "python" (BLS)', files,
-                         f"Triton's python backend with diffv2iqa-trt installed, and the models {', '.join(targets.values())}")
+                         f"Triton's python backend with diffv2iqa-trt installed, and the models {calls}")
 
 
 def _local_model(bundle: Bundle, plan: PrecisionPlan, root: Path, options: RepositoryOptions,

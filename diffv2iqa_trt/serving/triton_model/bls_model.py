@@ -104,7 +104,7 @@ def checked_bank(path: Any, manifest: Manifest) -> np.ndarray:
     """The shipped noise bank, refused unless every row's sha256 is the manifest's test vector (the same bank the
     toolkit's generator makes from the bundle's seed)."""
     p = manifest.pipeline
-    bank = np.load(path, allow_pickle=False)
+    bank: np.ndarray = np.load(path, allow_pickle=False)
     want = list(p.noise.test_vectors.get("row_sha256", []))
     shape = (p.steps + 1, 3, p.crop_size, p.crop_size)
     got = [hashlib.sha256(row.astype("<f4").tobytes()).hexdigest() for row in bank] if bank.shape == shape else []

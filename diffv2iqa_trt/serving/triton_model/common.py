@@ -4,7 +4,8 @@ Runs inside Triton's Python backend (`pb_utils` is its `triton_python_backend_ut
 be exercised against a stand-in). One batch item is one image: `image` (BYTES, an encoded file) or `pixels` (UINT8,
 H x W x 3). Every image of every request of an `execute` call is scored in one `Scorer.score` call, so the pipeline
 forms its batches across requests; an image that cannot be scored is that item's `error`, never its neighbours'.
-A request that carries neither input, or both, is answered with a Triton error.
+A request that carries neither input, or both, is answered with a Triton error, and so is every request of a call
+whose scoring failed as a whole (a graph model not loaded, a graph that breaks the contract).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ...api import ScoreResult, Scorer
-from ...errors import ImageDecodeError
+from ...api import Scorer, ScoreResult
+from ...errors import DiffV2IQAError, ImageDecodeError
 from ...runtime.images import load_image
 
 IMAGE = "image"
@@ -99,7 +100,7 @@ def _row(result: ScoreResult | str) -> tuple[float, float, float, int, str]:
 def response_arrays(results: Sequence[ScoreResult | str]) -> dict[str, np.ndarray]:
     """One request's outputs, [batch, 1] each, as the config declares them."""
     rows = [_row(r) for r in results]
-    out = {name: np.array([[row[i]] for row in rows], dtype=np.float64).reshape(len(rows), 1)
+    out: dict[str, np.ndarray] = {name: np.array([[row[i]] for row in rows], dtype=np.float64).reshape(len(rows), 1)
            for i, name in enumerate(FLOAT_OUTPUTS)}
     out[CROPS] = np.array([[row[3]] for row in rows], dtype=np.int32).reshape(len(rows), 1)
     out[ERROR] = np.array([[row[4].encode("utf-8")] for row in rows], dtype=np.object_).reshape(len(rows), 1)
@@ -116,7 +117,12 @@ def execute(pb_utils: Any, scorer: Scorer, requests: Sequence[Any], max_pixels: 
             parsed.append(str(exc))
     images = [item for items in parsed if not isinstance(items, str) for item in items
               if not isinstance(item, str)]
-    scored = iter(scorer.score(images) if images else [])
+    try:
+        scored = iter(scorer.score(images) if images else [])
+    except DiffV2IQAError as exc:  # the model itself failed (a graph model not ready, a broken graph): every request
+        failure = f"{type(exc).__name__}: {exc}"
+        parsed = [failure for _ in parsed]
+        scored = iter([])
     responses = []
     for items in parsed:
         if isinstance(items, str):
