@@ -242,6 +242,8 @@ class Scorer:
         self.trained = opened.trained
         self.backend = opened.backend
         self.precision = opened.precision
+        self.choice = opened.choice  # auto_choice.Choice: what `auto` (or the default's thread count) picked
+        self.notes = opened.notes  # lines for the user: the auto choice, an unmeasured bf16 plan
         self.spec: PipelineSpec = opened.pipeline.spec  # crops, mode, steps, noise_seed, fusion weights
 
     @classmethod
@@ -362,7 +364,7 @@ def _result(source: str, outcome: ImageScore | str) -> ScoreResult:
 # ------------------------------------------------------------------------------------------------------ front door
 
 
-def load(bundle: str | os.PathLike[str] | None = None, backend: str = AUTO, precision: str | None = None, *,
+def load(bundle: str | os.PathLike[str] | None = None, backend: str | None = None, precision: str | None = None, *,
          checkpoint: str | os.PathLike[str] | None = None, preset: str | None = None, crops: str | None = None,
          mode: str | None = None, seed: int | None = None, batch_size: int = 8, device: str = "cpu",
          threads: int | None = None, streams: bool | None = None, cuda_graph: bool | None = None,
@@ -372,17 +374,21 @@ def load(bundle: str | os.PathLike[str] | None = None, backend: str = AUTO, prec
 
     `bundle`: a folder written by `diffv2iqa-trt build`; without one, the PyTorch reference runs `checkpoint`, a
     `preset` with seeded random weights, or the embedded demo model (tiny, trained on synthetic distortions).
-    `backend`: "auto" (see `scorers.choose_backend`: onnxruntime with a bundle, torch without), "torch",
-    "onnxruntime", or on a GPU "torch-cuda" and "tensorrt". `precision`: a precision plan of the bundle's graphs
-    (default: the plan it was built with). Options that do not apply (e.g. `precision` without a bundle) raise
-    ConfigError; a missing package or device raises BackendError or DependencyError.
+    `backend`: None (the default: onnxruntime with a bundle, bit-reproducible, its thread count measured once per
+    machine and bundle unless `threads` is given; torch without), "auto" (with a bundle: the fastest CPU backend and
+    precision inside the bundle's accuracy budget, see auto_choice; the Scorer's `notes` say what was chosen),
+    "torch", "onnxruntime", "openvino", or on a GPU "torch-cuda" and "tensorrt". `precision`: a precision plan of
+    the bundle's graphs (default: the plan it was built with), or "auto". Options that do not apply (e.g. `precision`
+    without a bundle) raise ConfigError; a missing package or device raises BackendError or DependencyError.
     """
-    if not isinstance(backend, str):
+    if backend is not None and not isinstance(backend, str):
         raise TypeError(f"backend must be a string, got {type(backend).__name__}")
-    if backend != AUTO and backend not in backend_names():
+    if backend is not None and backend != AUTO and backend not in backend_names():
         raise ConfigError(f"unknown backend {backend!r}; use {AUTO} or one of {', '.join(backend_names())}")
+    if bundle is None and backend == AUTO:
+        backend = None  # without a bundle only the torch reference runs
     options = scorers.ScoreOptions(
-        bundle=None if bundle is None else Path(bundle), backend=None if backend == AUTO else backend,
+        bundle=None if bundle is None else Path(bundle), backend=backend,
         precision=precision, checkpoint=None if checkpoint is None else Path(checkpoint), preset=preset, crops=crops,
         mode=mode, steps=steps, seed=seed, batch_size=batch_size, device=device, threads=threads, streams=streams,
         cuda_graph=cuda_graph, lean_runtime=None if lean_runtime is None else Path(lean_runtime))

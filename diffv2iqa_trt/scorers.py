@@ -3,15 +3,25 @@
 With a bundle, the pipeline runs the bundle's graphs on a registered backend (ONNX Runtime by default, or the torch
 reference from the weights the bundle carries); without one, the PyTorch reference runs a checkpoint, a preset or
 the embedded demo model. The reference side (torch) is imported only in the second case.
+
+How the CPU backend, precision and threads are decided with a bundle (auto_choice.py measures):
+- no --backend, no --precision (or an explicit one): ONNX Runtime with the bundle's plan (fp32 unless the build
+  chose another), bit-reproducible. Without --threads, the thread count comes from a cached self-benchmark of that
+  backend and plan (ONNX Runtime's scores do not depend on it; on a 2-core machine one thread was 2x faster than
+  two for the tiny bundle, two faster for the paper one).
+- `--backend auto` or `--precision auto`: the fastest choice inside the bundle's accuracy budget (auto_choice), said
+  in one line (`Scorer.notes`). `--backend auto --precision P`: the fastest backend running P; `--backend B
+  --precision auto`: the fastest plan on B.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import ScoringConfig, check_seed, grid_size
-from .errors import ConfigError
+from .errors import ConfigError, DiffV2IQAError
 from .precision_plan import parse_plan
 from .runtime.backends import STREAM_BACKENDS
 from .runtime.pipeline import ScoringPipeline, check_steps
@@ -19,14 +29,17 @@ from .runtime.pipeline import ScoringPipeline, check_steps
 DEFAULT_CROPS = "center"
 DEFAULT_MODE = "crops"
 DEFAULT_NOISE_SEED = 0
-AUTO = "auto"  # the backend name that means: let choose_backend decide
+AUTO = "auto"  # --backend / --precision: let auto_choice decide (the default backend alone: choose_backend)
+
+if TYPE_CHECKING:
+    from .auto_choice import Choice
 
 
 @dataclass(frozen=True)
 class ScoreOptions:
     bundle: Path | None = None
-    backend: str | None = None  # None or "auto": choose_backend decides
-    precision: str | None = None  # a precision plan; None: the bundle's chosen plan
+    backend: str | None = None  # None: the default backend (choose_backend); "auto": auto_choice decides
+    precision: str | None = None  # a precision plan; None: the bundle's chosen plan; "auto": auto_choice decides
     checkpoint: Path | None = None
     preset: str | None = None
     crops: str | None = None  # default: the bundle's, else DEFAULT_CROPS
@@ -46,6 +59,8 @@ class Scorer:
     pipeline: ScoringPipeline
     label: str  # the model, as users should see it (says UNTRAINED for random weights)
     trained: bool
+    choice: Choice | None = None  # what auto_choice picked (auto, or the default path's thread count)
+    notes: tuple[str, ...] = ()  # one line each for the user (stderr): the auto choice, an unmeasured bf16 plan
 
     @property
     def backend(self) -> str:
@@ -75,9 +90,13 @@ def check_options(o: ScoreOptions) -> None:
     if o.crops is not None:
         grid_size(o.crops)
     if o.precision is not None:
-        parse_plan(o.precision)
+        if o.precision != AUTO:
+            parse_plan(o.precision)
         if o.bundle is None and o.precision != "fp32":
             raise ConfigError("--precision needs --bundle: without one the torch reference runs fp32")
+    if AUTO in (o.backend, o.precision) and o.device != "cpu":
+        raise ConfigError(f"auto chooses among the CPU backends (--device cpu); with --device {o.device} name "
+                          "--backend and --precision")
     if o.mode is not None and o.mode not in ("crops", "faithful"):
         raise ConfigError(f"unknown mode {o.mode!r}; use crops or faithful (--mode)")
     if isinstance(o.batch_size, bool) or not isinstance(o.batch_size, int) or o.batch_size < 1:
@@ -111,7 +130,9 @@ def open_scorer(o: ScoreOptions) -> Scorer:
 
 
 def _bundle_scorer(o: ScoreOptions) -> Scorer:
+    from . import auto_choice
     from .bundle import load_bundle
+    from .precision.bf16 import bf16_note
     from .runtime.from_bundle import bundle_pipeline, bundle_stream_pipeline
 
     if o.checkpoint is not None or o.preset is not None or o.steps is not None:
@@ -128,7 +149,26 @@ def _bundle_scorer(o: ScoreOptions) -> Scorer:
         pipeline = bundle_stream_pipeline(bundle, o.backend, precision=o.precision, scoring=scoring,
                                           batch_size=o.batch_size, streams=o.streams is not False,
                                           cuda_graph=o.cuda_graph is not False, **extra)
-    else:
-        pipeline = bundle_pipeline(bundle, choose_backend(o.backend, o.bundle), precision=o.precision,
-                                   device=o.device, scoring=scoring, batch_size=o.batch_size, threads=o.threads)
-    return Scorer(pipeline, bundle.manifest.model.label, bundle.trained)
+        return Scorer(pipeline, bundle.manifest.model.label, bundle.trained)
+    backend, precision, threads, choice = o.backend, o.precision, o.threads, None
+    notes: list[str] = []
+    if AUTO in (o.backend, o.precision):
+        choice = auto_choice.choose(bundle, backend=None if o.backend in (None, AUTO) else o.backend,
+                                    precision=None if o.precision in (None, AUTO) else o.precision,
+                                    threads=o.threads, batch=auto_choice.bench_batch(p.crop_size, o.batch_size))
+        backend, precision, threads = choice.option.backend, choice.option.precision, choice.option.threads
+        notes.append(choice.line())
+    elif o.backend is None and o.threads is None and o.device == "cpu":
+        backend = choose_backend(None, o.bundle)
+        try:
+            choice = auto_choice.choose(bundle, backend=backend, precision=o.precision, threads_only=True,
+                                        batch=auto_choice.bench_batch(p.crop_size, o.batch_size))
+            threads = choice.option.threads
+        except DiffV2IQAError:
+            pass  # the backend's own thread default; the pipeline reports what is wrong where it always did
+    pipeline = bundle_pipeline(bundle, choose_backend(backend, o.bundle), precision=precision, device=o.device,
+                               scoring=scoring, batch_size=o.batch_size, threads=threads)
+    note = bf16_note(bundle, bundle.run_plan(precision))
+    if note is not None:
+        notes.append(f"note: {note}")
+    return Scorer(pipeline, bundle.manifest.model.label, bundle.trained, choice, tuple(notes))
