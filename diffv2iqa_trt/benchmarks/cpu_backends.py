@@ -12,7 +12,8 @@ and GFLOP/s from the model's MAC count. End to end: `--images` distorted photogr
 does (its default batch of 8 crops), one warm-up and `--end-to-end-rounds` interleaved rounds; images/s, and the
 scores' max |Δ| and SRCC against ONNX Runtime FP32 (SRCC only means something with a trained model and several
 images). The CPU model, its ISA flags and the package versions are recorded with the figures; bf16 is left out,
-with the reason, on a CPU without BF16 instructions.
+with the reason, on a CPU without BF16 instructions. Last, what `score --backend auto` picks on this machine (a fresh
+self-benchmark, auto_choice.py) and the default path's thread count, with every candidate's timing (--no-auto skips).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import cpu_info
 from ..bundle import Bundle, load_bundle
 from ..contract import GRAPH_NAMES, RESTORE_STEP
 from ..data.distortions import distort
@@ -122,6 +124,23 @@ def time_end_to_end(bundle: Bundle, chosen: dict[str, tuple[str, str]], images: 
             for k, v in times.items()}
 
 
+def auto_pick(bundle: Bundle, images: int) -> dict[str, Any]:
+    """What `score --backend auto` picks here (a fresh self-benchmark, no cache) and what the default path's thread
+    choice is, with the timed seconds per crop of every candidate."""
+    from .. import auto_choice
+
+    batch = auto_choice.bench_batch(bundle.manifest.pipeline.crop_size, min(8, images))
+    t = time.perf_counter()
+    choice = auto_choice.choose(bundle, use_cache=False, batch=batch)
+    took = time.perf_counter() - t
+    default = auto_choice.choose(bundle, backend="onnxruntime", threads_only=True, use_cache=False, batch=batch)
+    return {"chosen": choice.option.label(), "backend": choice.option.backend, "precision": choice.option.precision,
+            "threads": choice.option.threads, "line": choice.line(), "self_benchmark_s": took, "batch": batch,
+            "candidates": auto_choice.describe_candidates(choice.options, choice.seconds),
+            "skipped": dict(choice.skipped), "default_threads": default.option.threads,
+            "default_line": default.line()}
+
+
 def versions() -> dict[str, str]:
     import onnxruntime
 
@@ -134,6 +153,7 @@ def _f(value: float | None, spec: str) -> str:
 
 def markdown(r: dict[str, Any]) -> str:
     lines = [f"# CPU backends side by side, model {r['model']}", "", "<!--header-->",
+             f"CPU: {r.get('cpu_model', 'unknown')}  ",
              f"ISA flags: {' '.join(r['isa_flags']) or 'unknown'}  ",
              f"Versions: {', '.join(f'{k} {v}' for k, v in r['versions'].items())}  ",
              f"{r['threads']} threads, batch {r['batch']}, crop {r['crop_size']}², {r['steps']} steps. Each figure is "
@@ -158,6 +178,17 @@ def markdown(r: dict[str, Any]) -> str:
         for k, v in r["end_to_end"].items():
             lines.append(f"| {k} | {v['median_s']:.2f} | {v['images_per_s']:.3g} | {v['speedup']:.2f}× | "
                          f"{v['max_abs_score_vs_fp32']:.2g} | {_f(v['srcc_vs_fp32'], '.6f')} |")
+    a = r.get("auto")
+    if a:
+        lines += ["", f"`auto` on this CPU ({r.get('cpu_model', 'unknown')}): **{a['chosen']}**, self-benchmark "
+                      f"{a['self_benchmark_s']:.1f} s (batch {a['batch']}, no cache). The line `score --backend auto` "
+                      f"prints: `{a['line']}`. The default path (`score --bundle B`, ONNX Runtime) runs "
+                      f"{a['default_threads']} thread(s): `{a['default_line']}`", "",
+                  "| candidate | timed s per crop |", "|---|---|"]
+        for c in a["candidates"]:
+            note = "" if c["eligible"] else " (baseline only)"
+            lines.append(f"| {c['option']}{note} | {_f(c['seconds_per_crop'], '.4f')} |")
+        lines += [f"Left out of auto: {k}: {v}  " for k, v in a["skipped"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -172,6 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pause", type=float, default=0.05, help="seconds between two timed calls")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu"))
     parser.add_argument("--name", default=None)
+    parser.add_argument("--no-auto", action="store_true", help="skip timing what `auto` picks")
     args = parser.parse_args(argv)
 
     bundle = load_bundle(args.bundle)
@@ -180,7 +212,8 @@ def main(argv: list[str] | None = None) -> None:
                  for k, (b, p) in chosen.items()}
     p = bundle.manifest.pipeline
     results: dict[str, Any] = {
-        "model": bundle.manifest.model.name, "isa_flags": report.simd_flags(), "versions": versions(),
+        "model": bundle.manifest.model.name, "cpu_model": cpu_info.cpu_model(), "isa_flags": cpu_info.isa_flags(),
+        "versions": versions(),
         "threads": args.threads, "batch": args.batch, "rounds": args.rounds, "crop_size": p.crop_size,
         "steps": p.steps, "crops": p.crops, "mode": p.mode, "choices": {k: list(v) for k, v in chosen.items()},
         "pause_s": args.pause, "skipped": skipped,
@@ -191,6 +224,8 @@ def main(argv: list[str] | None = None) -> None:
         results |= {"images": args.images, "end_to_end_rounds": args.end_to_end_rounds,
                     "end_to_end": time_end_to_end(bundle, chosen, images, args.end_to_end_rounds, args.threads,
                                                   args.pause)}
+    if not args.no_auto:
+        results["auto"] = auto_pick(bundle, args.images)
     name = args.name or f"cpu_backends_{bundle.manifest.model.name}"
     args.out.mkdir(parents=True, exist_ok=True)
     text = markdown(results)
