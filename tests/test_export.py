@@ -167,6 +167,7 @@ def test_named_export_modules_add_no_state_dict_keys() -> None:
     assert not any(k.startswith(("restore_update", "snapshot_roundtrip")) for k in keys)
 
 
+@pytest.mark.fresh_export
 def test_bundle_bytes_do_not_depend_on_the_build_folder(tiny_model: DiffV2IQA, tiny_exports: dict[str, ExportResult],
                                                         tmp_path: Path) -> None:
     """A bundle built elsewhere (a temporary staging folder, then a deeper output folder) holds the very bytes that
