@@ -1,0 +1,63 @@
+"""BF16 as a measured precision (precision/bf16.py): a real measurement on the tiny `auto_built` bundle, recorded
+in the manifest and read back; skipped, with the reason, without OpenVINO or BF16 instructions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffv2iqa_trt.bundle import load_bundle
+from diffv2iqa_trt.contract import GRAPH_NAMES
+from diffv2iqa_trt.data.distortions import distort
+from diffv2iqa_trt.data.photos import SET_DISTORTIONS
+from diffv2iqa_trt.errors import ConfigError
+from diffv2iqa_trt.precision.bf16 import add_bf16, bf16_note, bf16_record
+from diffv2iqa_trt.precision_plan import parse_plan
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path_factory.getbasetemp() / "bf16-cache"
+    monkeypatch.setenv("DIFFV2IQA_TRT_CACHE", str(root))
+    return root
+
+
+def test_bf16_needs_an_evaluation_set(auto_built: tuple[Any, str], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="pass --eval-images DIR"):
+        add_bf16(auto_built[0], tmp_path / "out", [])
+
+
+def test_bf16_record_is_measured_and_held_to_the_budget(auto_built: tuple[Any, str], photos: list[np.ndarray],
+                                                        tmp_path: Path) -> None:
+    pytest.importorskip("openvino", reason="OpenVINO is not installed: pip install 'diffv2iqa-trt[openvino]'")
+    from diffv2iqa_trt.runtime.backends.openvino_backend import bf16_problem_here
+
+    problem = bf16_problem_here()
+    if problem:
+        pytest.skip(problem)
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    for i in range(8):  # the fewest images an evaluation set may have
+        image = distort(photos[i % 4][:160, :160], SET_DISTORTIONS[i % 3], 1 + i % 5, seed=i)
+        Image.fromarray(image).save(folder / f"{i}.png")
+    bundle = auto_built[0]
+    assert bf16_record(bundle) is None
+    out = load_bundle(add_bf16(bundle, tmp_path / "with-bf16", [folder]))
+    record = bf16_record(out)
+    assert record is not None
+    # Per graph: tensor errors on recorded calls and the scores with only that graph in bf16; the plan, its deltas.
+    for g in GRAPH_NAMES:
+        entry = record.graphs[g]
+        assert 0 < entry["tensor"]["max_abs"] < 0.1 * entry["tensor"]["reference_max_abs"]
+        assert entry["tensor"]["cosine"] > 0.999 and entry["scores"]["images"] == 8
+    assert record.plan_scores["images"] == 8 and record.budget.min_srcc == 0.995
+    assert record.plan_scores["srcc"] >= 0.995 and record.plan_scores["max_abs_fraction"] <= 0.02
+    assert record.within_budget and record.over_budget == () and set(record.plan.values()) == {"bf16"}
+    assert {"avx512_bf16", "amx_bf16"} & set(record.cpu["isa_flags"]) and record.cpu["model"]
+    # The graphs and every other manifest field are unchanged; the fp32 plan stays the default.
+    assert out.manifest.graphs == bundle.manifest.graphs and out.run_plan(None).label() == "fp32"
+    assert bf16_note(out, parse_plan("bf16")) is None and bf16_note(bundle, parse_plan("bf16")) is not None
