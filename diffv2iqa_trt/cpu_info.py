@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 from pathlib import Path
+from typing import Any
 
 CPUINFO = Path("/proc/cpuinfo")
 # Vector and low-precision instruction sets: AVX2, FMA, F16C, the AVX-512 subsets, VNNI, BF16 and AMX.
@@ -46,5 +47,5 @@ def logical_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def identity() -> dict[str, object]:
+def identity() -> dict[str, Any]:
     return {"model": cpu_model(), "isa_flags": isa_flags(), "logical_cpus": logical_cpus()}
