@@ -10,7 +10,6 @@ which is not shipped here), so the front's BLS loop runs in a real server. Score
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -409,3 +408,139 @@ def test_python_models_score_as_the_toolkit(server: Server, model: str, bundle: 
     one.set_data_from_numpy(images[0][None])
     with pytest.raises(InferenceServerException, match="send exactly one of the inputs 'image'"):
         client.infer(model, [both, one])
+
+
+# ------------------------------------------------------------------- the front's BLS loop, without a server
+
+
+class FakeTensor:
+    def __init__(self, name: str, array: np.ndarray) -> None:
+        self._name, self._array = name, np.asarray(array)
+
+    def name(self) -> str:
+        return self._name
+
+    def as_numpy(self) -> np.ndarray:
+        return self._array
+
+
+class FakeError:
+    def __init__(self, message: str) -> None:
+        self._message = message
+
+    def message(self) -> str:
+        return self._message
+
+
+class FakeResponse:
+    def __init__(self, output_tensors: list[FakeTensor], error: FakeError | None = None) -> None:
+        self.output_tensors, self._error = output_tensors, error
+
+    def has_error(self) -> bool:
+        return self._error is not None
+
+    def error(self) -> FakeError | None:
+        return self._error
+
+
+class FakeRequest:
+    def __init__(self, inputs: list[FakeTensor]) -> None:
+        self.inputs = inputs
+
+
+def fake_pb_utils(repo: Path, calls: list[tuple[str, tuple[int, ...]]], broken: str | None = None) -> Any:
+    """A stand-in for triton_python_backend_utils whose BLS requests run the repository's exported model.onnx on
+    ONNX Runtime, returning what Triton would (a batched model's (B,) output as [B, 1], its config's dims [1])."""
+    import types
+
+    import onnxruntime as ort
+
+    sessions: dict[str, Any] = {}
+
+    class InferenceRequest:
+        def __init__(self, model_name: str, requested_output_names: list[str], inputs: list[FakeTensor]) -> None:
+            self.model, self.outputs, self.inputs = model_name, requested_output_names, inputs
+
+        def exec(self) -> FakeResponse:
+            calls.append((self.model, tuple(self.inputs[0].as_numpy().shape)))
+            if self.model == broken:
+                return FakeResponse([], FakeError(f"Model '{self.model}' is not ready."))
+            if self.model not in sessions:
+                sessions[self.model] = ort.InferenceSession(str(repo / self.model / "1" / "model.onnx"),
+                                                            providers=["CPUExecutionProvider"])
+            results = sessions[self.model].run(self.outputs, {t.name(): t.as_numpy() for t in self.inputs})
+            batched = self.model != "restore_step"
+            return FakeResponse([FakeTensor(n, r.reshape(-1, 1) if batched else r)
+                                 for n, r in zip(self.outputs, results, strict=True)])
+
+    def get_input_tensor_by_name(request: FakeRequest, name: str) -> FakeTensor | None:
+        return next((t for t in request.inputs if t.name() == name), None)
+
+    def get_output_tensor_by_name(response: FakeResponse, name: str) -> FakeTensor | None:
+        return next((t for t in response.output_tensors if t.name() == name), None)
+
+    module = types.ModuleType("triton_python_backend_utils")
+    module.__dict__.update(Tensor=FakeTensor, InferenceRequest=InferenceRequest, InferenceResponse=FakeResponse,
+                           TritonError=FakeError, get_input_tensor_by_name=get_input_tensor_by_name,
+                           get_output_tensor_by_name=get_output_tensor_by_name)
+    return module
+
+
+def load_front(repo: Path, pb_utils: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The repository's diffv2iqa/1/model.py, imported against `pb_utils` and initialised as Triton would."""
+    import importlib.util
+
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb_utils)
+    spec = importlib.util.spec_from_file_location("exported_front_model", repo / "diffv2iqa" / "1" / "model.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    config = parse_config(repo / "diffv2iqa" / "config.pbtxt")
+    parameters = {k: {"string_value": v.string_value} for k, v in config.parameters.items()}
+    model = module.TritonPythonModel()
+    model.initialize({"model_config": json.dumps({"parameters": parameters}),
+                      "model_repository": str(repo / "diffv2iqa"), "model_version": "1"})
+    return model
+
+
+def test_front_bls_loop_scores_as_the_toolkit(repo: Path, bundle: Bundle, images: list[np.ndarray],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, tuple[int, ...]]] = []
+    front = load_front(repo, fake_pb_utils(repo, calls), monkeypatch)
+    with diffv2iqa_trt.load(bundle.root, backend="onnxruntime") as scorer:
+        want = scorer.score(images)
+    requests = [FakeRequest([FakeTensor("pixels", np.stack(images[:2]))]),
+                FakeRequest([FakeTensor("image", np.array([[png(images[2])], [b""]], dtype=np.object_))])]
+    first, second = front.execute(requests)
+    assert not first.has_error() and not second.has_error()
+    got = {t.name(): t.as_numpy() for t in first.output_tensors}
+    assert got["score"][:, 0].tolist() == [want[0].score, want[1].score]
+    assert got["vcg"][:, 0].tolist() == [want[0].vcg, want[1].vcg] and got["crops"][:, 0].tolist() == [1, 1]
+    got = {t.name(): t.as_numpy() for t in second.output_tensors}
+    assert got["score"][0, 0] == want[2].score and got["error"][:, 0].tolist() == [b"", b"empty image bytes"]
+    # The three images of both requests ran as one batch: 12 restore steps, then one call per branch.
+    steps = bundle.manifest.pipeline.steps
+    assert calls == [("restore_step", (3, 3, 64, 64))] * steps + [("vcg", (3, 3, 64, 64)), ("vda", (3, 3, 64, 64))]
+
+
+def test_front_answers_every_request_when_a_graph_model_fails(repo: Path, images: list[np.ndarray],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    front = load_front(repo, fake_pb_utils(repo, [], broken="vda"), monkeypatch)
+    responses = front.execute([FakeRequest([FakeTensor("pixels", images[0][None])]),
+                               FakeRequest([FakeTensor("pixels", images[1][None])])])
+    assert [r.error().message() for r in responses] == [
+        "BackendError: the vda model 'vda' failed: Model 'vda' is not ready."] * 2
+
+
+def test_front_refuses_a_noise_bank_that_is_not_the_bundles(repo: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffv2iqa_trt.errors import BundleError
+
+    copy = tmp_path / "repo"
+    shutil.copytree(repo / "diffv2iqa", copy / "diffv2iqa")
+    bank = np.load(copy / "diffv2iqa" / "1" / "noise_bank.npy")
+    bank[3, 0, 0, 0] += 1
+    np.save(copy / "diffv2iqa" / "1" / "noise_bank.npy", bank)
+    with pytest.raises(BundleError, match="the noise bank is not the bundle's"):
+        load_front(copy, fake_pb_utils(copy, []), monkeypatch)
