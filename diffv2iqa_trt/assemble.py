@@ -363,3 +363,143 @@ def extend_bundle(bundle: Bundle, out: Path, request: PrecisionPlan, variants: V
     if engines is None:
         raise ConfigError("nothing to add to the bundle: ask for --precision other than fp32 or for --target tensorrt")
     return add_engines(bundle, out, engines, overwrite=overwrite, say=say)
+
+
+# --- `diffv2iqa-trt build`: the request, checked before any work, then run ----------------------------------------
+
+
+@dataclass(frozen=True)
+class OutputError:
+    """One output of one exported graph against torch (the build's check at batch CHECK_BATCH)."""
+
+    graph: str
+    output: str
+    max_abs: float
+    max_rel: float
+
+
+def output_errors(result: BuildResult) -> list[OutputError]:
+    """The FP32 graphs' outputs against torch, one row per graph output, from the build's check."""
+    return [OutputError(graph, name, float(err["max_abs"]), float(err["max_rel"]))
+            for graph, check in result.parity["fp32"].items() for name, err in check.items() if isinstance(err, dict)]
+
+
+@dataclass(frozen=True)
+class VariantRequest:
+    """`build`'s precision-variant options as given (VariantOptions is what variant_options makes of them)."""
+
+    calibration_images: tuple[Path, ...] = ()
+    evaluation_images: tuple[Path, ...] = ()
+    max_crops: int = 64
+    methods: str = "entropy,max"  # comma-separated INT8 calibration methods
+    min_srcc: float = 0.995
+    max_delta: float = 0.02  # max |Δscore| as a fraction of the FP32 scores' range
+
+
+def variant_options(request: PrecisionPlan, v: VariantRequest, overwrite: bool) -> VariantOptions | None:
+    """The variant settings of a build, or None for an FP32 plan; checked before anything is exported (ConfigError
+    naming the option)."""
+    from .precision.evaluate import Budget
+    from .precision.variants import VariantOptions, check_request
+
+    if request.uniform == "fp32":
+        if v.calibration_images or v.evaluation_images:
+            raise ConfigError("--calib-images and --eval-images only apply with a --precision other than fp32")
+        return None
+    # The budget's range (Budget itself does not check it yet: precision/evaluate.py).
+    if not 0 < v.min_srcc <= 1 or not 0 < v.max_delta <= 1:
+        raise ConfigError(f"the budget needs 0 < --min-srcc <= 1 and 0 < --max-delta <= 1, got {v.min_srcc} and "
+                          f"{v.max_delta}")
+    methods = tuple(m.strip() for m in v.methods.split(",") if m.strip())
+    options = VariantOptions(calibration_images=v.calibration_images, evaluation_images=v.evaluation_images,
+                             max_crops=v.max_crops, methods=methods, budget=Budget(v.min_srcc, v.max_delta),
+                             overwrite=overwrite)
+    check_request(request, options)
+    return options
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """Everything `diffv2iqa-trt build` asks for."""
+
+    out: Path
+    options: BuildOptions = BuildOptions()
+    precision: str = "fp32"  # a precision plan, `best` included
+    variants: VariantRequest = VariantRequest()
+    target: str = "onnx"  # onnx, tensorrt or auto (engine_settings_for_target)
+    engines: BuildSettings | None = None  # engine options as given (None: the defaults)
+    checkpoint: Path | None = None
+    preset: str | None = None
+    from_bundle: Path | None = None  # add variants or engines to this bundle instead of exporting
+
+
+@dataclass(frozen=True)
+class BuildOutcome:
+    path: Path
+    exported: BuildResult | None  # the export's lint and checks; None when an existing bundle was extended
+    variants: bool  # precision variants were added
+    engines: bool  # TensorRT engines were added
+
+
+@dataclass(frozen=True)
+class PreparedBuild:
+    """A checked build request: `run` does the work (minutes to hours). `label` says what it does (a spinner's
+    text); `untrained` names a model whose scores mean nothing (a warning to print), None otherwise."""
+
+    request: BuildRequest
+    plan: PrecisionPlan
+    variants: VariantOptions | None
+    engines: BuildSettings | None
+    label: str
+    untrained: str | None
+    source: Any = None  # the model to export (reference.loading.LoadedModel) or the Bundle to extend
+
+    def run(self, progress: Progress | None = None) -> BuildOutcome:
+        from .reference.loading import LoadedModel
+
+        r = self.request
+        if isinstance(self.source, LoadedModel):
+            m = self.source
+            result = build_bundle(m.model, m.info, r.out, r.options, self.plan, self.variants, init_seed=m.init_seed,
+                                  checkpoint_path=m.path, engines=self.engines, progress=progress)
+            return BuildOutcome(result.path, result, self.plan.uniform != "fp32", self.engines is not None)
+        target = Path(os.path.abspath(r.out))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{target.name}.work-", dir=target.parent) as work:
+            path = extend_bundle(self.source, target, self.plan, self.variants, self.engines,
+                                 overwrite=r.options.overwrite, workdir=Path(work), say=progress)
+        return BuildOutcome(path, None, self.variants is not None, self.engines is not None)
+
+
+def prepare_build(request: BuildRequest, note: Callable[[str], None] | None = None) -> PreparedBuild:
+    """Check a build request before any work: the plan, the variant options, the engine target (`note` hears that
+    --target auto skips engines), the output (in place only with --overwrite), then load the model (or the bundle to
+    extend) and check the options against it. ConfigError, BundleError, DependencyError name the option to change."""
+    from .engine.builder import BuildSettings
+    from .engine.bundle_engines import settings_for_target
+    from .precision_plan import parse_plan
+
+    overwrite = request.options.overwrite
+    plan = parse_plan(request.precision, allow_best=True)
+    variants = variant_options(plan, request.variants, overwrite)
+    engines = settings_for_target(request.target, request.engines or BuildSettings(), note or (lambda _m: None))
+    if request.from_bundle is not None:
+        from .bundle import load_bundle
+
+        if variants is None and engines is None:
+            raise ConfigError("--from-bundle adds variants or engines: give a --precision other than fp32, or "
+                              "--target tensorrt")
+        bundle = load_bundle(request.from_bundle)
+        if os.path.abspath(request.out) != str(bundle.root):
+            check_output(request.out, overwrite)
+        elif not overwrite:
+            raise ConfigError(f"--out is the source bundle {request.out}: pass --overwrite to replace it in place")
+        label = "adding variants" if engines is None else "adding engines"
+        return PreparedBuild(request, plan, variants, engines, label, None, bundle)
+    from .reference.loading import load_model
+
+    check_output(request.out, overwrite)  # seconds, before a paper checkpoint takes minutes to load
+    loaded = load_model(request.checkpoint, request.preset)
+    request.options.check(loaded.model.config.crop_size, loaded.model.config.unet.size_multiple)
+    return PreparedBuild(request, plan, variants, engines, "building", None if loaded.info.trained else loaded.label,
+                         loaded)

@@ -8,12 +8,11 @@ import math
 import os
 import re
 import shlex
-import tempfile
 import time
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -24,11 +23,7 @@ from rich.table import Table
 from . import __version__
 from .calibration.dataset import MIN_IMAGES
 from .errors import EXIT_FAILED, EXIT_USAGE, ConfigError, DiffV2IQAError
-
-if TYPE_CHECKING:
-    from .engine.builder import BuildSettings
-    from .precision.variants import VariantOptions
-    from .precision_plan import PrecisionPlan
+from .reference import backends as _reference_backends  # noqa: F401  (registers torch, torch-cuda; imports no torch)
 
 app = typer.Typer(
     help="Deploy and run the DiffV2IQA no-reference image-quality model (PyTorch reference, ONNX, TensorRT).",
@@ -353,52 +348,45 @@ def build(
     """Export the three graphs, lint them for TensorRT, check them against torch and write a bundle; with
     --precision, add FP16/INT8 variants made from a calibration set and measured against the FP32 graphs; with
     --target tensorrt, add a TensorRT engine for each variant and check its precision census."""
-    from .assemble import BuildOptions, build_bundle, check_output
+    from .assemble import BuildOptions, BuildRequest, VariantRequest, output_errors, prepare_build
     from .config import ScoringConfig
-    from .precision_plan import parse_plan
-    from .reference.loading import load_model
+    from .engine.builder import BuildSettings
 
     try:
-        options = BuildOptions(scoring=ScoringConfig(crops=crops, mode=mode, noise_seed=seed), opset=opset,
-                               opt_batch=opt_batch, max_batch=max_batch, max_size=max_size, steps=steps,
-                               include_checkpoint=not no_checkpoint, allow_lint_failures=allow_lint_failures,
-                               overwrite=overwrite)
-        request = parse_plan(precision, allow_best=True)
-        variants = _variant_options(request, calib_images, eval_images, calib_crops, calib_methods, min_srcc,
-                                    max_delta, overwrite)
-        engines = _engine_settings(target, timing_cache, opt_level, workspace_mib, version_compatible,
-                                   exclude_lean_runtime, lean_runtime, fallback_allowance)
-        if from_bundle is not None:
-            _extend(from_bundle, out_dir, request, variants, engines, overwrite)
-            return
-        check_output(out_dir, overwrite)  # seconds, before a paper checkpoint takes minutes to load
-        loaded = load_model(checkpoint, preset.value if preset else None)
-        options.check(loaded.model.config.crop_size, loaded.model.config.unet.size_multiple)
+        request = BuildRequest(
+            out=out_dir, precision=precision, target=target.value, checkpoint=checkpoint,
+            preset=preset.value if preset else None, from_bundle=from_bundle,
+            options=BuildOptions(scoring=ScoringConfig(crops=crops, mode=mode, noise_seed=seed), opset=opset,
+                                 opt_batch=opt_batch, max_batch=max_batch, max_size=max_size, steps=steps,
+                                 include_checkpoint=not no_checkpoint, allow_lint_failures=allow_lint_failures,
+                                 overwrite=overwrite),
+            variants=VariantRequest(calibration_images=tuple(calib_images or ()),
+                                    evaluation_images=tuple(eval_images or ()), max_crops=calib_crops,
+                                    methods=calib_methods, min_srcc=min_srcc, max_delta=max_delta),
+            engines=BuildSettings(opt_level=opt_level, workspace_mib=workspace_mib,
+                                  version_compatible=version_compatible, exclude_lean_runtime=exclude_lean_runtime,
+                                  lean_runtime=lean_runtime, timing_cache=timing_cache,
+                                  fallback_allowance=fallback_allowance))
+        job = prepare_build(request, note=lambda m: err.print(f"[yellow]note:[/] {_show(m, message=True)}"))
+        if job.untrained is not None:
+            err.print(f"[yellow]warning:[/] model {_show(job.untrained)}")
+        with _status(job.label) as status:
+            done = job.run(progress=lambda m: _progress(status, m))
     except DiffV2IQAError as exc:
         raise _failed(exc) from None
-    if not loaded.info.trained:
-        err.print(f"[yellow]warning:[/] model {_show(loaded.label)}")
-    with _status("building") as status:
-        try:
-            result = build_bundle(loaded.model, loaded.info, out_dir, options, request, variants,
-                                  init_seed=loaded.init_seed, checkpoint_path=loaded.path, engines=engines,
-                                  progress=lambda m: _progress(status, m))
-        except DiffV2IQAError as exc:
-            raise _failed(exc) from None
-    _print_lint(result.lint)
-    table = Table(title="ONNX Runtime (CPU) vs torch, example inputs at batch 2")
-    for col in ("graph", "output", "max |Δ|", "max rel"):
-        table.add_column(col, justify="left" if col in ("graph", "output") else "right")
-    for graph, entry in result.parity["fp32"].items():
-        for name, err_ in entry.items():
-            if isinstance(err_, dict):
-                table.add_row(_show(graph), _show(name), f"{err_['max_abs']:.3g}", f"{err_['max_rel']:.3g}")
-    out.print(table)
-    if request.uniform != "fp32":
-        _print_precision(result.path)
-    if engines is not None:
-        _print_engines(result.path)
-    out.print(f"wrote bundle {_show(result.path)}")
+    if done.exported is not None:
+        _print_lint(done.exported.lint)
+        table = Table(title="ONNX Runtime (CPU) vs torch, example inputs at batch 2")
+        for col in ("graph", "output", "max |Δ|", "max rel"):
+            table.add_column(col, justify="left" if col in ("graph", "output") else "right")
+        for e in output_errors(done.exported):
+            table.add_row(_show(e.graph), _show(e.output), f"{e.max_abs:.3g}", f"{e.max_rel:.3g}")
+        out.print(table)
+    if done.variants:
+        _print_precision(done.path)
+    if done.engines:
+        _print_engines(done.path)
+    out.print(f"wrote bundle {_show(done.path)}")
 
 
 def _progress(status: Any, message: str) -> None:
@@ -406,85 +394,6 @@ def _progress(status: Any, message: str) -> None:
     if " built in " in message:
         err.print(_show(message))
     status.update(_show(message))
-
-
-def _engine_settings(target: BuildTarget, timing_cache: Path | None, opt_level: int, workspace_mib: int | None,
-                     version_compatible: bool, exclude_lean_runtime: bool, lean_runtime: Path | None,
-                     fallback_allowance: float) -> BuildSettings | None:
-    """The engine options of `build`, or None when no engines are built. Checked before anything is exported:
-    --target tensorrt without TensorRT or a GPU is a DependencyError (exit 2, nothing written); --target auto then
-    says that engines are skipped."""
-    from .engine.builder import BuildSettings
-    from .engine.bundle_engines import engines_unavailable
-    from .errors import DependencyError
-
-    settings = BuildSettings(opt_level=opt_level, workspace_mib=workspace_mib, version_compatible=version_compatible,
-                             exclude_lean_runtime=exclude_lean_runtime, lean_runtime=lean_runtime,
-                             timing_cache=timing_cache, fallback_allowance=fallback_allowance)
-    if target is BuildTarget.onnx:
-        if settings != BuildSettings(fallback_allowance=fallback_allowance):
-            raise ConfigError("--timing-cache, --opt-level, --workspace-mib, --version-compatible, "
-                              "--exclude-lean-runtime and --lean-runtime are TensorRT engine options: add --target "
-                              "tensorrt (or auto)")
-        return None
-    settings.check()
-    why = engines_unavailable()
-    if why is None:
-        return settings
-    if target is BuildTarget.tensorrt:
-        raise DependencyError(f"--target tensorrt: {why}")
-    err.print(f"[yellow]note:[/] --target auto: engines skipped, writing the ONNX bundle only. "
-              f"{_show(why, message=True)}")
-    return None
-
-
-def _variant_options(request: PrecisionPlan, calib_images: list[Path] | None, eval_images: list[Path] | None,
-                     calib_crops: int, calib_methods: str, min_srcc: float, max_delta: float,
-                     overwrite: bool) -> VariantOptions | None:
-    """The variant settings of `build`, checked before anything is exported (ConfigError names the option)."""
-    from .precision.evaluate import Budget
-    from .precision.variants import VariantOptions, check_request
-
-    if request.uniform == "fp32":
-        if calib_images or eval_images:
-            raise ConfigError("--calib-images and --eval-images only apply with a --precision other than fp32")
-        return None
-    if not 0 < min_srcc <= 1 or not 0 < max_delta <= 1:
-        raise ConfigError(f"the budget needs 0 < --min-srcc <= 1 and 0 < --max-delta <= 1, got {min_srcc} and "
-                          f"{max_delta}")
-    methods = tuple(m.strip() for m in calib_methods.split(",") if m.strip())
-    options = VariantOptions(calibration_images=tuple(calib_images or ()), evaluation_images=tuple(eval_images or ()),
-                             max_crops=calib_crops, methods=methods, budget=Budget(min_srcc, max_delta),
-                             overwrite=overwrite)
-    check_request(request, options)
-    return options
-
-
-def _extend(source: Path, out_dir: Path, request: PrecisionPlan, options: VariantOptions | None,
-            engines: BuildSettings | None, overwrite: bool) -> None:
-
-    from .assemble import check_output, extend_bundle
-    from .bundle import load_bundle
-
-    if options is None and engines is None:
-        raise ConfigError("--from-bundle adds variants or engines: give a --precision other than fp32, or "
-                          "--target tensorrt")
-    bundle = load_bundle(source)
-    if os.path.abspath(out_dir) != str(bundle.root):
-        check_output(out_dir, overwrite)
-    elif not overwrite:
-        raise ConfigError(f"--out is the source bundle {out_dir}: pass --overwrite to replace it in place")
-    target = Path(os.path.abspath(out_dir))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _status("adding variants" if engines is None else "adding engines") as status, \
-            tempfile.TemporaryDirectory(prefix=f".{target.name}.work-", dir=target.parent) as work:
-        path = extend_bundle(bundle, target, request, options, engines, overwrite=overwrite, workdir=Path(work),
-                             say=lambda m: _progress(status, m))
-    if options is not None:
-        _print_precision(path)
-    if engines is not None:
-        _print_engines(path)
-    out.print(f"wrote bundle {_show(path)}")
 
 
 def _print_engines(path: Path) -> None:
@@ -500,24 +409,25 @@ def _print_engines(path: Path) -> None:
 
 
 def _print_precision(path: Path) -> None:
+    from .benchmarks.precision_report import PrecisionReport
     from .bundle import load_bundle
-    from .bundle.summary import precision_rows
 
     chosen = load_bundle(path).manifest.precision
     if chosen is None:
         return
-    table = Table(title=f"Precision variants (plan: {_show(', '.join(f'{g}={p}' for g, p in chosen.plan.items()))})")
+    report = PrecisionReport.from_section(chosen)
+    table = Table(title=f"Precision variants (plan: {_show(', '.join(f'{g}={p}' for g, p in report.plan.items()))})")
     for col in ("graph", "variant", "tensor max |Δ|", "score max |Δ|", "% of range", "SRCC", "budget"):
         table.add_column(col, justify="left" if col in ("graph", "variant", "budget") else "right",
                          overflow="fold")
-    for graph, variant, tensor, _cos, score, frac, srcc_, verdict in precision_rows(chosen.report):
+    for graph, variant, tensor, _cos, score, frac, srcc_, verdict in report.report.rows():
         table.add_row(*(_show(c) for c in (graph, variant, tensor, score, frac, srcc_,
                                            "over" if verdict.startswith("over") else verdict)))
     out.print(table)
-    scores = chosen.report.get("plan_scores")
-    if scores:
-        out.print(f"plan end to end on {scores['images']} images: max |Δ| {scores['max_abs']:.3g} "
-                  f"({100 * scores['max_abs_fraction']:.2f} % of range), SRCC {scores['srcc']:.5f}")
+    scores = report.report.plan_scores
+    if scores is not None and scores.measured:
+        out.print(f"plan end to end on {scores.images} images: max |Δ| {scores.max_abs:.3g} "
+                  f"({100 * (scores.max_abs_fraction or 0.0):.2f} % of range), SRCC {scores.srcc:.5f}")
 
 
 def _print_lint(lint: dict[str, Any]) -> None:
@@ -668,33 +578,25 @@ def bench(
     name: Annotated[str | None, typer.Option(help="Report file stem (default: bench_<model>).")] = None,
 ) -> None:
     """Latency (single stream) and throughput (offline) of the bundle on several backends, side by side."""
-    from .benchmarks.bench import BenchSettings, run_bench, synthetic_image, write_report
-    from .benchmarks.report_folder import check_report_folder
-    from .bundle import load_bundle
-    from .runtime.images import expand_paths
+    from .benchmarks.bench import BenchSettings, bench_bundle
 
     try:
-        check_report_folder(out_dir)  # before the run, not after it
         settings = BenchSettings(backends=tuple(backends.split(",")),
                                  batch_sizes=_int_list(batch_sizes, "--batch-sizes"), warmup=warmup,
                                  min_iters=min_iters, min_seconds=min_seconds, threads=threads,
                                  offline_images=offline_images)
-        b = load_bundle(bundle)
-        files = expand_paths(list(images)) if images else [synthetic_image(out_dir)]
         with _status("bench") as status:
-            report = run_bench(b, files, settings, progress=lambda m: status.update(f"bench: {_show(m)}"))
-        paths = write_report(report, out_dir, name or f"bench_{report['model']}", invocation=_invocation(ctx))
+            report, paths = bench_bundle(bundle, images, settings, out_dir, name, invocation=_invocation(ctx),
+                                         progress=lambda m: status.update(f"bench: {_show(m)}"))
     except DiffV2IQAError as exc:
         raise _failed(exc) from None
-    table = Table(title=f"Single-stream latency, model {_show(report['model'])}")
+    table = Table(title=f"Single-stream latency, model {_show(report.model)}")
     for col in ("backend", "median s", "p99 s", "speed-up", "best images/s (offline)"):
         table.add_column(col)
-    base = settings.backends[0]
-    for v in report["backends"].values():
-        s = v["single_stream"]["no_decode"]
-        best = max(o["images_per_s"] for o in v["offline"])
-        table.add_row(_show(v["executor"]), f"{s['median']:.4f}", f"{s['p99']:.4f}",
-                      f"{v['speedup_vs_' + base]:.2f}x", f"{best:.3f}")
+    for v in report.backends.values():
+        s = v.single_stream.no_decode
+        table.add_row(_show(v.executor), f"{s.median:.4f}", f"{s.p99:.4f}", f"{v.speedup:.2f}x",
+                      f"{v.best_images_per_s:.3f}")
     out.print(table)
     out.print("wrote " + ", ".join(_show(p) for p in paths))
 

@@ -5,7 +5,8 @@ python -m diffv2iqa_trt.benchmarks.backend_latency --bundle DIR [--backends torc
 
 Each repeat scores the same real photograph (scikit-image's `astronaut`, resized) once per backend, alternating the
 backends so that drift of a shared machine hits all of them alike. One warm-up run per backend is not counted.
-A stage breakdown (restoration steps, VCG, VDA, host work) comes from timing the executor calls.
+A stage breakdown (restoration steps, VCG, VDA, host work) comes from timing the executor calls. Each backend is
+opened through the public API (bench.open_timed: api.Scorer.from_options), as `diffv2iqa-trt score` opens it.
 """
 
 from __future__ import annotations
@@ -19,10 +20,9 @@ from PIL import Image
 
 from ..bundle import load_bundle
 from ..data.photos import photo
-from ..runtime.from_bundle import bundle_pipeline
 from ..runtime.pipeline import Pipeline
 from . import report
-from .bench import TimedExecutor
+from .bench import BenchSettings, TimedExecutor, open_timed
 
 
 def _set_threads(threads: int) -> None:
@@ -53,10 +53,11 @@ def main() -> None:
     pipelines: dict[str, Pipeline] = {}
     timers: dict[str, TimedExecutor] = {}
     scores: dict[str, float] = {}
-    for name in backends:
-        pipe = bundle_pipeline(bundle, name, batch_size=1, threads=args.threads)
-        timers[name] = TimedExecutor(pipe.executor)
-        pipelines[name] = Pipeline(timers[name], pipe.spec, batch_size=1)
+    for name in backends:  # opened through the public API, as `score` opens them; executors timed in place
+        scorer, timer = open_timed(bundle, name, BenchSettings(backends=(name,), threads=args.threads))
+        if not isinstance(timer, TimedExecutor) or not isinstance(scorer.pipeline, Pipeline):
+            parser.error(f"{name} is a GPU stream backend: measure it with `diffv2iqa-trt bench`")
+        timers[name], pipelines[name] = timer, scorer.pipeline
         scores[name] = pipelines[name].score([image])[0].score  # warm-up
         timers[name].seconds.clear()
     times: dict[str, list[float]] = {name: [] for name in backends}

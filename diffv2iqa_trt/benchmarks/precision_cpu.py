@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..api import Scorer
 from ..bundle import Bundle, load_bundle
 from ..contract import (
     COEF,
@@ -39,7 +40,7 @@ from ..contract import (
 )
 from ..data.photos import photo
 from ..precision_plan import runnable_plan
-from ..runtime.from_bundle import bundle_pipeline
+from ..scorers import ScoreOptions
 from . import report
 
 
@@ -100,7 +101,9 @@ def time_end_to_end(bundle: Bundle, rounds: int, threads: int) -> dict[str, Any]
         chosen = bundle.run_plan(None)
         plans.append(runnable_plan(chosen, {g: bundle.precisions(g) for g in GRAPH_NAMES}, cpu=True).label())
     plans = list(dict.fromkeys(plans))
-    pipes = {p: bundle_pipeline(bundle, "onnxruntime", precision=p, batch_size=1, threads=threads) for p in plans}
+    pipes: dict[str, Any] = {  # opened as `diffv2iqa-trt score` opens them
+        p: Scorer.from_options(ScoreOptions(bundle=bundle.root, backend="onnxruntime", precision=p, batch_size=1,
+                                            threads=threads)).pipeline for p in plans}
     scores = {p: pipe.score([image])[0].score for p, pipe in pipes.items()}  # warm-up
     times: dict[str, list[float]] = {p: [] for p in plans}
     for _ in range(rounds):

@@ -8,12 +8,13 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..config import ScoringConfig
-from ..reference.loading import load_model, reference_pipeline
+from ..api import Scorer
+from ..scorers import ScoreOptions
 from . import report
 
 
@@ -27,10 +28,10 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    loaded = load_model(preset_name=args.preset)
-    pipeline = reference_pipeline(loaded.model, ScoringConfig(), steps=args.steps, batch_size=1)
+    # The reference scorer as `diffv2iqa-trt score --preset P` opens it (crops center, mode crops, seed 0).
+    pipeline: Any = Scorer.from_options(ScoreOptions(preset=args.preset, steps=args.steps, batch_size=1)).pipeline
     rng = np.random.default_rng(0)
-    s = loaded.model.config.crop_size
+    s = pipeline.spec.crop_size
     image = rng.integers(0, 256, (s, s, 3), dtype=np.uint8)
     pipeline.score([image])  # warm-up
     times = []

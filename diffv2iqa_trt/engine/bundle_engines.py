@@ -22,7 +22,7 @@ from ..bundle import Bundle, EngineEntry, write_bundle
 from ..bundle.manifest import ShapeRange
 from ..bundle.schema import environment_versions, utc_timestamp
 from ..contract import GRAPH_NAMES
-from ..errors import BuildError, DiffV2IQAError
+from ..errors import BuildError, ConfigError, DependencyError, DiffV2IQAError
 from .builder import BuildSettings, build_engine
 from .census import judge, onnx_intent, parse_census
 from .compatibility import Machine
@@ -70,6 +70,32 @@ def engines_unavailable() -> str | None:
         current_gpu()
     except DiffV2IQAError as exc:
         return str(exc)
+    return None
+
+
+ENGINE_TARGETS = ("onnx", "tensorrt", "auto")
+
+
+def settings_for_target(target: str, settings: BuildSettings, note: Callable[[str], None]) -> BuildSettings | None:
+    """The engine settings of a build for `--target` (onnx, tensorrt, auto), or None when no engines are built.
+    Checked before anything is exported: engine options without an engine target are a ConfigError; --target tensorrt
+    without TensorRT or a GPU is a DependencyError (exit 2, nothing written); --target auto then tells `note` that
+    engines are skipped."""
+    if target not in ENGINE_TARGETS:
+        raise ConfigError(f"unknown --target {target!r}; use one of {', '.join(ENGINE_TARGETS)}")
+    if target == "onnx":
+        if settings != BuildSettings(fallback_allowance=settings.fallback_allowance):
+            raise ConfigError("--timing-cache, --opt-level, --workspace-mib, --version-compatible, "
+                              "--exclude-lean-runtime and --lean-runtime are TensorRT engine options: add --target "
+                              "tensorrt (or auto)")
+        return None
+    settings.check()
+    why = engines_unavailable()
+    if why is None:
+        return settings
+    if target == "tensorrt":
+        raise DependencyError(f"--target tensorrt: {why}")
+    note(f"--target auto: engines skipped, writing the ONNX bundle only. {why}")
     return None
 
 
