@@ -218,7 +218,8 @@ def markdown(r: dict[str, Any]) -> str:
         "# Serving load: `diffv2iqa-trt serve` (PyTriton) against the in-process Scorer", "", "<!--header-->",
         f"CPU: {r['cpu']}; ISA: {' '.join(r['simd']) or 'none listed'}  ",
         f"Bundle: {r['model']} ({r['crops']} crops, {r['steps']} steps), the default backend (onnxruntime, the "
-        f"bundle's plan), threads {r['threads'] or 'default'}, max batch {r['max_batch']}, queue delay {r['max_queue_delay_ms']} ms, protocol {r['protocol']}", "",
+        f"bundle's plan), threads {r['threads'] or 'default'}, max batch {r['max_batch']},"
+        f" queue delay {r['max_queue_delay_ms']} ms, protocol {r['protocol']}", "",
         "| figure | value |", "|---|---|",
         f"| requests sent / answered | {load['requests']} / {load['answered']} |",
         f"| lost (transport errors, deadline) | {load['lost']} |",
