@@ -408,6 +408,8 @@ def test_python_models_score_as_the_toolkit(server: Server, model: str, bundle: 
     one.set_data_from_numpy(images[0][None])
     with pytest.raises(InferenceServerException, match="send exactly one of the inputs 'image'"):
         client.infer(model, [both, one])
+    client.close()
+    grpc.close()
 
 
 # ------------------------------------------------------------------- the front's BLS loop, without a server
@@ -544,3 +546,30 @@ def test_front_refuses_a_noise_bank_that_is_not_the_bundles(repo: Path, tmp_path
     np.save(copy / "diffv2iqa" / "1" / "noise_bank.npy", bank)
     with pytest.raises(BundleError, match="the noise bank is not the bundle's"):
         load_front(copy, fake_pb_utils(copy, []), monkeypatch)
+
+
+def test_external_data_travels_beside_model_onnx(bundle: Bundle, tmp_path: Path) -> None:
+    """A graph whose weights are external data: the data file lands beside model.onnx under the name the graph
+    refers to, so ONNX Runtime (and Triton's onnxruntime backend) loads the exported model.onnx as it is."""
+    import onnx
+    import onnxruntime as ort
+
+    src = tmp_path / "src"
+    src.mkdir()
+    model = onnx.load(str(bundle.onnx_path("vcg")))
+    onnx.save(model, str(src / "vcg.fp32.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="vcg.fp32.onnx.data")
+    doc = read_manifest(bundle.manifest_path)
+    files = {name: bundle.root / name for name in doc.pop("files")}
+    files |= {"vcg.fp32.onnx": src / "vcg.fp32.onnx", "vcg.fp32.onnx.data": src / "vcg.fp32.onnx.data"}
+    external = load_bundle(write_bundle(tmp_path / "b", doc, files))
+    result = export(external.root, tmp_path / "repo", "--no-local")
+    assert result.exit_code == 0, result.output
+    version = tmp_path / "repo" / "vcg" / "1"
+    assert sorted(p.name for p in version.iterdir()) == ["model.onnx", "vcg.fp32.onnx.data"]
+    assert sha256_file(version / "vcg.fp32.onnx.data") == external.manifest.files["vcg.fp32.onnx.data"].sha256
+    crops = {n: np.random.default_rng(0).standard_normal((2, 3, 64, 64), dtype=np.float32)
+             for n in ("x", "y0", "y_t1", "y_t2")}
+    exported = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
+    original = ort.InferenceSession(str(bundle.onnx_path("vcg")), providers=["CPUExecutionProvider"])
+    assert np.array_equal(exported.run(None, crops)[0], original.run(None, crops)[0])

@@ -29,7 +29,7 @@ def export_triton(
     max_batch: Annotated[int | None, typer.Option(
         "--max-batch", min=1, help="max_batch_size of the batched models (vcg, vda, the Python models); default: "
                                    "the largest the bundle's profiles allow.")] = None,
-    instances: Annotated[int, typer.Option("--instances", min=1, help="Instances of each model (instance_group "
+    instances: Annotated[int, typer.Option("--instances", min=1, max=64, help="Instances of each model (instance_group "
                                                                       "count).")] = 1,
     precision: Annotated[str | None, typer.Option(
         "--precision", help="Precision plan of the exported graphs (fp32, fp16, int8, int8-cpu, or graph=precision "

@@ -347,12 +347,14 @@ def _front_model(bundle: Bundle, plan: PrecisionPlan, root: Path, options: Repos
     parameters = {"restore_step_model": targets[RESTORE_STEP], "vcg_model": targets["vcg"],
                   "vda_model": targets["vda"], "batch_size": str(pipeline_batch(max_batch)),
                   "engines": "1" if targets[RESTORE_STEP].endswith(ENGINE_SUFFIX) else "0",
-                  "toolkit_version": __version__}
+                  "max_pixels": "", "toolkit_version": __version__}
     comment = [f"{FRONT}: the scoring front of {bundle.manifest.model.label} (Python backend, BLS).",
                f"Runs the {p.steps}-step loop and the fusion by calling {', '.join(targets.values())};",
                "needs diffv2iqa-trt installed in the Python environment of Triton's Python backend.",
                f"Precision plan of the graphs: {plan.label()}. Request: `image` (encoded bytes) or `pixels` (uint8 "
-               "HxWx3), one of them."]
+               "HxWx3), one of them.",
+               "Parameters: the graph models it calls, batch_size (the pipeline's batch), engines (1: refuse "
+               "restorations outside the profiles), max_pixels (empty: the toolkit's 100 M)."]
     (root / FRONT / "config.pbtxt").write_text(python_config(
         FRONT, max_batch=max_batch, instances=options.instances, delay_us=options.max_queue_delay_us,
         comment=comment, parameters=parameters), encoding="utf-8")
@@ -372,12 +374,12 @@ def _local_model(bundle: Bundle, plan: PrecisionPlan, root: Path, options: Repos
         _copy(bundle.file_path(name), version / BUNDLE_DIR / name)
     (version / "model.py").write_text(_model_source("local_model.py"), encoding="utf-8")
     parameters = {"precision": options.precision or "", "batch_size": str(pipeline_batch(max_batch)), "threads": "",
-                  "toolkit_version": __version__}
+                  "max_pixels": "", "toolkit_version": __version__}
     comment = [f"{LOCAL}: {bundle.manifest.model.label} scored by diffv2iqa-trt's ONNX Runtime host pipeline inside",
                "the Python backend (no BLS, no other Triton backend); a copy of the bundle is in 1/bundle.",
                "Needs diffv2iqa-trt with onnxruntime installed in the Python backend's environment.",
                "Parameters: precision (a --precision plan; empty: the bundle's), threads (ONNX Runtime intra-op "
-               "threads; empty: its default)."]
+               "threads; empty: its default), max_pixels (decoded pixels per image; empty: the toolkit's 100 M)."]
     (root / LOCAL / "config.pbtxt").write_text(python_config(
         LOCAL, max_batch=max_batch, instances=options.instances, delay_us=options.max_queue_delay_us,
         comment=comment, parameters=parameters), encoding="utf-8")
