@@ -294,13 +294,20 @@ def versions() -> dict[str, str]:
     return out
 
 
+def graphs_key(bundle: Bundle) -> str:
+    """What the timings depend on in a bundle: its graph files (by the sha256 the manifest lists) and crop size. Not
+    the whole manifest: a rebuild of the same graphs, or a manifest edited elsewhere, times the same."""
+    graphs = sorted((name, entry.sha256) for name, entry in bundle.manifest.files.items()
+                    if name.endswith((".onnx", ".plan", ".data")))
+    doc = {"graphs": graphs, "crop_size": bundle.manifest.pipeline.crop_size}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def cache_key(bundle: Bundle, batch: int, cpu: Mapping[str, Any] | None = None,
               versions_: Mapping[str, str] | None = None) -> str:
-    from .runtime.backends.onnxruntime_backend import bundle_key
-
     cpu = cpu if cpu is not None else cpu_info.identity()
     doc = {"cpu": cpu.get("model"), "isa_flags": sorted(cpu.get("isa_flags") or ()),
-           "logical_cpus": cpu.get("logical_cpus"), "bundle": bundle_key(bundle),
+           "logical_cpus": cpu.get("logical_cpus"), "graphs": graphs_key(bundle),
            "versions": dict(versions_ if versions_ is not None else versions()), "batch": batch}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -372,9 +379,7 @@ def choose(bundle: Bundle, *, backend: str | None = None, precision: str | None 
         dates.append(stamp)
         fresh[o.key] = {"s": s, "measured": stamp}
     if fresh and use_cache:
-        from .runtime.backends.onnxruntime_backend import bundle_key
-
-        _write_cache(path, {"cpu": dict(cpu), "bundle": bundle_key(bundle), "versions": vers, "batch": batch}, fresh)
+        _write_cache(path, {"cpu": dict(cpu), "graphs": graphs_key(bundle), "versions": vers, "batch": batch}, fresh)
     eligible = [o for o in options if o.eligible]
     fastest = min(eligible, key=lambda o: seconds[o.key])
     refs = [o for o in eligible if o.reference]

@@ -7,6 +7,7 @@ copy of the bundle (precision/bf16.with_record); tests/test_bf16_record.py measu
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -133,10 +134,18 @@ def test_cache_hit_and_misses(auto_built: tuple[Any, str], tmp_path: Path) -> No
     assert len(calls) == 4  # another CPU: measured again
     _, calls = _choose(bundle, tmp_path, cpu={**CPU, "isa_flags": ["avx2"]})
     assert len(calls) == 4  # other ISA flags: measured again
-    other = _with_bf16(auto_built, tmp_path, WITHIN, "other")  # another manifest hash
+    other = _with_bf16(auto_built, tmp_path, WITHIN, "other")  # another manifest, the same graph files
     _, calls = _choose(other, tmp_path)
-    assert {k for k, _ in calls} == set(TIMES)
-    assert len(list((tmp_path / "cache").glob("*.json"))) == 4
+    assert {k for k, _ in calls} == {"openvino bf16 t2", "openvino bf16 t1"}  # only its new candidates are timed
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 3
+    # Other graph files (another sha256 in the manifest): another key, measured again.
+    name = next(n for n in bundle.manifest.files if n.endswith(".onnx"))
+    files = {**bundle.manifest.files, name: dataclasses.replace(bundle.manifest.files[name], sha256="0" * 64)}
+    changed = dataclasses.replace(bundle, manifest=dataclasses.replace(bundle.manifest, files=files))
+    assert auto_choice.graphs_key(changed) != auto_choice.graphs_key(bundle)
+    assert auto_choice.graphs_key(other) == auto_choice.graphs_key(bundle)
+    _, calls = _choose(changed, tmp_path)
+    assert len(calls) == 4
 
 
 def test_default_path_chooses_threads_only(auto_built: tuple[Any, str], tmp_path: Path) -> None:
