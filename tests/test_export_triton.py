@@ -401,13 +401,16 @@ def test_python_models_score_as_the_toolkit(server: Server, model: str, bundle: 
     assert [got["score"][0, 0], got["score"][2, 0]] == [want[0].score, want[2].score]
     assert got["error"][0, 0] == got["error"][2, 0] == b""
 
-    # A request with both inputs is refused as a whole, with the reason (Triton itself refuses one with none).
+    # A request with both inputs: its row's error says so, as `serve` answers (Triton refuses one with none).
     both = httpclient.InferInput("image", [1, 1], "BYTES")
     both.set_data_from_numpy(np.array([[png(images[0])]], dtype=np.object_))
     one = httpclient.InferInput("pixels", [1, *images[0].shape], "UINT8")
     one.set_data_from_numpy(images[0][None])
-    with pytest.raises(InferenceServerException, match="send exactly one of the inputs 'image'"):
-        client.infer(model, [both, one])
+    got = outputs(client.infer(model, [both, one]))
+    assert got["error"][0, 0].startswith(b"a request carries exactly one of the inputs 'image'")
+    assert np.isnan(got["score"][0, 0])
+    with pytest.raises(InferenceServerException, match="request has 0 inputs"):
+        client.infer(model, [])
     client.close()
     grpc.close()
 
@@ -531,8 +534,10 @@ def test_front_answers_every_request_when_a_graph_model_fails(repo: Path, images
     front = load_front(repo, fake_pb_utils(repo, [], broken="vda"), monkeypatch)
     responses = front.execute([FakeRequest([FakeTensor("pixels", images[0][None])]),
                                FakeRequest([FakeTensor("pixels", images[1][None])])])
-    assert [r.error().message() for r in responses] == [
-        "BackendError: the vda model 'vda' failed: Model 'vda' is not ready."] * 2
+    assert not any(r.has_error() for r in responses)
+    errors = [{t.name(): t.as_numpy() for t in r.output_tensors}["error"].tolist() for r in responses]
+    assert errors == [[[b"scoring failed on the server: BackendError: the vda model 'vda' failed: Model 'vda' is "
+                        b"not ready."]]] * 2
 
 
 def test_front_refuses_a_noise_bank_that_is_not_the_bundles(repo: Path, tmp_path: Path,

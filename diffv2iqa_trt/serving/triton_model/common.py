@@ -4,8 +4,9 @@ Runs inside Triton's Python backend (`pb_utils` is its `triton_python_backend_ut
 be exercised against a stand-in). One batch item is one image: `image` (BYTES, an encoded file) or `pixels` (UINT8,
 H x W x 3). Every image of every request of an `execute` call is scored in one `Scorer.score` call, so the pipeline
 forms its batches across requests; an image that cannot be scored is that item's `error`, never its neighbours'.
-A request that carries neither input, or both, is answered with a Triton error, and so is every request of a call
-whose scoring failed as a whole (a graph model not loaded, a graph that breaks the contract).
+As with `diffv2iqa-trt serve`, a request that carries both inputs has the reason as the error of each of its rows,
+and so does every request of a call whose scoring failed as a whole (a graph model not loaded, a graph that breaks
+the contract). (Triton itself refuses a request without inputs.)
 """
 
 from __future__ import annotations
@@ -68,8 +69,9 @@ def request_items(pb_utils: Any, request: Any, max_pixels: int) -> list[np.ndarr
     request that is malformed as a whole."""
     image, pixels = _optional_input(pb_utils, request, IMAGE), _optional_input(pb_utils, request, PIXELS)
     if (image is None) == (pixels is None):
-        raise ValueError(f"send exactly one of the inputs {IMAGE!r} (encoded image bytes) and {PIXELS!r} (uint8 "
-                         "height x width x 3)")
+        given = "both" if image is not None else "neither"
+        raise ValueError(f"a request carries exactly one of the inputs {IMAGE!r} (encoded bytes) or {PIXELS!r} "
+                         f"(HxWx3 uint8); this one has {given}")
     if pixels is not None:
         if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[-1] != 3:
             raise ValueError(f"{PIXELS!r} must be uint8 [batch, height, width, 3], got {pixels.dtype} "
@@ -107,27 +109,29 @@ def response_arrays(results: Sequence[ScoreResult | str]) -> dict[str, np.ndarra
     return out
 
 
+def _rows(pb_utils: Any, request: Any) -> int:
+    """A request's batch size (1 when no input says: one error row)."""
+    arrays = [a for name in (IMAGE, PIXELS) if (a := _optional_input(pb_utils, request, name)) is not None]
+    return max((int(a.shape[0]) for a in arrays if a.ndim > 0), default=1)
+
+
 def execute(pb_utils: Any, scorer: Scorer, requests: Sequence[Any], max_pixels: int) -> list[Any]:
     """One response per request, in order (the Python backend's `execute`)."""
-    parsed: list[list[np.ndarray | str] | str] = []
+    parsed: list[list[np.ndarray | str]] = []
     for request in requests:
         try:
             parsed.append(request_items(pb_utils, request, max_pixels))
-        except ValueError as exc:
-            parsed.append(str(exc))
-    images = [item for items in parsed if not isinstance(items, str) for item in items
-              if not isinstance(item, str)]
+        except ValueError as exc:  # malformed as a whole: every row of it is that error
+            parsed.append([str(exc)] * _rows(pb_utils, request))
+    images = [item for items in parsed for item in items if not isinstance(item, str)]
     try:
         scored = iter(scorer.score(images) if images else [])
-    except DiffV2IQAError as exc:  # the model itself failed (a graph model not ready, a broken graph): every request
-        failure = f"{type(exc).__name__}: {exc}"
-        parsed = [failure for _ in parsed]
+    except DiffV2IQAError as exc:  # the model itself failed (a graph model not ready, a broken graph): every row
+        failure = f"scoring failed on the server: {type(exc).__name__}: {exc}"
+        parsed = [[failure] * len(items) for items in parsed]
         scored = iter([])
     responses = []
     for items in parsed:
-        if isinstance(items, str):
-            responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(items)))
-            continue
         results: list[ScoreResult | str] = [item if isinstance(item, str) else next(scored) for item in items]
         responses.append(pb_utils.InferenceResponse(
             output_tensors=[pb_utils.Tensor(name, array) for name, array in response_arrays(results).items()]))
