@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import io
 import signal
+import socket
 import struct
+import subprocess
+import sysconfig
 import threading
 import time
 import zlib
@@ -20,7 +23,15 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
-from serve_server import ServeProcess, port_free, serve_python
+from serve_server import ServeProcess, free_ports, port_free, serve_python
+
+from diffv2iqa_trt.errors import DependencyError
+from diffv2iqa_trt.serving.environment import (
+    Interpreter,
+    check_serving_environment,
+    serving_problems,
+    use_own_libpython,
+)
 
 tritonhttp = pytest.importorskip("tritonclient.http")
 tritongrpc = pytest.importorskip("tritonclient.grpc")
@@ -295,12 +306,13 @@ def test_bad_inputs_amid_good_requests(server: ServeProcess, images: dict[str, t
 # ------------------------------------------------------------------------------------------------------- faults
 
 
-def test_sigkill_mid_load_errors_then_restart_serves(python: str, bundle: Path,
-                                                     images: dict[str, tuple[np.ndarray, bytes]],
-                                                     expected: dict[tuple[str, str], Row]) -> None:
-    """SIGKILL with requests in flight: every client gets an error within its timeout (none hangs); a server
-    restarted on the same ports serves exactly again."""
-    served = ServeProcess(python, bundle, None, "--drain-timeout", "2").wait_ready()
+def test_sigkill_mid_load_then_restart_then_sigterm_drains(python: str, bundle: Path,
+                                                           images: dict[str, tuple[np.ndarray, bytes]],
+                                                           expected: dict[tuple[str, str], Row]) -> None:
+    """SIGKILL with requests in flight: every client gets an error within its timeout (none hangs). A server
+    restarted on the same ports serves exactly again; SIGTERM to it while requests are queued and running: each of
+    them completes with its exact scores, at least one after the signal, and the process exits 0."""
+    served = ServeProcess(python, bundle, None, "--drain-timeout", "1").wait_ready()
     ports = [served.http_port, served.grpc_port, served.metrics_port]
     timeout = 20.0
     outcomes: list[tuple[str, float]] = []
@@ -336,42 +348,119 @@ def test_sigkill_mid_load_errors_then_restart_serves(python: str, bundle: Path,
 
     deadline = time.monotonic() + 30  # Triton, orphaned, drains for --drain-timeout before it lets the ports go
     while not all(port_free(p) for p in ports) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    again = ServeProcess(python, bundle, ports).wait_ready()
-    try:
-        assert http_score(again.http_address, "pixels", rgb) == [expected["astronaut.png", "pixels"]]
-    finally:
-        again.close()
-
-
-def test_sigterm_mid_load_drains_and_exits_0(python: str, bundle: Path, images: dict[str, tuple[np.ndarray, bytes]],
-                                             expected: dict[tuple[str, str], Row]) -> None:
-    """SIGTERM while requests are queued and running: each of them completes with its exact scores, at least one
-    after the signal, and the process exits 0."""
-    served = ServeProcess(python, bundle, None, "--max-batch", "4", "--max-queue-delay-ms", "0").wait_ready()
-    rgb = images["astronaut.png"][0]
+        time.sleep(0.1)
+    again = ServeProcess(python, bundle, ports, "--max-batch", "4", "--max-queue-delay-ms", "0").wait_ready()
     want = [expected["astronaut.png", "pixels"]] * 4
     done: list[tuple[list[Row] | BaseException, float]] = []
 
-    def client() -> None:
+    def drained_client() -> None:
         try:
-            got: list[Row] | BaseException = http_score(served.http_address, "pixels", np.stack([rgb] * 4))
+            got: list[Row] | BaseException = http_score(again.http_address, "pixels", np.stack([rgb] * 4))
         except BaseException as exc:  # noqa: BLE001 - recorded, the test fails on it
             got = exc
         done.append((got, time.monotonic()))
 
     try:
-        threads = [threading.Thread(target=client, daemon=True) for _ in range(6)]
+        assert http_score(again.http_address, "pixels", rgb) == [expected["astronaut.png", "pixels"]]
+        threads = [threading.Thread(target=drained_client, daemon=True) for _ in range(6)]
         for t in threads:
             t.start()
         time.sleep(0.5)
-        sent = served.signal(signal.SIGTERM)
+        sent = again.signal(signal.SIGTERM)
         for t in threads:
             t.join(timeout=60)
-        code = served.wait(timeout=60)
+        code = again.wait(timeout=60)
     finally:
-        served.close()
+        again.close()
     assert [got for got, _ in done] == [want] * 6, done
     assert max(at for _, at in done) > sent, "every request had finished before SIGTERM: nothing was drained"
-    assert code == 0, served.output()
-    assert any(line.startswith("SIGTERM: draining") for _, line in served.stderr), served.output()
+    assert code == 0, again.output()
+    assert any(line.startswith("SIGTERM: draining") for _, line in again.stderr), again.output()
+
+
+# --------------------------------------------------------------------------------- refusals before anything runs
+
+
+def _serve_cli(python: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([python, "-m", "diffv2iqa_trt.cli", "serve", *args], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_busy_port_and_missing_bundle_are_clear_errors(python: str, bundle: Path, tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        http, grpc, metrics = (str(p) for p in free_ports(3))
+        taken = _serve_cli(python, "--bundle", str(bundle), "--http-port", http, "--grpc-port", str(port),
+                           "--metrics-port", metrics)
+    assert taken.returncode == 2, taken.stderr
+    assert f"127.0.0.1:{port} (--grpc-port) is in use" in taken.stderr and "pick a free port with --grpc-port" in \
+        taken.stderr
+    missing = _serve_cli(python, "--bundle", str(tmp_path / "nothing"), "--http-port", http, "--grpc-port", grpc,
+                         "--metrics-port", metrics)
+    assert missing.returncode == 2 and "no bundle at" in missing.stderr, missing.stderr
+
+
+def test_serving_problems_name_each_fix() -> None:
+    """What `serve` says in an environment that cannot host Triton's Python backend (checked before anything
+    starts, in any environment: the development one has NumPy 2 and no PyTriton)."""
+    good = Interpreter(executable="/x/bin/python", numpy_version="1.26.4", has_pytriton=True, shared_libpython=True,
+                       libdir=Path(sysconfig.get_config_var("LIBDIR")), libpython=sysconfig.get_config_var("LDLIBRARY"))
+    if not (good.libdir / str(good.libpython)).exists():  # type: ignore[operator]
+        pytest.skip("this Python has no shared libpython to point at")
+    assert serving_problems(good) == []
+    dev = Interpreter(**{**good.__dict__, "numpy_version": "2.4.6", "has_pytriton": False})
+    with pytest.raises(DependencyError) as info:
+        check_serving_environment(dev)
+    message = str(info.value)
+    assert "PyTriton (nvidia-pytriton) is not installed in /x/bin/python" in message
+    assert "NumPy 2.4.6 is installed" in message and "serving needs NumPy < 2" in message
+    assert "pip install 'diffv2iqa-trt[serve]'" in message
+    static = Interpreter(**{**good.__dict__, "shared_libpython": False})
+    assert "built without a shared libpython (Py_ENABLE_SHARED=0)" in serving_problems(static)[0]
+    assert "--enable-shared" in serving_problems(static)[0]
+    moved = Interpreter(**{**good.__dict__, "libdir": Path("/nonexistent")})
+    assert "is not in its LIBDIR" in serving_problems(moved)[0]
+    env = use_own_libpython(good, {"LD_LIBRARY_PATH": f"/usr/lib:{good.libdir}"})
+    assert env["LD_LIBRARY_PATH"] == f"{good.libdir}:/usr/lib"
+
+
+def test_score_requests_gives_each_row_its_own_result(bundle: Path, images: dict[str, tuple[np.ndarray, bytes]],
+                                                      expected: dict[tuple[str, str], Row]) -> None:
+    """The infer function's core without a server: requests of several rows, good and bad mixed, one Scorer call,
+    each row its own result in order."""
+    import diffv2iqa_trt
+    from diffv2iqa_trt.serving.requests import RequestLimits, score_requests
+
+    class Request:
+        def __init__(self, data: dict[str, np.ndarray], parameters: dict[str, Any] | None = None) -> None:
+            self.data, self.parameters = data, parameters
+
+    rgb, png = images["astronaut.png"]
+    requests = [Request({"image": np.array([[png], [b"junk"], [images["coffee.ppm"][1]]], dtype=object)}),
+                Request({"pixels": np.stack([rgb, rgb])}),
+                Request({}),
+                Request({"pixels": rgb[None]}, {"mode": "faithful"})]
+    calls = []
+    with diffv2iqa_trt.load(bundle, backend="onnxruntime") as scorer:
+        score = scorer.score
+        scorer.score = lambda inputs, **kw: calls.append(len(inputs)) or score(inputs, **kw)  # type: ignore[method-assign]
+        responses = score_requests(scorer, requests, RequestLimits())
+    assert calls == [5]  # every good row of the batch in one call
+    rows = [_rows(_Result(r)) for r in responses]
+    assert rows[0][0] == expected["astronaut.png", "image"] and rows[0][2] == expected["coffee.ppm", "image"]
+    assert "not an image file" in _unscored(rows[0][1])
+    assert rows[1] == [expected["astronaut.png", "pixels"]] * 2
+    assert "this one has neither" in _unscored(rows[2][0])
+    assert "per-request mode is not supported" in _unscored(rows[3][0])
+
+
+class _Result:
+    """A response dict read like a tritonclient result."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        self.arrays = arrays
+
+    def as_numpy(self, name: str) -> np.ndarray:
+        return self.arrays[name]

@@ -90,11 +90,13 @@ def serve(
     """Serve a bundle on Triton Inference Server (model `diffv2iqa`, KServe v2 HTTP and gRPC) until SIGTERM or
     Ctrl-C, which drain the requests in flight. Needs the `serve` extra (PyTriton, NumPy < 2) in its own
     environment. Prints one line with the URLs when the model is loaded, warmed up and ready."""
-    from .environment import check_serving_environment
+    from .environment import check_ports, check_serving_environment
     from .requests import RequestLimits
 
     try:
         python = check_serving_environment()
+        # Before the bundle loads (seconds): a busy port is reported at once (run_server checks again).
+        check_ports(host, {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port})
     except DiffV2IQAError as exc:
         raise _fail(str(exc), exc.exit_code) from None
     if not _is_loopback(host):
