@@ -479,9 +479,16 @@ sha256.
   `{LOCAL}` with its `cpu` extra, i.e. onnxruntime) into the Python environment of Triton's Python backend, with a
   NumPy the backend's stub was built against (PyTriton 0.7's stub: NumPy < 2). The toolkit's version should be
   {__version__}, the one that wrote this repository.
-- `{FRONT}` calls {', '.join(f'`{m}`' for m in report.front_calls)}
-  through BLS (the models named in its config.pbtxt `parameters`; edit them to call the other set). Load those
-  too.
+- `{FRONT}` calls {', '.join(f'`{m}`' for m in report.front_calls)} through BLS (the models named in its
+  config.pbtxt `parameters`): load them too. `restore_step` has `max_batch_size: 0` because its input `z` is one
+  noise image shared by the whole batch; the front forms its batches itself, across the requests of a call.
+
+## Scores
+`{LOCAL}` runs the scorer of `diffv2iqa-trt score --backend onnxruntime` on the copy of the bundle: same scores,
+bit for bit, for the same images. `{FRONT}` runs the same pipeline (crops, loop, batches, fusion) over the graph
+models, so its scores are the toolkit's for the same graph outputs; Triton's onnxruntime backend is another build of
+ONNX Runtime (and TensorRT engines another precision path), so expect agreement within the bundle's parity report,
+not bit for bit.
 
 ## Request and response (both Python models)
 Inputs, one of them per batch item: `image` (BYTES [1]: a PNG, JPEG, PPM... file, decoded by the toolkit's checked
@@ -494,11 +501,18 @@ The pipeline: {p.steps} steps, crops `{p.crops}` of {p.crop_size} pixels, mode `
 is the noise bank of a {p.crop_size}x{p.crop_size} restoration (rows 0..{p.steps}, float32), checked against the
 manifest's test vectors when the model loads.
 
-## Start a server
+## Start a server and score
 ```
-tritonserver --model-repository=$PWD --model-control-mode=explicit \\
-    --load-model={LOCAL}
+tritonserver --model-repository=$PWD --model-control-mode=explicit --load-model={LOCAL}
 ```
-or load `{FRONT}` with the graph models it calls (`--load-model=restore_step --load-model=vcg ...`) on a server
-with the onnxruntime (or tensorrt) backend.
+or load `{FRONT}` with the graph models it calls (`--load-model={FRONT} {' '.join(f'--load-model={m}' for m in
+report.front_calls)}`) on a server with the onnxruntime (or tensorrt) backend. Then, with `tritonclient[http]`:
+```python
+import numpy as np, tritonclient.http as http
+client = http.InferenceServerClient("127.0.0.1:8000")
+image = http.InferInput("image", [1, 1], "BYTES")
+image.set_data_from_numpy(np.array([[open("photo.png", "rb").read()]], dtype=object))
+result = client.infer("{LOCAL}", [image])
+print(result.as_numpy("score")[0, 0], result.as_numpy("error")[0, 0])
+```
 """
