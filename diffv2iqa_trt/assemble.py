@@ -406,13 +406,10 @@ def variant_options(request: PrecisionPlan, v: VariantRequest, overwrite: bool) 
         if v.calibration_images or v.evaluation_images:
             raise ConfigError("--calib-images and --eval-images only apply with a --precision other than fp32")
         return None
-    # The budget's range (Budget itself does not check it yet: precision/evaluate.py).
-    if not 0 < v.min_srcc <= 1 or not 0 < v.max_delta <= 1:
-        raise ConfigError(f"the budget needs 0 < --min-srcc <= 1 and 0 < --max-delta <= 1, got {v.min_srcc} and "
-                          f"{v.max_delta}")
+    budget = Budget(v.min_srcc, v.max_delta)  # checks its range
     methods = tuple(m.strip() for m in v.methods.split(",") if m.strip())
     options = VariantOptions(calibration_images=v.calibration_images, evaluation_images=v.evaluation_images,
-                             max_crops=v.max_crops, methods=methods, budget=Budget(v.min_srcc, v.max_delta),
+                             max_crops=v.max_crops, methods=methods, budget=budget,
                              overwrite=overwrite)
     check_request(request, options)
     return options
@@ -439,6 +436,7 @@ class BuildOutcome:
     exported: BuildResult | None  # the export's lint and checks; None when an existing bundle was extended
     variants: bool  # precision variants were added
     engines: bool  # TensorRT engines were added
+    bf16: bool = False  # OpenVINO's bf16 was measured and recorded (precision.bf16)
 
 
 @dataclass(frozen=True)
@@ -458,6 +456,14 @@ class PreparedBuild:
         from .reference.loading import LoadedModel
 
         r = self.request
+        if self.label == BF16_LABEL:
+            from .precision.bf16 import add_bf16
+            from .precision.evaluate import Budget
+
+            v = r.variants
+            path = add_bf16(self.source, r.out, list(v.evaluation_images), budget=Budget(v.min_srcc, v.max_delta),
+                            overwrite=r.options.overwrite, say=progress)
+            return BuildOutcome(path, None, False, False, bf16=True)
         if isinstance(self.source, LoadedModel):
             m = self.source
             result = build_bundle(m.model, m.info, r.out, r.options, self.plan, self.variants, init_seed=m.init_seed,
@@ -471,6 +477,32 @@ class PreparedBuild:
         return BuildOutcome(path, None, self.variants is not None, self.engines is not None)
 
 
+BF16_LABEL = "measuring bf16"
+
+
+def _prepare_bf16(request: BuildRequest) -> PreparedBuild:
+    """`--precision bf16`: no graphs are built (bf16 is OpenVINO's run-time hint on the FP32 graphs); the source
+    bundle's FP32 graphs are measured with it on --eval-images and the record is written into --out."""
+    from .bundle import load_bundle
+    from .precision_plan import PrecisionPlan
+
+    if request.from_bundle is None:
+        raise ConfigError("--precision bf16 measures OpenVINO's bf16 hint on a bundle's FP32 graphs: build the bundle "
+                          "first, then pass --from-bundle B --eval-images DIR")
+    if not request.variants.evaluation_images:
+        raise ConfigError("--precision bf16 is measured on an evaluation set: pass --eval-images DIR (at least 8 "
+                          "images, 50 or more recommended)")
+    from .precision.evaluate import Budget
+
+    Budget(request.variants.min_srcc, request.variants.max_delta)  # checks its range
+    bundle = load_bundle(request.from_bundle)
+    if os.path.abspath(request.out) != str(bundle.root):
+        check_output(request.out, request.options.overwrite)
+    elif not request.options.overwrite:
+        raise ConfigError(f"--out is the source bundle {request.out}: pass --overwrite to replace it in place")
+    return PreparedBuild(request, PrecisionPlan.uniform_plan("fp32"), None, None, BF16_LABEL, None, bundle)
+
+
 def prepare_build(request: BuildRequest, note: Callable[[str], None] | None = None) -> PreparedBuild:
     """Check a build request before any work: the plan, the variant options, the engine target (`note` hears that
     --target auto skips engines), the output (in place only with --overwrite), then load the model (or the bundle to
@@ -480,6 +512,8 @@ def prepare_build(request: BuildRequest, note: Callable[[str], None] | None = No
     from .precision_plan import parse_plan
 
     overwrite = request.options.overwrite
+    if request.precision.strip() == "bf16":
+        return _prepare_bf16(request)
     plan = parse_plan(request.precision, allow_best=True)
     variants = variant_options(plan, request.variants, overwrite)
     engines = settings_for_target(request.target, request.engines or BuildSettings(), note or (lambda _m: None))

@@ -146,6 +146,7 @@ def _fmt(v: float | None) -> str:
 
 
 class BackendName(str, Enum):
+    auto = "auto"
     torch = "torch"
     onnxruntime = "onnxruntime"
     openvino = "openvino"
@@ -166,13 +167,16 @@ def score(
     backend: Annotated[BackendName | None, typer.Option(
         help="torch (the reference), onnxruntime, openvino (CPU; the `openvino` extra; --precision bf16 on CPUs with "
              "AVX-512 BF16 or AMX), or the GPU stream backends torch-cuda (the PyTorch graphs on CUDA streams and "
-             "graphs) and tensorrt (the bundle's engines; never run in this project so far). Default: onnxruntime "
-             "with --bundle, torch without.")] = None,
+             "graphs) and tensorrt (the bundle's engines; never run in this project so far); auto: the fastest CPU "
+             "choice whose measured accuracy keeps the bundle's budget (timed once per machine and bundle, cached; "
+             "one line on stderr says what ran). Default: onnxruntime with --bundle (bit-reproducible; its thread "
+             "count measured once unless --threads), torch without.")] = None,
     precision: Annotated[str | None, typer.Option(
         help="Precision plan of the bundle's graphs for onnxruntime: fp32, fp16, int8, int8-cpu or per graph "
              "(restore_step=fp16,vcg=fp16,vda=int8); for openvino: fp32 or bf16 (the fp32 graphs with OpenVINO's "
-             "bf16 hint), also per graph. Default: the plan the bundle was built with (fp32 if none). On the CPU, "
-             "int8 runs the int8-cpu variant where the bundle has one.")] = None,
+             "bf16 hint), also per graph; auto: the fastest plan inside the budget (as --backend auto). Default: "
+             "the plan the bundle was built with (fp32 if none). On the CPU, int8 runs the int8-cpu variant where "
+             "the bundle has one.")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="Native checkpoint (.safetensors). Default: the embedded "
                                                          "demo model (tiny, trained on synthetic distortions; see "
                                                          "weights/MODEL_CARD.md).")] = None,
@@ -222,6 +226,8 @@ def score(
         scorer = Scorer.from_options(options, max_pixels=max_pixels)
     except DiffV2IQAError as exc:
         raise _failed(exc) from None
+    for line in scorer.notes:  # what auto chose and why; an unmeasured bf16 plan
+        err.print(_show(line, message=True))
     files = expand_paths(list(paths))
     if not files:
         raise _fail("no images found in the given paths")
@@ -310,7 +316,9 @@ def build(
         help="Precision plan: fp32, fp16, int8, int8-cpu, best, or per graph, e.g. "
              "restore_step=fp16,vcg=fp16,vda=int8 (graphs not named stay fp32). best searches, per graph, the lowest "
              "precision whose scores stay within the budget on --eval-images. int8 also makes an int8-cpu variant "
-             "for the CPU backend.")] = "fp32",
+             "for the CPU backend. bf16 (with --from-bundle and --eval-images, on a CPU with AVX-512 BF16 or AMX): "
+             "measure OpenVINO's bf16 hint on the FP32 graphs and record its accuracy, so `score --backend auto` "
+             "may choose it.")] = "fp32",
     from_bundle: Annotated[Path | None, typer.Option(
         "--from-bundle", help="Add the --precision variants to this bundle's FP32 graphs instead of exporting "
                               "(--out may be the same bundle, with --overwrite).")] = None,
@@ -382,11 +390,25 @@ def build(
         for e in output_errors(done.exported):
             table.add_row(_show(e.graph), _show(e.output), f"{e.max_abs:.3g}", f"{e.max_rel:.3g}")
         out.print(table)
+    if done.bf16:
+        _print_bf16(done.path)
     if done.variants:
         _print_precision(done.path)
     if done.engines:
         _print_engines(done.path)
     out.print(f"wrote bundle {_show(done.path)}")
+
+
+def _print_bf16(path: Path) -> None:
+    from .bundle import load_bundle
+    from .precision.bf16 import bf16_record
+
+    r = bf16_record(load_bundle(path))
+    if r is None:
+        return
+    over = "" if r.within_budget else " (over the budget: " + "; ".join(r.over_budget) + ")"
+    out.print(f"bf16 plan {_show(r.plan_label)}: SRCC {r.plan_scores['srcc']:.5f}, max |Δ| "
+              f"{100 * r.plan_scores['max_abs_fraction']:.2f} % of the score range vs fp32{_show(over)}")
 
 
 def _progress(status: Any, message: str) -> None:

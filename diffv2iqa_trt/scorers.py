@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from .config import ScoringConfig, check_seed, grid_size
 from .errors import ConfigError, DiffV2IQAError
 from .precision_plan import parse_plan
+from .reference import backends as _reference_backends  # noqa: F401  (registers torch, torch-cuda; imports no torch)
 from .runtime.backends import STREAM_BACKENDS
 from .runtime.pipeline import ScoringPipeline, check_steps
 

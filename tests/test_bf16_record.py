@@ -9,8 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
 from diffv2iqa_trt.bundle import load_bundle
+from diffv2iqa_trt.cli import app
 from diffv2iqa_trt.contract import GRAPH_NAMES
 from diffv2iqa_trt.data.distortions import distort
 from diffv2iqa_trt.data.photos import SET_DISTORTIONS
@@ -31,6 +33,23 @@ def test_bf16_needs_an_evaluation_set(auto_built: tuple[Any, str], tmp_path: Pat
         add_bf16(auto_built[0], tmp_path / "out", [])
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    ([], "build the bundle first, then pass --from-bundle B --eval-images DIR"),
+    (["--from-bundle", "{bundle}"], "pass --eval-images DIR"),
+    (["--from-bundle", "{bundle}", "--eval-images", "{bundle}", "--min-srcc", "1.5"],
+     "the budget needs 0 < --min-srcc <= 1"),
+    (["--from-bundle", "{bundle}", "--eval-images", "{bundle}", "--out", "{bundle}"],
+     "pass --overwrite to replace it in place"),
+])
+def test_build_bf16_refuses_before_any_work(auto_built: tuple[Any, str], tmp_path: Path, args: list[str],
+                                            message: str) -> None:
+    root = str(auto_built[0].root)
+    argv = ["build", "--precision", "bf16", "--out", str(tmp_path / "out"), *(a.format(bundle=root) for a in args)]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_bf16_record_is_measured_and_held_to_the_budget(auto_built: tuple[Any, str], photos: list[np.ndarray],
                                                         tmp_path: Path) -> None:
     pytest.importorskip("openvino", reason="OpenVINO is not installed: pip install 'diffv2iqa-trt[openvino]'")
@@ -46,9 +65,14 @@ def test_bf16_record_is_measured_and_held_to_the_budget(auto_built: tuple[Any, s
         Image.fromarray(image).save(folder / f"{i}.png")
     bundle = auto_built[0]
     assert bf16_record(bundle) is None
-    out = load_bundle(add_bf16(bundle, tmp_path / "with-bf16", [folder]))
+    # Through the CLI: `build --precision bf16 --from-bundle B --eval-images DIR` (assemble -> precision.bf16).
+    result = CliRunner().invoke(app, ["build", "--precision", "bf16", "--from-bundle", str(bundle.root),
+                                      "--eval-images", str(folder), "--out", str(tmp_path / "with-bf16")])
+    assert result.exit_code == 0, result.output
+    out = load_bundle(tmp_path / "with-bf16")
     record = bf16_record(out)
     assert record is not None
+    assert f"bf16 plan {record.plan_label}: SRCC {record.plan_scores['srcc']:.5f}" in result.stdout
     # Per graph: tensor errors on recorded calls and the scores with only that graph in bf16; the plan, its deltas.
     for g in GRAPH_NAMES:
         entry = record.graphs[g]

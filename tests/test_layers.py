@@ -29,10 +29,7 @@ FORBIDDEN = ("torch", "diffv2iqa_trt.model", "diffv2iqa_trt.export", "diffv2iqa_
 # "pkg.module" or "pkg.module:function" in a string: how an import by name is spelled.
 _MODULE_TEXT = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*)?")
 # String-named edges into the package that exist on purpose, each with why; an entry is removed with its cause.
-TRANSITIONAL_EDGES = {
-    ("runtime/backends/__init__.py", "diffv2iqa_trt.reference.backends"):
-        "until api.py imports diffv2iqa_trt.reference.backends itself (issue 23 item 3)",
-}
+TRANSITIONAL_EDGES: dict[tuple[str, str], str] = {}
 
 
 def string_imports(tree: ast.AST) -> set[str]:

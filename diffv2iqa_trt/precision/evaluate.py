@@ -12,6 +12,7 @@ import numpy as np
 
 from ..calibration import CalibrationSet
 from ..contract import GRAPH_NAMES, GRAPH_OUTPUTS, RESTORE_OUTPUT, RESTORE_STEP, X
+from ..errors import ConfigError
 from ..metrics import abs_error_summary, krcc, plcc, rank_flips, srcc
 from ..runtime.backends.onnxruntime_backend import OnnxRuntimeExecutor
 from ..runtime.crops import WorkUnit
@@ -25,6 +26,11 @@ class Budget:
 
     min_srcc: float = 0.995
     max_abs_fraction: float = 0.02  # of the FP32 scores' range on the evaluation set
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_srcc <= 1 or not 0 < self.max_abs_fraction <= 1:
+            raise ConfigError(f"the budget needs 0 < --min-srcc <= 1 and 0 < --max-delta <= 1, got {self.min_srcc} "
+                              f"and {self.max_abs_fraction}")
 
     def failures(self, deltas: Mapping[str, Any]) -> list[str]:
         out = []

@@ -14,7 +14,6 @@ CLI imports; the runtime package never imports torch, the model or the reference
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -108,10 +107,3 @@ def _tensorrt(bundle: Bundle, spec: PipelineSpec, **options: Any) -> StreamPipel
 register_backend("onnxruntime", _onnxruntime)
 register_backend("openvino", _openvino)
 register_stream_backend("tensorrt", _tensorrt)
-
-# Transitional (issue 23 item 3): the public API (api.py, scorers.py) does not import the reference side's
-# registration yet, so `load(bundle, backend="torch")` would not find `torch` without the CLI. Until it does, the
-# registration module is imported here, after everything above is defined (it imports this module back). The layering
-# test lists this one edge by name (TRANSITIONAL_EDGES); delete both when api.py imports
-# diffv2iqa_trt.reference.backends.
-importlib.import_module("diffv2iqa_trt.reference.backends")
