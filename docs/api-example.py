@@ -7,7 +7,7 @@ import diffv2iqa_trt as iqa
 BUNDLE = "my-bundle"  # a folder written by `diffv2iqa-trt build`; iqa.load() alone runs the embedded demo model
 IMAGES = ["photo1.png", "photo2.png"]
 
-with iqa.load(BUNDLE) as scorer:  # backend "auto": ONNX Runtime with a bundle, the torch reference without
+with iqa.load(BUNDLE) as scorer:  # default: ONNX Runtime with a bundle (bit-reproducible), torch without
     # Paths, decoded exactly as `diffv2iqa-trt score` decodes them: the same scores, bit for bit.
     path_results = scorer.score(IMAGES)
     for r in path_results:
