@@ -75,14 +75,14 @@ def _interleaved(calls: dict[str, Callable[[], object]], rounds: int, pause: flo
     return times
 
 
-def time_graphs(bundle: Bundle, executors: dict[str, Any], rounds: int, batch: int, pause: float = 0.05
-                ) -> dict[str, Any]:
+def time_graphs(bundle: Bundle, executors: dict[str, Any], rounds: int, batch: int, pause: float = 0.05,
+                graphs: tuple[str, ...] = GRAPH_NAMES) -> dict[str, Any]:
     from .roofline import stage_macs
 
     m = bundle.manifest
     macs = stage_macs(dict(m.model.config), m.pipeline.steps)
     results: dict[str, Any] = {}
-    for graph in GRAPH_NAMES:
+    for graph in graphs:
         feed = list(graph_inputs(bundle, graph, batch).values())
         outputs = {k: np.asarray(getattr(ex, graph)(*feed), np.float64) for k, ex in executors.items()}  # warm-up
         ref = outputs[BASELINE]
