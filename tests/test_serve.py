@@ -464,3 +464,59 @@ class _Result:
 
     def as_numpy(self, name: str) -> np.ndarray:
         return self.arrays[name]
+
+
+# --------------------------------------------------------------------------------------------- README examples
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_block(start: str, end: str, language: str) -> str:
+    import re
+
+    text = README.read_text()
+    section = text[text.index(start) + len(start):text.index(end)]
+    code = re.search(rf"```{language}\n(.*?)```", section, re.S)
+    assert code is not None, f"no ```{language} block between {start} and {end} in README.md"
+    return code.group(1)
+
+
+def _on_test_server(code: str, server: ServeProcess) -> str:
+    assert "127.0.0.1:8000" in code or "127.0.0.1:8001" in code
+    return code.replace("127.0.0.1:8000", server.http_address).replace("127.0.0.1:8001", server.grpc_address)
+
+
+def test_readme_client_example_scores_as_in_process(server: ServeProcess, images: dict[str, tuple[np.ndarray, bytes]],
+                                                    expected: dict[tuple[str, str], Row], tmp_path: Path) -> None:
+    """The README's tritonclient example (HTTP `image`, gRPC `pixels`), run as written against the test server: the
+    scores it prints are the in-process ones, bit for bit (Python prints a float's shortest round-trip form)."""
+    import contextlib
+
+    code = _readme_block("<!-- serve-client-example:start -->", "<!-- serve-client-example:end -->", "python")
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(images["astronaut.png"][1])
+    code = _on_test_server(code, server).replace('PHOTO = "photo.png"', f"PHOTO = {str(photo)!r}")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(code, "README.md (serve client example)", "exec"), {})  # noqa: S102 - the README's own code
+    http_line, grpc_line = printed.getvalue().splitlines()
+    score, vcg, vda, *_ = expected["astronaut.png", "pixels"]
+    assert http_line == f"{expected['astronaut.png', 'image'][0]} "  # score, then the empty error string
+    assert grpc_line.split() == [str(score), str(vcg), str(vda)]
+
+
+def test_readme_curl_example_scores_as_in_process(server: ServeProcess, images: dict[str, tuple[np.ndarray, bytes]],
+                                                  expected: dict[tuple[str, str], Row], tmp_path: Path) -> None:
+    """The README's curl request (binary `image` input), run by bash in a scratch folder against the test server."""
+    import json
+    import shutil
+
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    script = _readme_block("An encoded image with curl", "Pixels as plain JSON", "bash")
+    (tmp_path / "photo.png").write_bytes(images["chelsea.jpg"][1])  # the README names photo.png; any format decodes
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", _on_test_server(script, server)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    outputs = {o["name"]: o["data"] for o in json.loads(done.stdout)["outputs"]}
+    assert outputs["score"] == [expected["chelsea.jpg", "image"][0]] and outputs["error"] == [""]
