@@ -53,10 +53,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .gpu_check_report import (
+    FP32_TOLERANCE,
+    Achieved,
+    BundlePhase,
+    BundleStep,
+    CorrectnessPhase,
+    CorrectnessRow,
+    DevicesPhase,
+    GpuCheckReport,
+    LayerResult,
+    OverlapPhase,
+    Peak,
+    PhaseEntry,
+    SetupPhase,
+    StageTimes,
+    TimelineEvent,
+    TimingPhase,
+    TimingRow,
+    WatchdogStop,
+    markdown,
+)
+
 if TYPE_CHECKING:  # imported where used: a machine without NumPy still gets a report saying so
     import numpy as np
 
-FP32_TOLERANCE = 1e-3
 KINDS = ("gaussian_blur", "white_noise", "jpeg", "contrast")
 # In order of importance, except the bundle check: its build starts on the CPU right after the environment and runs
 # while the GPU phases before it do; the bundle phase then only waits for it and scores.
@@ -133,51 +154,30 @@ def say(message: str, budget: Budget | None = None) -> None:
 # ------------------------------------------------------------------------------------------------------- report
 
 
-def _clean(value: Any) -> Any:
-    """JSON without NaN/inf (strings instead) and with tuples as lists."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if type(value).__module__ == "numpy" and hasattr(value, "item"):  # a NumPy scalar
-        return _clean(value.item())
-    return value
-
-
 class Report:
-    """The report on disk: rewritten atomically (temp file + rename) whenever `write` is called."""
+    """The report on disk: `data`, rewritten atomically (temp file + rename) whenever `write` is called."""
 
     def __init__(self, out: Path, command: str, budget: Budget, dry_run: bool) -> None:
         self.out = out
         self.budget = budget
         self.lock = threading.Lock()
         self.current: str | None = None
-        self.doc: dict[str, Any] = {"command": command, "dry_run": dry_run, "status": "running",
-                                    "budget_s": budget.seconds, "seconds": 0.0, "skipped": budget.skipped,
-                                    "environment": {}, "phases": {}}
+        # the budget's list itself: what the budget leaves out is in the next write
+        self.data = GpuCheckReport(command=command, dry_run=dry_run, budget_s=budget.seconds, skipped=budget.skipped)
 
-    def phase_entry(self, name: str) -> dict[str, Any]:
-        entry: dict[str, Any] = self.doc["phases"].setdefault(name, {})
-        return entry
+    def phase_entry(self, name: str) -> PhaseEntry:
+        return self.data.phase(name)
 
     def write(self) -> None:
         with self.lock:
-            self.doc["seconds"] = round(self.budget.elapsed(), 2)
-            self.doc["in_phase"] = self.current
-            text = json.dumps(_clean(self.doc), indent=2, default=str) + "\n"
-            _atomic_write(self.out / "gpu_check.json", text)
-            _atomic_write(self.out / "gpu_check.md", markdown(self.doc))
+            self.data.seconds = round(self.budget.elapsed(), 2)
+            self.data.in_phase = self.current
+            _atomic_write(self.out / "gpu_check.json", self.data.to_json())
+            _atomic_write(self.out / "gpu_check.md", markdown(self.data))
 
     def failures(self) -> list[str]:
         """Phases that errored or whose checks failed (skips for the budget are not failures)."""
-        bad = []
-        for name, entry in self.doc["phases"].items():
-            if entry.get("status") in ("error", "failed") or (
-                    entry.get("status") == "skipped" and entry.get("reason", "").startswith("needs")):
-                bad.append(name)
-        return bad
+        return self.data.failures()
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -186,8 +186,9 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _error(exc: BaseException) -> dict[str, Any]:
-    return {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=8)}
+def _error(exc: BaseException) -> tuple[str, str]:
+    """(error, traceback) of the exception being handled."""
+    return f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=8)
 
 
 class Watchdog:
@@ -210,12 +211,13 @@ class Watchdog:
         try:
             with stacks.open("w") as f:
                 faulthandler.dump_traceback(f, all_threads=True)
-            self.report.doc["status"] = "stopped by the watchdog"
-            self.report.doc["watchdog"] = {"phase": self.report.current, "at_s": round(self.report.budget.elapsed(), 1),
-                                           "stacks": stacks.name}
+            data = self.report.data
+            data.status = "stopped by the watchdog"
+            data.watchdog = WatchdogStop(phase=self.report.current, at_s=round(self.report.budget.elapsed(), 1),
+                                         stacks=stacks.name)
             if self.report.current is not None:
                 entry = self.report.phase_entry(self.report.current)
-                entry |= {"status": "error", "error": "stopped by the watchdog: overran the budget and its grace"}
+                entry.status, entry.error = "error", "stopped by the watchdog: overran the budget and its grace"
             self.report.write()
             say(f"watchdog: still in phase {self.report.current} past the budget; report written, stopping")
         finally:
@@ -255,7 +257,7 @@ def packages() -> dict[str, str]:
 # ------------------------------------------------------------------------------------------------------ devices
 
 
-def exercise_device(device: Any) -> dict[str, Any]:
+def exercise_device(device: Any) -> LayerResult:
     """Copies through every device operation, checked against NumPy: upload from page-locked memory, a copy on a
     second stream ordered by events both ways, a window copy, download; then the same copies captured as a graph
     (the destinations hold a sentinel before the capture, read back right after it: a capture that ran the copies
@@ -290,12 +292,11 @@ def exercise_device(device: Any) -> dict[str, Any]:
         device.synchronize(s1)
         return host_b.copy(), host_c.copy()
 
-    checks: dict[str, bool] = {}
     device.upload(host_in, a, s1)
     cross_stream_copy(2, 3, 4, events[0], events[1])
     got_b, got_c = read_back()
-    checks["eager: copy across streams"] = bool(np.array_equal(got_b, data))
-    checks["eager: window copy"] = bool(np.array_equal(got_c, data[2, :, 3:7, 4:9]))
+    checks = {"eager: copy across streams": bool(np.array_equal(got_b, data)),
+              "eager: window copy": bool(np.array_equal(got_c, data[2, :, 3:7, 4:9]))}
     device.upload(sentinel_b, b, s1)
     device.upload(sentinel_c, c, s1)
     device.synchronize(s1)
@@ -309,12 +310,12 @@ def exercise_device(device: Any) -> dict[str, Any]:
             abort(s1)
         raise
     got_b, got_c = read_back()  # before anything clears them: the capture must have left the sentinel
-    checks["capture did not run the copies"] = bool((got_b == SENTINEL).all() and (got_c == SENTINEL).all())
+    checks |= {"capture did not run the copies": bool((got_b == SENTINEL).all() and (got_c == SENTINEL).all())}
     device.replay(graph, s1)
     got_b, got_c = read_back()
-    checks["replay: copy across streams"] = bool(np.array_equal(got_b, data))
-    checks["replay: window copy"] = bool(np.array_equal(got_c, data[1, :, 0:4, 0:5]))
-    return {"ok": all(checks.values()), "checks": checks}
+    checks |= {"replay: copy across streams": bool(np.array_equal(got_b, data)),
+               "replay: window copy": bool(np.array_equal(got_c, data[1, :, 0:4, 0:5]))}
+    return LayerResult(ok=all(checks.values()), checks=checks)
 
 
 def _close(thing: Any) -> None:
@@ -435,26 +436,31 @@ class GpuCheck:
             if self._work is not None:
                 shutil.rmtree(self._work, ignore_errors=True)
             if self.torch_threads is not None:  # the environment phase set torch's threads: put them back
-                sys.modules["torch"].set_num_threads(self.torch_threads)
+                import torch
+
+                torch.set_num_threads(self.torch_threads)
 
     def _ok(self, phase: str) -> bool:
-        return bool(self.report.doc["phases"].get(phase, {}).get("status") == "ok")
+        entry = self.report.data.phases.get(phase)
+        return entry is not None and entry.status == "ok"
 
-    def phase(self, name: str, fn: Callable[[dict[str, Any]], Any]) -> None:
+    def phase(self, name: str, fn: Callable[[Any], object]) -> None:
+        """Run one phase: `fn` gets the phase's record (of its type in PHASE_TYPES) and fills it; False from it is
+        a failed check, an exception an error; either way the next phase runs."""
         entry = self.report.phase_entry(name)
         missing = [n for n in NEEDS.get(name, ()) if not self._ok(n)]
         if missing:
-            entry |= {"status": "skipped", "reason": f"needs {', '.join(missing)}, which did not succeed"}
+            entry.status, entry.reason = "skipped", f"needs {', '.join(missing)}, which did not succeed"
             self.report.write()
-            say(f"{name}: skipped ({entry['reason']})", self.budget)
+            say(f"{name}: skipped ({entry.reason})", self.budget)
             return
         if self.budget.left() <= 0:
             self.budget.skipped.append(name)
-            entry |= {"status": "skipped", "reason": "time budget spent"}
+            entry.status, entry.reason = "skipped", "time budget spent"
             self.report.write()
             say(f"{name}: skipped (time budget spent)", self.budget)
             return
-        entry |= {"status": "running", "started_s": round(self.budget.elapsed(), 2)}
+        entry.status, entry.started_s = "running", round(self.budget.elapsed(), 2)
         self.report.current = name
         self.report.write()
         say(f"{name}: started", self.budget)
@@ -466,46 +472,47 @@ class GpuCheck:
                 while True:  # the watchdog ends this
                     time.sleep(0.1)
             ok = fn(entry)
-            entry["status"] = "ok" if ok is not False else "failed"
+            entry.status = "ok" if ok is not False else "failed"
         except OutOfBudget as exc:
             if str(exc) not in self.budget.skipped:
                 self.budget.skipped.append(str(exc))
-            entry |= {"status": "ok" if entry.get("rows") else "skipped",
-                      "stopped": f"time budget spent before: {exc}"}
+            entry.status = "ok" if entry.has_rows() else "skipped"
+            entry.stopped = f"time budget spent before: {exc}"
         except Exception as exc:  # recorded, and the next phase runs
-            entry |= {"status": "error", **_error(exc)}
-        entry["seconds"] = round(time.perf_counter() - t0, 2)
+            entry.status = "error"
+            entry.error, entry.traceback = _error(exc)
+        entry.seconds = round(time.perf_counter() - t0, 2)
         self.report.current = None
         self.report.write()
-        say(f"{name}: {entry['status']} in {entry['seconds']:.1f} s"
-            + (f" ({entry['error']})" if "error" in entry else ""), self.budget)
+        say(f"{name}: {entry.status} in {entry.seconds:.1f} s"
+            + (f" ({entry.error})" if entry.error is not None else ""), self.budget)
 
-    def phase_environment(self, entry: dict[str, Any]) -> bool:
-        env = self.report.doc["environment"]
-        env |= {"python": platform.python_version(), "platform": platform.platform(), "dry_run": self.dry,
-                "cpu_count": os.cpu_count(), "cpu_threads_used": self.threads}
-        env["packages"] = packages()
+    def phase_environment(self, entry: PhaseEntry) -> bool:
+        env = self.report.data.environment
+        env.python, env.platform, env.dry_run = platform.python_version(), platform.platform(), self.dry
+        env.cpu_count, env.cpu_threads_used = os.cpu_count(), self.threads
+        env.packages = packages()
         self.report.write()
         import torch
 
         self.torch_threads = torch.get_num_threads()
         torch.set_num_threads(self.threads)
-        env |= {"torch": torch.__version__, "cuda": torch.version.cuda,
-                "tf32_found": {"cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
-                               "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32}}
+        env.torch, env.cuda = torch.__version__, torch.version.cuda
+        env.tf32_found = {"cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+                          "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32}
         if self.dry:
             return True
         if not torch.cuda.is_available():
-            entry["error"] = "no CUDA GPU visible to torch: run with --dry-run on a CPU machine"
+            entry.error = "no CUDA GPU visible to torch: run with --dry-run on a CPU machine"
             return False
         props = torch.cuda.get_device_properties(0)
         self.gpu = props.name
-        env |= {"gpu": props.name, "sm": f"{props.major}.{props.minor}",
-                "gpu_memory_gib": round(props.total_memory / 2**30, 1),
-                "peaks_tflops": {p: peak_for(props.name, p) for p in ("fp32", "tf32", "fp16")}}
+        env.gpu, env.sm = props.name, f"{props.major}.{props.minor}"
+        env.gpu_memory_gib = round(props.total_memory / 2**30, 1)
+        env.peaks_tflops = {p: peak_for(props.name, p) for p in ("fp32", "tf32", "fp16")}
         return True
 
-    def phase_devices(self, entry: dict[str, Any]) -> bool:
+    def phase_devices(self, entry: DevicesPhase) -> bool:
         from ..reference.torch_on_cuda_device import HostPointerDevice
 
         def cuda_python() -> Any:
@@ -522,31 +529,32 @@ class GpuCheck:
             from ..reference.torch_cuda import TorchCudaDevice
 
             makers = {"torch-cuda (TorchCudaDevice)": TorchCudaDevice, **makers}
-        layers: dict[str, Any] = entry.setdefault("layers", {})
+        layers = entry.layers = {}
         for name, make in makers.items():
             device = None
             try:
                 device = make()
                 layers[name] = exercise_device(device)
             except Exception as exc:
-                layers[name] = {"ok": False, **_error(exc)}
-                if self.dry and "CudaDevice)" in name:
-                    layers[name]["expected"] = "no GPU on a dry run"
+                error, trace = _error(exc)
+                layers[name] = LayerResult(ok=False, error=error, traceback=trace,
+                                           expected="no GPU on a dry run" if self.dry and "CudaDevice)" in name
+                                           else None)
             finally:
                 _close(device)
             self.report.write()
-        return all(r["ok"] for r in layers.values() if "expected" not in r)
+        return all(r.ok for r in layers.values() if r.expected is None)
 
-    def phase_setup(self, entry: dict[str, Any]) -> bool:
+    def phase_setup(self, entry: SetupPhase) -> bool:
         from ..reference.loading import load_model
 
         demo = load_model()
         paper = load_model(preset_name="tiny" if self.dry else "paper")
-        entry["models"] = {"demo": demo.label, "paper": paper.label}
+        entry.models = {"demo": demo.label, "paper": paper.label}
         self.report.write()
         # Enough images for three batches of one shape: a slot's third batch replays the graph its second captured.
         self.loaded = Loaded(demo, paper, _images(6 if self.dry else 16, 96), _images(3, 96 if self.dry else 320))
-        entry["images"] = {"demo": len(self.loaded.demo_images), "paper": len(self.loaded.paper_images)}
+        entry.images = {"demo": len(self.loaded.demo_images), "paper": len(self.loaded.paper_images)}
         return True
 
     # ------------------------------------------------------------------------------------------- correctness
@@ -575,7 +583,7 @@ class GpuCheck:
         return StreamPipeline(device, TorchGraphLauncher(model, precision), spec, batch_size=batch,
                               streams=streams, cuda_graph=graph)
 
-    def _correctness(self, entry: dict[str, Any], which: str) -> bool:
+    def _correctness(self, entry: CorrectnessPhase, which: str) -> bool:
         import numpy as np
 
         from ..metrics import srcc
@@ -588,7 +596,8 @@ class GpuCheck:
         steps = 5 if self.dry else None
         batch = 2 if which == "demo" else 1
         spec = self._spec(model, steps)
-        entry |= {"images": len(images), "steps": spec.steps, "crop": spec.crop_size, "batch": batch, "rows": []}
+        entry.images, entry.steps, entry.crop, entry.batch = len(images), spec.steps, spec.crop_size, batch
+        entry.rows = rows_done = []
         reference = Pipeline(TorchExecutor(copy.deepcopy(model).cpu().eval(), "cpu"), spec, batch)
         prepared = [reference.prepare(rgb) for rgb in images]
         want: list[float] = []
@@ -596,7 +605,7 @@ class GpuCheck:
         for i, units in enumerate(prepared):  # image by image: the budget is checked between them
             self.budget.need(f"{which}: CPU reference, image {i + 1} of {len(prepared)}")
             want.append(reference.score_prepared([units])[0].score)
-        entry["cpu_reference_s"] = round(time.perf_counter() - t0, 2)
+        entry.cpu_reference_s = round(time.perf_counter() - t0, 2)
         self.report.write()
         gpu_model = self._gpu_model(model)
         # Most telling first: the product's default (streams + graph), the TensorRT backend's device layer, then
@@ -610,12 +619,12 @@ class GpuCheck:
         last_s = 0.0
         for precision, streams, graph, layer in rows:
             label = f"{which}: {layer} {precision} streams={streams} graph={graph}"
+            row = CorrectnessRow(precision=precision, streams=streams, cuda_graph=graph, layer=layer)
             if not self.budget.allows(label, needs_s=last_s):
-                entry["rows"].append({"precision": precision, "streams": streams, "cuda_graph": graph,
-                                      "layer": layer, "skipped": "time budget"})
+                row.skipped = "time budget"
+                rows_done.append(row)
                 continue
             t0 = time.perf_counter()
-            row: dict[str, Any] = {"precision": precision, "streams": streams, "cuda_graph": graph, "layer": layer}
             pipe = None
             # FP16 autocast on a CPU is some 30x slower than FP32: the dry run checks its wiring on one image.
             count = 1 if self.dry and precision == "fp16" else len(prepared)
@@ -623,53 +632,54 @@ class GpuCheck:
                 pipe = self._stream_pipeline(gpu_model, spec, precision, batch, streams, graph, layer)
                 got = np.array([r.score for r in pipe.score_prepared(prepared[:count])])
                 delta = float(np.abs(got - np.array(want[:count])).max())
-                row |= {"images": count, "max_abs_delta": delta,
-                        "srcc": float(srcc(got, np.array(want[:count]))) if len(got) > 2 else None,
-                        "replays": getattr(pipe.device, "log", {}).get("replay")}
+                row.images, row.max_abs_delta = count, delta
+                row.srcc = float(srcc(got, np.array(want[:count]))) if len(got) > 2 else None
+                row.replays = getattr(pipe.device, "log", {}).get("replay")
                 if precision == "fp32":
-                    row["pass"] = delta <= FP32_TOLERANCE
+                    row.passed = delta <= FP32_TOLERANCE
                 else:
-                    row["within_1e-3"] = delta <= FP32_TOLERANCE
+                    row.within_tolerance = delta <= FP32_TOLERANCE
             except Exception as exc:
-                row |= {"pass": False, **_error(exc)}
+                row.passed = False
+                row.error, row.traceback = _error(exc)
             finally:
                 _close(pipe)
             last_s = time.perf_counter() - t0
-            row["seconds"] = round(last_s, 2)
-            entry["rows"].append(row)
+            row.seconds = round(last_s, 2)
+            rows_done.append(row)
             self.report.write()
-        return all(r.get("pass", True) for r in entry["rows"])
+        return all(r.passed is not False for r in rows_done)
 
-    def phase_correctness_demo(self, entry: dict[str, Any]) -> bool:
+    def phase_correctness_demo(self, entry: CorrectnessPhase) -> bool:
         return self._correctness(entry, "demo")
 
-    def phase_correctness_paper(self, entry: dict[str, Any]) -> bool:
+    def phase_correctness_paper(self, entry: CorrectnessPhase) -> bool:
         return self._correctness(entry, "paper" if not self.dry else "tiny")
 
     # ------------------------------------------------------------------------------------------------ bundle
 
     def _cli(self, name: str, args: list[str]) -> Child:
         """Start the CLI in a subprocess (output in files under the work folder, not OUT)."""
-        env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        path = os.environ.get("PYTHONPATH")
+        env = dict(os.environ) | {"PYTHONPATH": root + (os.pathsep + path if path else "")}
         if self.dry:
-            env["OMP_NUM_THREADS"] = "1"
+            env |= {"OMP_NUM_THREADS": "1"}
         say(f"bundle: {name}: diffv2iqa-trt {' '.join(args)}", self.budget)
         return Child(name, args, self.work, env)
 
-    def _finish(self, entry: dict[str, Any], child: Child) -> str:
+    def _finish(self, steps: list[BundleStep], child: Child) -> str:
         """Wait for a CLI subprocess within the budget; its exit, time and error tail go in the report."""
         try:
             code = child.wait(max(self.budget.left(), 0.1))
         except subprocess.TimeoutExpired:
             child.kill()
-            entry["steps"].append({"step": child.name, "error": "stopped: time budget spent",
-                                   "seconds": round(child.seconds(), 2)})
+            steps.append(BundleStep(step=child.name, error="stopped: time budget spent",
+                                    seconds=round(child.seconds(), 2)))
             raise OutOfBudget(child.name) from None
         stdout, stderr = child.output()
-        entry["steps"].append({"step": child.name, "command": "diffv2iqa-trt " + " ".join(child.args), "exit": code,
-                               "seconds": round(child.seconds(), 2), "stderr_tail": stderr[-1500:]})
+        steps.append(BundleStep(step=child.name, command="diffv2iqa-trt " + " ".join(child.args), exit=code,
+                                seconds=round(child.seconds(), 2), stderr_tail=stderr[-1500:]))
         self.report.write()
         if code != 0:
             raise RuntimeError(f"{child.name} exited {code}: {stderr.strip()[-400:]}")
@@ -682,23 +692,23 @@ class GpuCheck:
             args += ["--steps", "5"]
         self.build = self._cli("build", args)
 
-    def phase_bundle(self, entry: dict[str, Any]) -> bool:
+    def phase_bundle(self, entry: BundlePhase) -> bool:
         from PIL import Image
 
-        entry["steps"] = []
+        steps = entry.steps = []
         if self.build is None:
             self.start_build()
         assert self.build is not None
-        entry["work"] = str(self.work)
+        entry.work = str(self.work)
         gpu_backend = "torch" if self.dry else "torch-cuda"  # the dry run has no CUDA: the torch CPU reference
-        entry["gpu_backend"] = gpu_backend
+        entry.gpu_backend = gpu_backend
         paths = []
         (self.work / "images").mkdir(exist_ok=True)
         for i, rgb in enumerate(_images(3, 96)):
             path = self.work / "images" / f"image{i}.png"
             Image.fromarray(rgb).save(path)
             paths.append(str(path))
-        self._finish(entry, self.build)
+        self._finish(steps, self.build)
         runs = {}
         for backend in (gpu_backend, "onnxruntime"):  # both at once: most of each is start-up
             args = ["score", *paths, "--bundle", str(self.bundle_dir), "--backend", backend, "--format", "json",
@@ -706,20 +716,18 @@ class GpuCheck:
             if backend == "onnxruntime":
                 args += ["--threads", str(self.threads)]
             runs[backend] = self._cli(f"score --backend {backend}", args)
-        scores: dict[str, dict[str, float]] = {}
-        for backend, child in runs.items():
-            doc = json.loads(self._finish(entry, child))
-            scores[backend] = {Path(r["path"]).name: r["score"] for r in doc["results"]}
-        names = sorted(scores["onnxruntime"])
-        deltas = [abs(scores[gpu_backend][n] - scores["onnxruntime"][n]) for n in names]
-        entry["scores"] = {n: {b: scores[b][n] for b in scores} for n in names}
-        entry["max_abs_delta"] = max(deltas)
-        entry["pass"] = max(deltas) <= FP32_TOLERANCE
-        return bool(entry["pass"])
+        scores = {backend: _cli_scores(self._finish(steps, child)) for backend, child in runs.items()}
+        on_gpu, reference = (scores[b] for b in (gpu_backend, "onnxruntime"))
+        names = sorted(reference)
+        deltas = [abs(on_gpu[n] - reference[n]) for n in names]
+        entry.scores = {n: {b: scores[b][n] for b in scores} for n in names}
+        entry.max_abs_delta = max(deltas)
+        entry.passed = max(deltas) <= FP32_TOLERANCE
+        return entry.passed
 
     # ----------------------------------------------------------------------------------------------- overlap
 
-    def phase_overlap(self, entry: dict[str, Any]) -> bool:
+    def phase_overlap(self, entry: OverlapPhase) -> bool:
         """An upload on its own stream while restoration steps run on another, timed by events recorded on both
         (elapsed times between events of different streams are valid on CUDA); then the stream pipeline's own
         stage times, for which the uploads share the loop stream."""
@@ -736,17 +744,16 @@ class GpuCheck:
             batch, size = (1, spec.crop_size) if self.dry else (8, spec.crop_size)
             image = (batch, 3, size, size)
             rng = np.random.default_rng(0)
-            inputs = {"x": image, "y": image, "gamma": (batch,), "coef": (batch, spec.coef.shape[1]),
-                      "z": (1, 3, size, size)}
-            bufs = {}
+            shapes = (image, image, (batch,), (batch, spec.coef.shape[1]), (1, 3, size, size))  # x, y, gamma, coef, z
             compute, copier = d.stream(), d.stream()
             staging = []  # alive until the synchronize below: the uploads read them asynchronously
-            for name, shape in inputs.items():
+            inputs = []
+            for shape in shapes:
                 staging.append(d.pinned(shape))
                 np.copyto(staging[-1], rng.standard_normal(shape).astype(np.float32) * 0.1)
-                bufs[name] = d.empty(shape)
-                d.upload(staging[-1], bufs[name], compute)
-            bufs["out"] = d.empty(image)
+                inputs.append(d.empty(shape))
+                d.upload(staging[-1], inputs[-1], compute)
+            out = d.empty(image)
             copy_elems = (1 << 18) if self.dry else (1 << 24)  # 1 MiB / 64 MiB of float32
             host_big = d.pinned((copy_elems,))
             host_big.fill(1.0)
@@ -755,57 +762,55 @@ class GpuCheck:
 
             def steps(k: int) -> None:
                 for _ in range(k):
-                    d.enqueue(_launch(launcher.restore_step, (bufs["x"], bufs["y"], bufs["gamma"], bufs["coef"],
-                                                              bufs["z"]), bufs["out"], compute), compute)
+                    d.enqueue(_launch(launcher.restore_step, tuple(inputs), out, compute), compute)
 
-            ev = {n: d.event(timing=True) for n in ("a0", "a1", "b0", "b1", "t0", "c0", "c1", "k0", "k1", "t1")}
+            # copy alone (a), compute alone (b), then together: from t0, the copy (c) and the steps (k), to t1
+            a0, a1, b0, b1, t0, c0, c1, k0, k1, t1 = (d.event(timing=True) for _ in range(10))
             steps(2)  # warm-up: kernels chosen, memory cached
             d.upload(host_big, dev_big, copier)
             d.synchronize(compute)
             d.synchronize(copier)
-            d.record(ev["a0"], copier)
+            d.record(a0, copier)
             d.upload(host_big, dev_big, copier)
-            d.record(ev["a1"], copier)
+            d.record(a1, copier)
             d.synchronize(copier)
-            copy_ms = d.elapsed_ms(ev["a0"], ev["a1"])
-            d.record(ev["b0"], compute)
+            copy_ms = d.elapsed_ms(a0, a1)
+            d.record(b0, compute)
             steps(1)
-            d.record(ev["b1"], compute)
+            d.record(b1, compute)
             d.synchronize(compute)
-            step_ms = max(d.elapsed_ms(ev["b0"], ev["b1"]), 1e-3)
+            step_ms = max(d.elapsed_ms(b0, b1), 1e-3)
             k = int(min(max(math.ceil(2 * copy_ms / step_ms), 1), 50))  # compute about twice as long as the copy
             self.budget.need("overlap: timed run", needs_s=2 * (k * step_ms + copy_ms) / 1000)
-            d.record(ev["b0"], compute)
+            d.record(b0, compute)
             steps(k)
-            d.record(ev["b1"], compute)
+            d.record(b1, compute)
             d.synchronize(compute)
-            compute_ms = d.elapsed_ms(ev["b0"], ev["b1"])
+            compute_ms = d.elapsed_ms(b0, b1)
             # Together: both start after t0; the loop stream waits for the copy before t1.
-            d.record(ev["t0"], compute)
-            d.wait(copier, ev["t0"])
-            d.record(ev["c0"], copier)
+            d.record(t0, compute)
+            d.wait(copier, t0)
+            d.record(c0, copier)
             d.upload(host_big, dev_big, copier)
-            d.record(ev["c1"], copier)
-            d.record(ev["k0"], compute)
+            d.record(c1, copier)
+            d.record(k0, compute)
             steps(k)
-            d.record(ev["k1"], compute)
-            d.wait(compute, ev["c1"])
-            d.record(ev["t1"], compute)
+            d.record(k1, compute)
+            d.wait(compute, c1)
+            d.record(t1, compute)
             d.synchronize(compute)
-            span = d.elapsed_ms(ev["t0"], ev["t1"])
+            span = d.elapsed_ms(t0, t1)
             overlap_ms = max(copy_ms + compute_ms - span, 0.0)
-            entry["timeline"] = [
-                {"stream": "copy", "what": f"upload {4 * copy_elems / 2**20:.0f} MiB from pinned memory",
-                 "start_ms": round(d.elapsed_ms(ev["t0"], ev["c0"]), 3),
-                 "end_ms": round(d.elapsed_ms(ev["t0"], ev["c1"]), 3)},
-                {"stream": "compute", "what": f"{k} restore steps, batch {batch}, {size}x{size}",
-                 "start_ms": round(d.elapsed_ms(ev["t0"], ev["k0"]), 3),
-                 "end_ms": round(d.elapsed_ms(ev["t0"], ev["k1"]), 3)},
-                {"stream": "compute", "what": "both done", "start_ms": round(span, 3), "end_ms": round(span, 3)}]
-            entry |= {"copy_alone_ms": round(copy_ms, 3), "compute_alone_ms": round(compute_ms, 3),
-                      "together_ms": round(span, 3), "overlap_ms": round(overlap_ms, 3),
-                      "overlap_of_shorter": round(overlap_ms / max(min(copy_ms, compute_ms), 1e-9), 3),
-                      "upload_gib_per_s": round(4 * copy_elems / 2**30 / max(copy_ms / 1000, 1e-9), 2)}
+            entry.timeline = [
+                TimelineEvent(stream="copy", what=f"upload {4 * copy_elems / 2**20:.0f} MiB from pinned memory",
+                              start_ms=round(d.elapsed_ms(t0, c0), 3), end_ms=round(d.elapsed_ms(t0, c1), 3)),
+                TimelineEvent(stream="compute", what=f"{k} restore steps, batch {batch}, {size}x{size}",
+                              start_ms=round(d.elapsed_ms(t0, k0), 3), end_ms=round(d.elapsed_ms(t0, k1), 3)),
+                TimelineEvent(stream="compute", what="both done", start_ms=round(span, 3), end_ms=round(span, 3))]
+            entry.copy_alone_ms, entry.compute_alone_ms = round(copy_ms, 3), round(compute_ms, 3)
+            entry.together_ms, entry.overlap_ms = round(span, 3), round(overlap_ms, 3)
+            entry.overlap_of_shorter = round(overlap_ms / max(min(copy_ms, compute_ms), 1e-9), 3)
+            entry.upload_gib_per_s = round(4 * copy_elems / 2**30 / max(copy_ms / 1000, 1e-9), 2)
             self.report.write()
         finally:
             _close(launcher)
@@ -813,7 +818,7 @@ class GpuCheck:
         self._pipeline_stages(entry, spec)
         return True
 
-    def _pipeline_stages(self, entry: dict[str, Any], spec: Any) -> None:
+    def _pipeline_stages(self, entry: OverlapPhase, spec: Any) -> None:
         assert self.loaded is not None
         model = self._gpu_model(self.loaded.paper.model)
         batch = 1 if self.dry else 8
@@ -822,18 +827,16 @@ class GpuCheck:
         pipe = self._stream_pipeline(model, spec, "fp32", batch, True, False)
         try:
             pipe.score_prepared(units)
-            entry["pipeline_stages_ms"] = [
-                {"upload": round(t.upload_ms, 3), "restore": round(t.restore_ms, 3),
-                 "branches": round(t.branches_ms, 3), "download": round(t.download_ms, 3)} for t in pipe.timings]
-            entry["pipeline_note"] = ("the stream pipeline uploads x on the loop stream (marks 0-1 of its events), "
-                                      "so a batch's upload waits for the previous batch's loop: no copy/compute "
-                                      "overlap inside the pipeline today")
+            entry.pipeline_stages_ms = [_stage_times(t, graph=False) for t in pipe.timings]
+            entry.pipeline_note = ("the stream pipeline uploads x on the loop stream (marks 0-1 of its events), "
+                                   "so a batch's upload waits for the previous batch's loop: no copy/compute "
+                                   "overlap inside the pipeline today")
         finally:
             _close(pipe)
 
     # ------------------------------------------------------------------------------------------------ timing
 
-    def phase_timing(self, entry: dict[str, Any]) -> bool:
+    def phase_timing(self, entry: TimingPhase) -> bool:
         from ..model.summary import summarize
         from ..reference.torch_cuda import tf32
         from ..reference.torch_executor import TorchExecutor
@@ -850,8 +853,9 @@ class GpuCheck:
         batches = [int(b) for b in self.args.batches.split(",")]
         if self.dry:
             batches = [1, 2]
-        entry |= {"steps": spec.steps, "crop": spec.crop_size, "restore_step_gflop": round(step_gflop, 3),
-                  "gflop_per_crop": round(crop_gflop, 3), "rows": []}
+        entry.steps, entry.crop = spec.steps, spec.crop_size
+        entry.restore_step_gflop, entry.gflop_per_crop = round(step_gflop, 3), round(crop_gflop, 3)
+        rows = entry.rows = []
         configs: list[tuple[str, str, bool, bool, str]] = [
             ("stream fp16, streams + CUDA graph", "fp16", True, True, "torch-cuda"),
             ("stream fp32 (TF32 off), streams + CUDA graph", "fp32", True, True, "torch-cuda"),
@@ -870,14 +874,16 @@ class GpuCheck:
                         seconds, n = _timed(naive.score_prepared, spec, self.loaded.paper_images, batch, 1,
                                             self.budget, sync, most=2 if self.dry else 8)
                     per_batch_s = seconds / max(n, 1)
-                    entry["rows"].append({"config": label, "batch": batch, "precision": "fp32",
-                                          "crops_per_s": n * batch / seconds})
+                    rows.append(TimingRow(config=label, batch=batch, precision="fp32",
+                                          crops_per_s=n * batch / seconds))
                 except OutOfBudget as exc:
-                    entry["rows"].append({"config": label, "batch": batch, "skipped": f"time budget ({exc})"})
+                    rows.append(TimingRow(config=label, batch=batch, skipped=f"time budget ({exc})"))
                 self.report.write()
             for label, precision, streams, graph, layer in configs:
                 if self.dry and precision == "fp16":  # 30x slower on a CPU; its wiring ran in the correctness rows
-                    entry.setdefault("not_timed_on_a_dry_run", []).append(f"{label}, batch {batch}")
+                    if entry.not_timed_on_a_dry_run is None:
+                        entry.not_timed_on_a_dry_run = []
+                    entry.not_timed_on_a_dry_run.append(f"{label}, batch {batch}")
                     continue
                 warm = 4 if graph else 2  # both double-buffer slots run eagerly, then (graphs) are captured
                 if not self.budget.allows(f"{label}, batch {batch}", needs_s=(warm + 2) * per_batch_s):
@@ -886,29 +892,40 @@ class GpuCheck:
                 try:
                     seconds, n = _timed(pipe.score_prepared, spec, self.loaded.paper_images, batch, warm,
                                         self.budget, sync, most=2 if self.dry else 8)
-                    row: dict[str, Any] = {"config": label, "batch": batch, "precision": precision,
-                                           "crops_per_s": n * batch / seconds if n else None}
+                    row = TimingRow(config=label, batch=batch, precision=precision,
+                                    crops_per_s=n * batch / seconds if n else None)
                     if pipe.timings:
                         last = pipe.timings[-1]
-                        row["stages_ms"] = {"upload": round(last.upload_ms, 3),
-                                            "restore" + (" + branches (graph)" if graph else ""):
-                                                round(last.restore_ms, 3),
-                                            "branches": round(last.branches_ms, 3),
-                                            "download": round(last.download_ms, 3)}
-                        row |= _tflops(last, graph, batch, spec.steps, step_gflop, crop_gflop, self.gpu, precision)
-                    entry["rows"].append(row)
+                        row.stages_ms = _stage_times(last, graph)
+                        row.achieved = _tflops(last, graph, batch, spec.steps, step_gflop, crop_gflop, self.gpu,
+                                               precision)
+                    rows.append(row)
                 except OutOfBudget as exc:
-                    entry["rows"].append({"config": label, "batch": batch, "skipped": f"time budget ({exc})"})
+                    rows.append(TimingRow(config=label, batch=batch, skipped=f"time budget ({exc})"))
                 except Exception as exc:
-                    entry["rows"].append({"config": label, "batch": batch, "precision": precision, **_error(exc)})
+                    error, trace = _error(exc)
+                    rows.append(TimingRow(config=label, batch=batch, precision=precision, error=error,
+                                          traceback=trace))
                 finally:
                     _close(pipe)
                 self.report.write()
-        base = {r["batch"]: r["crops_per_s"] for r in entry["rows"] if r["config"].startswith("naive")}
-        for r in entry["rows"]:
-            b, v = base.get(r["batch"]), r.get("crops_per_s")
-            r["vs_naive"] = round(v / b, 3) if b and v else None
-        return not any("error" in r for r in entry["rows"])
+        naive_crops_per_s = {r.batch: r.crops_per_s for r in rows if r.config.startswith("naive")}
+        for r in rows:
+            b, v = naive_crops_per_s.get(r.batch), r.crops_per_s
+            r.vs_naive = round(v / b, 3) if b and v else None
+        return not any(r.error is not None for r in rows)
+
+
+def _cli_scores(stdout: str) -> dict[str, float]:
+    """Image file name -> score, from what `diffv2iqa-trt score --format json` printed (its results list)."""
+    results: list[dict[str, Any]] = json.loads(stdout)["results"]
+    return {Path(r["path"]).name: float(r["score"]) for r in results}
+
+
+def _stage_times(stages: Any, graph: bool) -> StageTimes:
+    """The stream pipeline's event-timed stages of one batch (its StageTimings), rounded to the microsecond."""
+    return StageTimes(upload=round(stages.upload_ms, 3), restore=round(stages.restore_ms, 3),
+                      branches=round(stages.branches_ms, 3), download=round(stages.download_ms, 3), graph=graph)
 
 
 def _launch(fn: Callable[..., None], inputs: tuple[Any, ...], out: Any, stream: Any) -> Any:
@@ -963,106 +980,19 @@ def _timed(run: Callable[[list[Any]], Any], spec: Any, images: list[np.ndarray],
 
 
 def _tflops(last: Any, graph: bool, batch: int, steps: int, step_gflop: float, crop_gflop: float, gpu: str,
-            precision: str) -> dict[str, Any]:
+            precision: str) -> Achieved | None:
     """Achieved TFLOP/s from the event-timed stages, against the peak of the row's own precision."""
     if graph:  # one replay: loop and branches together
         seconds, flops, what = last.restore_ms / 1000, batch * crop_gflop, "loop + branches"
     else:
         seconds, flops, what = last.restore_ms / 1000, batch * steps * step_gflop, "loop"
     if seconds <= 0:
-        return {}
+        return None
     tflops = flops / seconds / 1000
     peak = peak_for(gpu, precision) if gpu else None
-    return {"tflops": round(tflops, 3), "tflops_of": what,
-            "peak": None if peak is None else {"kind": peak[0], "tflops": peak[1]},
-            "of_peak": None if peak is None else round(tflops / peak[1], 4)}
-
-
-# ------------------------------------------------------------------------------------------------------ markdown
-
-
-def _fmt(value: Any, spec: str = ".3g") -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return format(value, spec)
-    return str(value)
-
-
-def markdown(doc: dict[str, Any]) -> str:
-    phases = doc.get("phases", {})
-    lines = ["# GPU check", "", f"Command: `{doc['command']}`", "",
-             f"Status: **{doc['status']}**; wall time {doc.get('seconds', 0):.0f} s of a {doc['budget_s']:.0f} s "
-             f"budget; skipped for the budget: {', '.join(doc['skipped']) or 'nothing'}", "",
-             f"Machine: `{json.dumps(_clean({k: v for k, v in doc['environment'].items() if k != 'packages'}))}`",
-             "",
-             f"Packages: `{json.dumps(doc['environment'].get('packages', {}))}`", "",
-             "| phase | status | seconds | note |", "|---|---|---|---|"]
-    for name, entry in phases.items():
-        note = entry.get("error") or entry.get("reason") or entry.get("stopped") or ""
-        lines.append(f"| {name} | {entry.get('status')} | {_fmt(entry.get('seconds'))} | {note} |")
-    if "watchdog" in doc:
-        lines += ["", f"Watchdog: {json.dumps(doc['watchdog'])}"]
-    devices = phases.get("devices", {}).get("layers", {})
-    if devices:
-        lines += ["", "## Device layers", "", "| layer | ok | checks or error |", "|---|---|---|"]
-        for name, res in devices.items():
-            detail = res.get("error") or ", ".join(f"{k}: {v}" for k, v in res.get("checks", {}).items())
-            lines.append(f"| {name} | {res['ok']}{' (expected)' if 'expected' in res else ''} | {detail} |")
-    for which in ("correctness-demo", "correctness-paper"):
-        entry = phases.get(which, {})
-        if not entry.get("rows"):
-            continue
-        lines += ["", f"## {which}: stream pipeline vs the PyTorch reference on the CPU ({entry['images']} images, "
-                      f"{entry['steps']} steps, crop {entry['crop']}, batch {entry['batch']})", "",
-                  "| layer | precision | streams | CUDA graph | max abs delta | SRCC | FP32 within 1e-3 | s |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for r in entry["rows"]:
-            verdict = r.get("pass", f"({r.get('within_1e-3', '-')}, not gated)")
-            if "skipped" in r:
-                verdict = f"skipped: {r['skipped']}"
-            if "error" in r:
-                verdict = f"error: {r['error']}"
-            lines.append(f"| {r['layer']} | {r['precision']} | {r['streams']} | {r['cuda_graph']} | "
-                         f"{_fmt(r.get('max_abs_delta'))} | {_fmt(r.get('srcc'), '.5f')} | {verdict} | "
-                         f"{_fmt(r.get('seconds'))} |")
-    bundle = phases.get("bundle", {})
-    if bundle.get("steps"):
-        lines += ["", f"## Bundle path: score --backend {bundle.get('gpu_backend', 'torch-cuda')} vs onnxruntime", "",
-                  f"max abs delta {_fmt(bundle.get('max_abs_delta'))}, within 1e-3: {bundle.get('pass', '-')}", "",
-                  "| step | exit | seconds |", "|---|---|---|"]
-        for step in bundle["steps"]:
-            lines.append(f"| {step['step']} | {step.get('exit', step.get('error'))} | {_fmt(step.get('seconds'))} |")
-        if bundle.get("scores"):
-            backends = list(next(iter(bundle["scores"].values())))
-            lines += ["", "| image | " + " | ".join(backends) + " |", "|---" * (len(backends) + 1) + "|"]
-            for name, by_backend in bundle["scores"].items():
-                lines.append(f"| {name} | " + " | ".join(f"{by_backend[b]:.7f}" for b in backends) + " |")
-    overlap = phases.get("overlap", {})
-    if overlap.get("timeline"):
-        clocks = "host clocks of a simulated device: no overlap is possible" if doc["dry_run"] else "CUDA events"
-        lines += ["", f"## Copy/compute overlap ({clocks})", "",
-                  f"copy alone {overlap['copy_alone_ms']} ms ({overlap['upload_gib_per_s']} GiB/s), compute alone "
-                  f"{overlap['compute_alone_ms']} ms, together {overlap['together_ms']} ms: overlap "
-                  f"{overlap['overlap_ms']} ms = {overlap['overlap_of_shorter']} of the shorter", "",
-                  "| stream | what | start ms | end ms |", "|---|---|---|---|"]
-        for t in overlap["timeline"]:
-            lines.append(f"| {t['stream']} | {t['what']} | {t['start_ms']} | {t['end_ms']} |")
-        if overlap.get("pipeline_stages_ms"):
-            lines += ["", f"Stream pipeline stages per batch (ms): {json.dumps(overlap['pipeline_stages_ms'])}; "
-                          f"{overlap.get('pipeline_note', '')}"]
-    timing = phases.get("timing", {})
-    if timing.get("rows"):
-        lines += ["", f"## Throughput ({timing['steps']} steps, crop {timing['crop']}; crops/s)", "",
-                  "| config | batch | crops/s | vs naive | TFLOP/s (of) | peak | of peak | stages (ms, last batch) |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for r in timing["rows"]:
-            peak = r.get("peak") or {}
-            lines.append(f"| {r['config']} | {r['batch']} | {_fmt(r.get('crops_per_s'))} | {_fmt(r.get('vs_naive'))} "
-                         f"| {_fmt(r.get('tflops'))} ({r.get('tflops_of', '-')}) | "
-                         f"{peak.get('kind', '-')} {peak.get('tflops', '')} | {_fmt(r.get('of_peak'))} | "
-                         f"{r.get('error') or json.dumps(r.get('stages_ms', {}))} |")
-    return "\n".join(lines) + "\n"
+    return Achieved(tflops=round(tflops, 3), tflops_of=what,
+                    peak=None if peak is None else Peak(kind=peak[0], tflops=peak[1]),
+                    of_peak=None if peak is None else round(tflops / peak[1], 4))
 
 
 # ---------------------------------------------------------------------------------------------------------- main
@@ -1094,7 +1024,7 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["gpu_check", *(sys.argv[1:] if argv is None else argv)])
     report = Report(args.out, command, budget, args.dry_run)
     inject = set(args.inject_failure) | {p for p in os.environ.get(INJECT_ENV, "").split(",") if p}
-    report.doc["injected"] = sorted(inject)
+    report.data.injected = sorted(inject)
     report.write()
     watchdog = Watchdog(report, args.budget_s + args.grace_s)
     watchdog.start()
@@ -1103,15 +1033,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         watchdog.cancel()
     failures = report.failures()
-    env_failed = report.doc["phases"].get("environment", {}).get("status") != "ok"
+    environment = report.data.phases.get("environment")
+    env_failed = environment is None or environment.status != "ok"
     if failures:
-        report.doc["status"] = f"failed: {', '.join(failures)}"
+        report.data.status = f"failed: {', '.join(failures)}"
     elif budget.skipped:
-        report.doc["status"] = "passed what ran; the time budget left some out (listed)"
+        report.data.status = "passed what ran; the time budget left some out (listed)"
     else:
-        report.doc["status"] = "passed"
+        report.data.status = "passed"
     report.write()
-    say(f"report: {args.out / 'gpu_check.md'} ({report.doc['status']})", budget)
+    say(f"report: {args.out / 'gpu_check.md'} ({report.data.status})", budget)
     if env_failed and not args.dry_run:
         return 2
     return 1 if failures else 4 if budget.skipped else 0
