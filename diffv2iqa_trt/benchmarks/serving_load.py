@@ -59,6 +59,22 @@ def photographs(count: int) -> list[bytes]:
     return encoded
 
 
+def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A 60-byte PNG whose header declares width x height pixels (10 gigapixels by default) and holds no data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+# Requests that must come back as their own error, mixed into the load with --bad-every.
+BAD_INPUTS = {"not an image": b"this is not an image file", "empty": b"", "decompression bomb": png_bomb()}
+
+
 def free_ports(n: int) -> list[int]:
     sockets = [socket.socket() for _ in range(n)]
     try:
@@ -153,8 +169,20 @@ def _drain_stderr(proc: subprocess.Popen[bytes], lines: list[str]) -> None:
         lines.append(raw.decode(errors="replace").rstrip())
 
 
+def is_bad(index: int, bad_every: int) -> bool:
+    return bad_every > 0 and index % bad_every == bad_every - 1
+
+
+def payload(index: int, images: list[bytes], bad_every: int) -> bytes:
+    """The bytes request `index` sends: an image, or with --bad-every N every Nth request one of BAD_INPUTS."""
+    if is_bad(index, bad_every):
+        bad = list(BAD_INPUTS.values())
+        return bad[(index // bad_every) % len(bad)]
+    return images[index % len(images)]
+
+
 def run_load(protocol: str, port: int, images: list[bytes], requests: int, clients: int, timeout_s: float,
-             deadline_s: float) -> tuple[list[Outcome], float]:
+             deadline_s: float, bad_every: int = 0) -> tuple[list[Outcome], float]:
     """Send `requests` requests from `clients` threads; (outcomes in request order, wall seconds)."""
     if protocol == "grpc":
         import tritonclient.grpc as tc
@@ -176,7 +204,7 @@ def run_load(protocol: str, port: int, images: list[bytes], requests: int, clien
         start = time.perf_counter()
         if time.monotonic() > stop_at:
             return Outcome(index, 0.0, None, None, "not sent: the deadline passed")
-        data = np.array([images[index % len(images)]], dtype=np.object_)
+        data = np.array([payload(index, images, bad_every)], dtype=np.object_)
         tensor = tc.InferInput("image", [1, 1], "BYTES")
         tensor.set_data_from_numpy(data.reshape(1, 1))
         try:
@@ -226,9 +254,11 @@ def markdown(r: dict[str, Any]) -> str:
         f"| lost (transport errors, deadline) | {load['lost']} |",
         f"| wrong (score differs from in-process) | {load['wrong']} |",
         f"| error responses | {load['error_responses']} |",
+        f"| bad requests sent / answered with their own error | {load['bad_sent']} / "
+        f"{load['bad_answered_with_error']} |",
         f"| clients | {r['clients']} |",
-        f"| latency p50 / p99 (ms) | {load['p50_ms']:.1f} / {load['p99_ms']:.1f} |",
-        f"| served images/s | {load['images_per_s']:.2f} |",
+        f"| latency p50 / p99 of scored requests (ms) | {load['p50_ms']:.1f} / {load['p99_ms']:.1f} |",
+        f"| served requests/s | {load['images_per_s']:.2f} |",
         f"| in-process Scorer images/s (median of {ref['rounds']}) | {ref['images_per_s']:.2f} |",
         f"| **overhead ratio (served / in-process)** | **{r['overhead_ratio']:.3f}** |",
         f"| dynamic batcher: executions per batch size | {hist} |",
@@ -251,6 +281,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="in-process rounds over the request list")
     parser.add_argument("--timeout", type=float, default=120.0, help="per-request client timeout, seconds")
     parser.add_argument("--deadline", type=float, default=900.0, help="no request is sent after this, seconds")
+    parser.add_argument("--bad-every", type=int, default=0,
+                        help="every Nth request sends bad bytes (not an image, empty, a decompression bomb) instead")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serving"))
     parser.add_argument("--name", default=None)
     args = parser.parse_args(argv)
@@ -279,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"load: {args.requests} requests from {args.clients} clients ({args.protocol}) ...", file=sys.stderr)
         port = ports[1] if args.protocol == "grpc" else ports[0]
         outcomes, wall = run_load(args.protocol, port, images, args.requests, args.clients, args.timeout,
-                                  args.deadline)
+                                  args.deadline, args.bad_every)
         rss_after = tree_rss_mib(proc.pid)
         batches = batch_histogram(ports[0])
     finally:
@@ -297,8 +329,11 @@ def main(argv: list[str] | None = None) -> None:
         rounds += more
     ref_ips = args.requests / statistics.median(rounds)
     answered = [o for o in outcomes if o.transport is None]
-    wrong = [o for o in answered if o.score != expected[o.index]]
-    latencies = [o.seconds * 1000 for o in answered]
+    bad = [o for o in answered if is_bad(o.index, args.bad_every)]
+    good = [o for o in answered if not is_bad(o.index, args.bad_every)]
+    # Wrong: a good request whose score differs, or a bad one that was scored instead of answered with its error.
+    wrong = [o for o in good if o.score != expected[o.index]] + [o for o in bad if o.error is None]
+    latencies = [o.seconds * 1000 for o in good]
     p = bundle.manifest.pipeline
     results: dict[str, Any] = {
         "model": bundle.manifest.model.name, "crops": p.crops, "steps": p.steps, "cpu": report.machine()["cpu"],
@@ -307,6 +342,9 @@ def main(argv: list[str] | None = None) -> None:
         "in_process": {"rounds": args.rounds, "seconds": rounds, "images_per_s": ref_ips},
         "load": {"requests": args.requests, "answered": len(answered), "lost": args.requests - len(answered),
                  "wrong": len(wrong), "error_responses": sum(o.error is not None for o in answered),
+                 "bad_sent": sum(is_bad(i, args.bad_every) for i in range(args.requests)),
+                 "bad_answered_with_error": sum(o.error is not None for o in bad),
+                 "bad_errors": sorted({o.error for o in bad if o.error})[:10],
                  "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
                  "wall_s": wall, "images_per_s": len(answered) / wall,
                  "transport_errors": sorted({o.transport for o in outcomes if o.transport})[:10]},
