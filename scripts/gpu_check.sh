@@ -8,6 +8,8 @@
 # Installs nothing from a network: packages the machine lacks come from build/wheelhouse (scripts/gpu_wheelhouse.sh,
 # carried with the tree) into a temporary folder on PYTHONPATH. The harness keeps to --budget-s (checked between
 # rows and batches), its watchdog stops it --grace-s (30) later, and `timeout` here kills it 60 s after that.
+# gpu_check.json's layout is typed in diffv2iqa_trt/benchmarks/gpu_check_report.py: read it with
+# GpuCheckReport.from_json(text) (attributes, not string keys).
 set -uo pipefail
 out=${1:?usage: scripts/gpu_check.sh OUT [options]}
 shift

@@ -19,7 +19,8 @@ importance (each one's failure is recorded and the next one still runs):
 - timing: crops/s of the naive eager loop against the stream pipeline (FP32, TF32, FP16; streams and graphs), each
   row's TFLOP/s against the peak of its own precision.
 
-The report (gpu_check.json and gpu_check.md in OUT) is rewritten atomically after every phase and every row, so a
+The report (gpu_check.json and gpu_check.md in OUT; its records are typed in gpu_check_report.py, whose
+`GpuCheckReport.from_json` reads the file back) is rewritten atomically after every phase and every row, so a
 kill at any point leaves every finished result on disk. The time budget is checked between rows and batches; a
 watchdog thread writes the report and stops the process if a single call overruns the budget by --grace-s, and the
 shell script's `timeout` sits above both.
@@ -445,8 +446,8 @@ class GpuCheck:
         return entry is not None and entry.status == "ok"
 
     def phase(self, name: str, fn: Callable[[Any], object]) -> None:
-        """Run one phase: `fn` gets the phase's record (of its type in PHASE_TYPES) and fills it; False from it is
-        a failed check, an exception an error; either way the next phase runs."""
+        """Run one phase: `fn` gets the phase's record (of the phase's type in gpu_check_report.PHASE_TYPES, hence
+        Any here) and fills it; False from it is a failed check, an exception an error; the next phase runs."""
         entry = self.report.phase_entry(name)
         missing = [n for n in NEEDS.get(name, ()) if not self._ok(n)]
         if missing:
