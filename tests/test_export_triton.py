@@ -14,7 +14,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 from PIL import Image
+from serve_server import free_ports, serve_python
 from tritonclient.grpc import model_config_pb2
 from typer.testing import CliRunner
 
@@ -36,7 +36,6 @@ from diffv2iqa_trt.bundle.store import Bundle
 from diffv2iqa_trt.cli import app
 from diffv2iqa_trt.runtime.noise import noise_bank
 
-SERVE_PYTHON = "DIFFV2IQA_TRT_SERVE_PYTHON"
 GRAPHS = ("restore_step", "vcg", "vda")
 PYTHON_MODELS = ("diffv2iqa", "diffv2iqa_local")
 
@@ -243,28 +242,6 @@ class TritonPythonModel:
                 output_tensors=[pb_utils.Tensor(n, r) for n, r in zip(self.outputs, results)]))
         return responses
 '''
-
-
-def serve_python() -> str:
-    python = os.environ.get(SERVE_PYTHON)
-    if not python:
-        pytest.skip(f"{SERVE_PYTHON} is not set (make test sets it to the serving virtualenv's python, which has "
-                    "PyTriton and its tritonserver)")
-    probe = subprocess.run([python, "-c", "import pytriton"], capture_output=True, text=True, timeout=60)
-    if probe.returncode != 0:
-        pytest.skip(f"{SERVE_PYTHON}={python} has no PyTriton: {probe.stderr.strip()[-200:]}")
-    return python
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def server_layout(python: str, root: Path) -> tuple[Path, dict[str, str]]:
