@@ -500,7 +500,8 @@ def test_front_bls_loop_scores_as_the_toolkit(repo: Path, bundle: Bundle, images
     assert got["score"][:, 0].tolist() == [want[0].score, want[1].score]
     assert got["vcg"][:, 0].tolist() == [want[0].vcg, want[1].vcg] and got["crops"][:, 0].tolist() == [1, 1]
     got = {t.name(): t.as_numpy() for t in second.output_tensors}
-    assert got["score"][0, 0] == want[2].score and got["error"][:, 0].tolist() == [b"", b"empty image bytes"]
+    assert got["score"][0, 0] == want[2].score and got["error"][:, 0].tolist() == [
+        b"", b"the 'image' input is empty (0 bytes): send the encoded image file's bytes"]  # serve's own answer
     # The three images of both requests ran as one batch: 12 restore steps, then one call per branch.
     steps = bundle.manifest.pipeline.steps
     assert calls == [("restore_step", (3, 3, 64, 64))] * steps + [("vcg", (3, 3, 64, 64)), ("vda", (3, 3, 64, 64))]

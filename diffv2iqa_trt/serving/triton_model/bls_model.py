@@ -139,7 +139,7 @@ class TritonPythonModel:
         self.scorer = Scorer(OpenedScorer(pipeline, manifest.model.label, manifest.model.trained), self.max_pixels)
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        return execute(pb_utils, self.scorer, requests, self.max_pixels)
+        return execute(pb_utils, self.scorer, requests)
 
     def finalize(self) -> None:
         self.scorer.close()

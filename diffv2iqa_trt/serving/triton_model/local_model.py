@@ -29,7 +29,7 @@ class TritonPythonModel:
                                          max_pixels=self.max_pixels)
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        return execute(pb_utils, self.scorer, requests, self.max_pixels)
+        return execute(pb_utils, self.scorer, requests)
 
     def finalize(self) -> None:
         self.scorer.close()
