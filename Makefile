@@ -44,7 +44,7 @@ lint: install
 
 # --durations: CI logs the slowest tests, so a test that grows slow is seen.
 test: install
-	DIFFV2IQA_TRT_SERVE_PYTHON=$(SERVE_VENV)/bin/python $(BIN)/python -m pytest -m "not slow" -q --durations=15
+	DIFFV2IQA_TRT_SERVE_PYTHON=$(abspath $(SERVE_VENV))/bin/python $(BIN)/python -m pytest -m "not slow" -q --durations=15
 
 test-all: install
-	DIFFV2IQA_TRT_SERVE_PYTHON=$(SERVE_VENV)/bin/python $(BIN)/python -m pytest -q
+	DIFFV2IQA_TRT_SERVE_PYTHON=$(abspath $(SERVE_VENV))/bin/python $(BIN)/python -m pytest -q

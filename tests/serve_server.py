@@ -27,6 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 def serve_python() -> str:
     """The serving virtualenv's python, or skip (with why) where there is none."""
     python = os.environ.get(SERVE_PYTHON)
+    if python and os.sep in python:
+        python = os.path.abspath(python)  # the servers start in other folders (a relative path would not resolve)
     if not python:
         pytest.skip(f"{SERVE_PYTHON} is not set: the serve tests start the server from the serving virtualenv "
                     "(`make install` builds .venv-serve, `make test` sets it)")
