@@ -85,3 +85,31 @@ def test_bf16_record_is_measured_and_held_to_the_budget(auto_built: tuple[Any, s
     # The graphs and every other manifest field are unchanged; the fp32 plan stays the default.
     assert out.manifest.graphs == bundle.manifest.graphs and out.run_plan(None).label() == "fp32"
     assert bf16_note(out, parse_plan("bf16")) is None and bf16_note(bundle, parse_plan("bf16")) is not None
+
+
+def test_a_branch_with_fusion_weight_zero_is_not_measured(auto_built: tuple[Any, str], photos: list[np.ndarray],
+                                                         tmp_path: Path) -> None:
+    """The paper preset fuses with VCG weight 0: the pipeline never calls vcg, so bf16 has nothing to measure there
+    (the measurement used to fail on its empty list of recorded calls, after scoring the whole set)."""
+    pytest.importorskip("openvino", reason="OpenVINO is not installed: pip install 'diffv2iqa-trt[openvino]'")
+    from diffv2iqa_trt.bundle import write_bundle
+    from diffv2iqa_trt.runtime.backends.openvino_backend import bf16_problem_here
+
+    problem = bf16_problem_here()
+    if problem:
+        pytest.skip(problem)
+    bundle = auto_built[0]
+    doc = bundle.manifest.to_dict()
+    for key in ("files", "created", "environment", "toolkit_version"):
+        doc.pop(key)
+    doc["pipeline"]["fusion"] = {"vcg_weight": 0.0, "vda_weight": 1.0}
+    vda_only = load_bundle(write_bundle(tmp_path / "vda-only", doc,
+                                        {n: bundle.file_path(n) for n in bundle.manifest.files}))
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    for i in range(8):
+        Image.fromarray(distort(photos[i % 4][:96, :96], SET_DISTORTIONS[i % 3], 2, seed=i)).save(folder / f"{i}.png")
+    record = bf16_record(load_bundle(add_bf16(vda_only, tmp_path / "out", [folder])))
+    assert record is not None and record.plan["vcg"] == "fp32"
+    assert record.graphs["vcg"]["tensor"] is None and "fusion weight is 0" in record.graphs["vcg"]["not_run"]
+    assert record.graphs["vda"]["tensor"]["rows"] > 0 and record.plan_scores["images"] == 8

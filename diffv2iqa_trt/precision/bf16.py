@@ -208,6 +208,11 @@ def measure_bf16(bundle: Bundle, evaluation: EvalSet, *, budget: Budget | None =
     graphs: dict[str, Any] = {}
     cands: dict[str, list[Candidate]] = {}
     for g in GRAPH_NAMES:
+        if not recorder.calls[g]:  # a branch with fusion weight 0: the pipeline never runs it, bf16 cannot matter
+            graphs[g] = {"tensor": None, "scores": None, "over_budget": [],
+                         "not_run": "the pipeline never calls this graph (its fusion weight is 0)"}
+            cands[g] = [Candidate(FP32_CANDIDATE, "fp32")]
+            continue
         say(f"{g}: measuring bf16")
         alone = deltas({h: BF16 if h == g else "fp32" for h in GRAPH_NAMES})
         failures = budget.failures(alone)
