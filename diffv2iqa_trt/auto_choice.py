@@ -12,8 +12,13 @@ each at a few thread counts (1, half and all of the CPUs this process may use; o
 A short self-benchmark decides (`time_option`): per candidate, one warm-up and a few timed passes over one synthetic
 crop at the bundle's crop size, a pass being `steps` restore_step calls plus one call of each branch that runs; a
 candidate whose first pass is already `DROP` times slower than the best so far stops there. Seconds per candidate
-are cached in <cache root>/auto/<key>.json, the key being the CPU model, its ISA flags, the bundle (manifest hash),
+are cached in <cache root>/auto/<key>.json, the key being the CPU model, its ISA flags, the bundle's graph files,
 the toolkit, ONNX Runtime and OpenVINO versions and the batch: another bundle, CPU or version measures again.
+
+A shared machine's load changes from one candidate's timing to the next (a first run on the paper bundle timed
+OpenVINO f32 faster than bf16, which a rerun minutes later did not reproduce). So before deciding, the fresh
+contenders (every candidate within `CONTENDERS` of the fastest) and the reference are timed once more, back to back,
+and the decision is made on those timings alone (`CONFIRM_ROUNDS`).
 
 The fastest candidate wins, except that ONNX Runtime FP32 (reproducible) is kept unless another is at least
 `MARGIN` faster. `Choice.line()` says what was chosen and why in one line.
@@ -49,6 +54,8 @@ CACHE_FOLDER = "auto"  # under the cache root
 MARGIN = 1.05  # another choice must be this much faster than ONNX Runtime FP32 to replace it
 DROP = 2.0  # a candidate whose first pass is this much slower than the best so far is not timed further
 RUNS = 3  # timed passes per candidate
+CONTENDERS = 1.25  # candidates within this factor of the fastest are timed again, back to back, before deciding
+CONFIRM_ROUNDS = 1
 REFERENCE = ("onnxruntime", "fp32")
 
 
@@ -334,12 +341,38 @@ def _write_cache(path: Path, key_doc: Mapping[str, Any], seconds: Mapping[str, A
 # ---------------------------------------------------------------------------------------------------------- choose
 
 
+def _confirm(eligible: Sequence[Option], seconds: dict[str, float], fresh: dict[str, Any], timer: Timer,
+             rounds: int, clock: Callable[[], datetime]) -> None:
+    """Time the contenders again, back to back with the best reference, and keep those timings (median over the
+    `rounds`): the decision then compares figures taken under the same load. Only freshly timed options take part
+    (cached figures stand for themselves); `seconds` and `fresh` are updated in place."""
+    if not eligible:
+        return
+    best = min(seconds[o.key] for o in eligible)
+    refs = [o for o in eligible if o.reference]
+    contenders = [o for o in eligible if seconds[o.key] <= CONTENDERS * best and not o.reference]
+    if refs:
+        contenders.insert(0, min(refs, key=lambda o: seconds[o.key]))
+    contenders = [o for o in contenders if o.key in fresh]
+    if len(contenders) < 2:
+        return
+    again: dict[str, list[float]] = {o.key: [] for o in contenders}
+    for _ in range(rounds):
+        for o in contenders:
+            again[o.key].append(float(timer(o, None)))
+    stamp = clock().isoformat(timespec="seconds")
+    for key, values in again.items():
+        seconds[key] = statistics.median(values)
+        fresh[key] = {"s": seconds[key], "measured": stamp, "first": fresh[key]["s"]}
+
+
+
 def choose(bundle: Bundle, *, backend: str | None = None, precision: str | None = None, threads: int | None = None,
            timer: Timer | None = None, cache_dir: Path | None = None, use_cache: bool = True,
            batch: int | None = None,
            cpus: int | None = None, bf16_problem: str | None | bool = True, openvino: bool | None = None,
            cpu: Mapping[str, Any] | None = None, threads_only: bool = False,
-           now: Callable[[], datetime] | None = None) -> Choice:
+           now: Callable[[], datetime] | None = None, confirm: int = CONFIRM_ROUNDS) -> Choice:
     """The fastest option (see the module docstring). `timer`: seconds per crop of an option (default:
     `time_option`, a real measurement); `batch`: of the timed passes (default: bench_batch); `cache_dir`: default
     <cache root>/auto; `threads_only`: the default path, which keeps the backend and plan (`backend`, `precision`)
@@ -378,9 +411,11 @@ def choose(bundle: Bundle, *, backend: str | None = None, precision: str | None 
         seconds[o.key] = s
         dates.append(stamp)
         fresh[o.key] = {"s": s, "measured": stamp}
+    eligible = [o for o in options if o.eligible]
+    if fresh and confirm > 0:
+        _confirm(eligible, seconds, fresh, timer, confirm, clock)
     if fresh and use_cache:
         _write_cache(path, {"cpu": dict(cpu), "graphs": graphs_key(bundle), "versions": vers, "batch": batch}, fresh)
-    eligible = [o for o in options if o.eligible]
     fastest = min(eligible, key=lambda o: seconds[o.key])
     refs = [o for o in eligible if o.reference]
     if refs and not fastest.reference:

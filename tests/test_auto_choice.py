@@ -61,7 +61,7 @@ TIMES = {"onnxruntime fp32 t2": 0.40, "onnxruntime fp32 t1": 0.20, "openvino fp3
 def _choose(bundle: Any, tmp_path: Path, table: Mapping[str, float] = TIMES, **kw: Any
             ) -> tuple[auto_choice.Choice, list[tuple[str, float | None]]]:
     calls: list[tuple[str, float | None]] = []
-    kw = {"cpus": 2, "bf16_problem": None, "openvino": True, "cpu": CPU, "batch": 1, **kw}
+    kw = {"cpus": 2, "bf16_problem": None, "openvino": True, "cpu": CPU, "batch": 1, "confirm": 0, **kw}
     choice = choose(bundle, timer=_timer(table, calls), cache_dir=tmp_path / "cache",
                     now=lambda: datetime(2026, 12, 6, tzinfo=timezone.utc), **kw)
     return choice, calls
@@ -185,3 +185,34 @@ def test_score_with_backend_auto_end_to_end(auto_built: tuple[Any, str], photos:
     assert len(list((private_cache / "auto").glob("*.json"))) == 1
     again = open_scorer(ScoreOptions(bundle=root, backend="auto", batch_size=1, threads=1))
     assert again.choice is not None and again.choice.cached and again.choice.option == scorer.choice.option
+
+
+def test_contenders_are_timed_again_back_to_back(auto_built: tuple[Any, str], tmp_path: Path) -> None:
+    """What happened on the paper bundle: the first timings (taken while the machine's load changed) put OpenVINO f32
+    ahead; timed again back to back with the reference, bf16 wins. Without the confirmation, f32 would be picked."""
+    bundle = _with_bf16(auto_built, tmp_path, WITHIN, "bf16")
+    first = {"onnxruntime fp32 t2": 0.40, "onnxruntime fp32 t1": 0.241, "openvino fp32 t2": 0.30,
+             "openvino fp32 t1": 0.170, "openvino bf16 t2": 0.25, "openvino bf16 t1": 0.183}
+    later = {**first, "onnxruntime fp32 t1": 0.359, "openvino fp32 t1": 0.337, "openvino bf16 t1": 0.182}
+
+    def run(confirm: int, folder: str) -> tuple[auto_choice.Choice, list[str]]:
+        calls: list[str] = []
+
+        def timer(option: Option, limit: float | None) -> float:
+            calls.append(option.key)
+            return (later if calls.count(option.key) > 1 else first)[option.key]
+
+        choice = choose(bundle, timer=timer, cache_dir=tmp_path / folder, cpus=2, bf16_problem=None, openvino=True,
+                        cpu=CPU, batch=1, confirm=confirm, now=lambda: datetime(2026, 12, 6, tzinfo=timezone.utc))
+        return choice, calls
+
+    unconfirmed, _ = run(0, "a")
+    assert unconfirmed.option.key == "openvino fp32 t1"
+    confirmed, calls = run(1, "b")
+    # Contenders: within 1.25x of the fastest (f32 t1 0.170, bf16 t1 0.183), after the best reference.
+    assert calls[len(first):] == ["onnxruntime fp32 t1", "openvino fp32 t1", "openvino bf16 t1"]
+    assert confirmed.option.key == "openvino bf16 t1" and confirmed.seconds["openvino fp32 t1"] == 0.337
+    assert "1.97x onnxruntime fp32, 1 thread" in confirmed.line()  # 0.359 / 0.182, the back-to-back figures
+    # The cache keeps the confirmed figures (and the first ones): a second run decides the same without timing.
+    again, calls = run(1, "b")
+    assert calls == [] and again.option == confirmed.option and again.cached
