@@ -16,6 +16,16 @@ def current_umask() -> int:
     return mask
 
 
+def normal_permissions(root: Path) -> None:
+    """mkdtemp and mkstemp create owner-only entries; a published folder (a bundle, a Triton repository, which may be
+    read by another user) gets the usual modes under the umask."""
+    mask = current_umask()
+    for d, _, names in os.walk(root):
+        os.chmod(d, 0o777 & ~mask)
+        for name in names:
+            os.chmod(Path(d) / name, 0o666 & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces `target`, on error it is removed."""

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from diffv2iqa_trt.benchmarks.serving_load import free_ports
+
 SERVE_PYTHON = "DIFFV2IQA_TRT_SERVE_PYTHON"
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,18 +39,6 @@ def serve_python() -> str:
     if probe.returncode != 0:
         pytest.skip(f"{python} cannot serve (needs nvidia-pytriton and NumPy < 2): {probe.stderr.strip()[-300:]}")
     return python
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct ports free on 127.0.0.1 now (held together while chosen, so they differ)."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def port_free(port: int) -> bool:

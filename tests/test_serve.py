@@ -10,12 +10,10 @@ from __future__ import annotations
 import io
 import signal
 import socket
-import struct
 import subprocess
 import sysconfig
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ import pytest
 from PIL import Image
 from serve_server import ServeProcess, free_ports, port_free, serve_python
 
+from diffv2iqa_trt.benchmarks.serving_load import png_bomb
 from diffv2iqa_trt.errors import DependencyError
 from diffv2iqa_trt.serving.environment import (
     Interpreter,
@@ -199,15 +198,6 @@ def test_scores_equal_in_process(server: ServeProcess, images: dict[str, tuple[n
 # ------------------------------------------------------------------------------------------------------ bad input
 
 
-def _png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
-    """A valid-looking 8-bit RGB PNG of 90 bytes whose header declares width x height pixels."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-
-
 class _GoodTraffic:
     """Clients sending good requests (alternately `pixels` and encoded `image`) until stopped; every response
     is kept with what it should have been."""
@@ -260,7 +250,7 @@ def test_bad_inputs_amid_good_requests(server: ServeProcess, images: dict[str, t
         errors = {
             "not an image": http_score(address, "image", b"this is plain text, not an image"),
             "empty": http_score(address, "image", b""),
-            "bomb": http_score(address, "image", _png_bomb()),
+            "bomb": http_score(address, "image", png_bomb()),
             "big encoded": http_score(address, "image", _encode(big, "PNG", compress_level=1)),
             "big pixels": http_score(address, "pixels", big),
             "zero rows": http_score(address, "pixels", np.zeros((1, 0, 300, 3), np.uint8)),

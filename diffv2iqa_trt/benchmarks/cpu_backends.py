@@ -296,11 +296,7 @@ def main(argv: list[str] | None = None) -> None:
                                                   lambda k: warm_ort or runs[k][0] != "onnxruntime")}
     results["load_after"] = _load()
     name = args.name or f"cpu_backends_{bundle.manifest.model.name}"
-    args.out.mkdir(parents=True, exist_ok=True)
-    text = markdown(results)
-    paths = report.write(args.out, name, results, text)
-    print(text.replace("<!--header-->", ""))
-    print(f"wrote {paths[0]} and {paths[1]}")
+    report.publish(args.out, name, results, markdown(results))
 
 
 if __name__ == "__main__":

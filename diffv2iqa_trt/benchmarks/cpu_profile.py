@@ -26,7 +26,7 @@ import importlib.util
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from ..runtime.backends.openvino_backend import bf16_problem_here
 from . import report
 from .cpu_backends import STAGES, choices, time_graphs, versions
 from .precision_cpu import graph_inputs
+from .roofline import best_seconds
 
 # Node types whose kernels are matrix products (OpenVINO CPU plugin names, after its graph transformations).
 MATRIX_OPS = frozenset({"Convolution", "GroupConvolution", "Deconvolution", "MatMul", "FullyConnected",
@@ -115,16 +116,6 @@ def matrix_summary(groups: Sequence[Mapping[str, Any]], flop: float, runs: int) 
 # ---------------------------------------------------------------------------------------------------------- peaks
 
 
-def _best(run: Callable[[], object], repeats: int) -> float:
-    run()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
 def torch_peak(dtype: str, n: int, threads: int, repeats: int = 5) -> float:
     """GFLOP/s of the best of `repeats` torch.matmul n x n x n products in float32 or bfloat16."""
     import torch
@@ -135,7 +126,7 @@ def torch_peak(dtype: str, n: int, threads: int, repeats: int = 5) -> float:
         g = torch.Generator().manual_seed(0)
         a = torch.randn(n, n, generator=g).to(getattr(torch, {"f32": "float32", "bf16": "bfloat16"}[dtype]))
         b = torch.randn(n, n, generator=g).to(a.dtype)
-        return gflop_per_s(2 * n ** 3, _best(lambda: torch.matmul(a, b), repeats))
+        return gflop_per_s(2 * n ** 3, best_seconds(lambda: torch.matmul(a, b), repeats))
     finally:
         torch.set_num_threads(before)
 
@@ -152,7 +143,7 @@ def openvino_peak(hint: str, n: int, threads: int, repeats: int = 5) -> float:
                                                       "INFERENCE_PRECISION_HINT": hint})
     request = compiled.create_infer_request()
     x = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
-    return gflop_per_s(2 * n ** 3, _best(lambda: request.infer({"a": x}, share_inputs=True), repeats))
+    return gflop_per_s(2 * n ** 3, best_seconds(lambda: request.infer({"a": x}, share_inputs=True), repeats))
 
 
 def peaks(n: int, threads: int, openvino: bool, bf16: bool) -> dict[str, dict[str, float]]:
@@ -326,11 +317,7 @@ def main(argv: list[str] | None = None) -> None:
     bundle = load_bundle(args.bundle)
     results = run(bundle, args.graph, args.threads, args.batch, args.rounds, args.profile_runs, args.peak_n)
     name = args.name or f"cpu_profile_{bundle.manifest.model.name}_{args.graph}"
-    args.out.mkdir(parents=True, exist_ok=True)
-    text = markdown(results)
-    paths = report.write(args.out, name, results, text)
-    print(text.replace("<!--header-->", ""))
-    print(f"wrote {paths[0]} and {paths[1]}")
+    report.publish(args.out, name, results, markdown(results))
 
 
 if __name__ == "__main__":

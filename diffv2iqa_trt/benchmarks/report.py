@@ -65,3 +65,11 @@ def write(out_dir: Path, name: str, results: dict[str, Any], markdown: str, *, i
         raise ConfigError(f"cannot write the report to {out_dir} ({exc.strerror or exc}); choose a writable --out"
                           ) from exc
     return json_path, md_path
+
+
+def publish(out_dir: Path, name: str, results: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+    """`write`, then print the summary and where it went: the end of every harness's main."""
+    paths = write(out_dir, name, results, markdown)
+    print(markdown.replace("<!--header-->", ""))
+    print(f"wrote {paths[0]} and {paths[1]}")
+    return paths

@@ -11,6 +11,17 @@ import numpy as np
 from ..errors import ConfigError
 
 
+def best_seconds(run: Callable[[], object], repeats: int) -> float:
+    """The fastest of `repeats` timed calls of `run`, after one untimed call (allocation, compilation)."""
+    run()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def gemm_peak_macs_per_s(backend: str, n: int = 2048, repeats: int = 5, threads: int | None = None) -> float:
     """Best-of-`repeats` multiply-accumulates per second of an n x n x n FP32 matrix product on `backend`."""
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
@@ -37,13 +48,7 @@ def gemm_peak_macs_per_s(backend: str, n: int = 2048, repeats: int = 5, threads:
         run = lambda: session.run(None, feeds)  # noqa: E731
     else:
         raise ConfigError(f"no GEMM peak for backend {backend!r}")
-    run()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - t0)
-    return n ** 3 / best
+    return n ** 3 / best_seconds(run, repeats)
 
 
 def stage_macs(model_config: dict[str, Any], steps: int, restore_hw: tuple[int, int] | None = None

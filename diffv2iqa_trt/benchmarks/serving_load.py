@@ -60,7 +60,8 @@ def photographs(count: int) -> list[bytes]:
 
 
 def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
-    """A 60-byte PNG whose header declares width x height pixels (10 gigapixels by default) and holds no data."""
+    """A valid-looking 8-bit RGB PNG of 90 bytes whose header declares width x height pixels (10 gigapixels by
+    default): a decoder that trusts the header allocates 30 GB."""
     import struct
     import zlib
 
@@ -68,7 +69,8 @@ def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+    pixels = chunk(b"IDAT", zlib.compress(b"\0" * 64))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + pixels + chunk(b"IEND", b"")
 
 
 # Requests that must come back as their own error, mixed into the load with --bad-every.
@@ -350,12 +352,8 @@ def main(argv: list[str] | None = None) -> None:
                  "transport_errors": sorted({o.transport for o in outcomes if o.transport})[:10]},
         "overhead_ratio": (len(answered) / wall) / ref_ips, "batches": batches,
         "rss_mib": [rss_before, rss_after], "exit_status": status}
-    args.out.mkdir(parents=True, exist_ok=True)
     name = args.name or f"serving_load_{bundle.manifest.model.name}_{args.protocol}"
-    text = markdown(results)
-    paths = report.write(args.out, name, results, text)
-    print(text.replace("<!--header-->", ""))
-    print(f"wrote {paths[0]} and {paths[1]}")
+    report.publish(args.out, name, results, markdown(results))
     if wrong or len(answered) < args.requests:
         raise SystemExit(f"{len(wrong)} wrong and {args.requests - len(answered)} lost responses")
 

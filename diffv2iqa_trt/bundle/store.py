@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..atomic import normal_permissions
 from ..contract import PRECISIONS, check_graph
 from ..errors import BundleError, DependencyError
 from ..precision_plan import PrecisionPlan, parse_plan
@@ -760,7 +761,7 @@ def _publish(doc: dict[str, Any], sources: Mapping[str, Path], tmp: Path, out_di
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
-        _normal_permissions(tmp)
+        normal_permissions(tmp)
         for d, _, _ in os.walk(tmp):
             _fsync_dir(Path(d))
         _install(tmp, out_dir, overwrite)
@@ -770,16 +771,6 @@ def _publish(doc: dict[str, Any], sources: Mapping[str, Path], tmp: Path, out_di
                 shutil.move(dst, src)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _normal_permissions(root: Path) -> None:
-    """mkdtemp and mkstemp create owner-only entries; a published bundle gets the usual modes under the umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for d, _, names in os.walk(root):
-        os.chmod(d, 0o777 & ~umask)
-        for name in names:
-            os.chmod(Path(d) / name, 0o666 & ~umask)
 
 
 def _install(tmp: Path, out_dir: Path, overwrite: bool) -> None:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..atomic import normal_permissions
 from ..bundle.manifest import GraphEntry
 from ..bundle.schema import MANIFEST_NAME
 from ..bundle.store import Bundle
@@ -421,23 +422,13 @@ def write_repository(bundle: Bundle, out: str | os.PathLike[str], options: Repos
         (tmp / "README.md").write_text(repository_readme(bundle, report), encoding="utf-8")
         (tmp / "export.json").write_text(json.dumps(export_record(bundle, report), indent=2) + "\n",
                                          encoding="utf-8")
-        _normal_permissions(tmp)
+        normal_permissions(tmp)
         check_out(out)  # it may have been filled meanwhile
         os.rename(tmp, out)  # onto a missing or empty folder: atomic on POSIX
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return report
-
-
-def _normal_permissions(root: Path) -> None:
-    """mkdtemp makes an owner-only folder; the repository gets the usual modes (Triton may run as another user)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    for d, _, names in os.walk(root):
-        os.chmod(d, 0o777 & ~mask)
-        for name in names:
-            os.chmod(Path(d) / name, 0o666 & ~mask)
 
 
 def export_record(bundle: Bundle, report: RepositoryReport) -> dict[str, Any]:
