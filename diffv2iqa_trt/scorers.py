@@ -159,7 +159,8 @@ def _bundle_scorer(o: ScoreOptions) -> Scorer:
                                     threads=o.threads, batch=auto_choice.bench_batch(p.crop_size, o.batch_size))
         backend, precision, threads = choice.option.backend, choice.option.precision, choice.option.threads
         notes.append(choice.line())
-    elif o.backend is None and o.threads is None and o.device == "cpu":
+    elif o.backend is None and o.threads is None and o.device == "cpu" and len(auto_choice.thread_options(None)) > 1:
+        # (one CPU: one thread count, nothing to time)
         backend = choose_backend(None, o.bundle)
         try:
             choice = auto_choice.choose(bundle, backend=backend, precision=o.precision, threads_only=True,

@@ -216,3 +216,16 @@ def test_contenders_are_timed_again_back_to_back(auto_built: tuple[Any, str], tm
     # The cache keeps the confirmed figures (and the first ones): a second run decides the same without timing.
     again, calls = run(1, "b")
     assert calls == [] and again.option == confirmed.option and again.cached
+
+
+def test_default_path_times_nothing_on_one_cpu(auto_built: tuple[Any, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """One CPU leaves one thread count: the default path opens ONNX Runtime without a self-benchmark."""
+    from diffv2iqa_trt import cpu_info
+
+    def never(*args: Any, **kwargs: Any) -> float:
+        raise AssertionError("the default path timed a candidate on a one-CPU machine")
+
+    monkeypatch.setattr(cpu_info, "logical_cpus", lambda: 1)
+    monkeypatch.setattr(auto_choice, "time_option", never)
+    scorer = open_scorer(ScoreOptions(bundle=Path(auto_built[0].root)))
+    assert scorer.choice is None and scorer.backend == "onnxruntime-cpu" and scorer.notes == ()
