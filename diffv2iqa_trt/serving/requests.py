@@ -34,8 +34,8 @@ import numpy as np
 if TYPE_CHECKING:
     from ..api import Scorer
 
-__all__ = ["IMAGE", "INPUTS", "MODEL_NAME", "OUTPUTS", "PIXELS", "RequestLimits", "ServedRequest", "error_responses",
-           "score_requests"]
+__all__ = ["IMAGE", "INPUTS", "MODEL_NAME", "OUTPUTS", "PIXELS", "PlainRequest", "RequestLimits", "ServedRequest",
+           "error_responses", "score_requests"]
 
 MODEL_NAME = "diffv2iqa"
 IMAGE, PIXELS = "image", "pixels"
@@ -52,6 +52,14 @@ class ServedRequest(Protocol):
 
     @property
     def parameters(self) -> Mapping[str, Any] | None: ...
+
+
+@dataclass(frozen=True)
+class PlainRequest:
+    """A ServedRequest made here (the warm-up's, or a Python-backend request converted by the exported models)."""
+
+    data: Mapping[str, np.ndarray]
+    parameters: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)

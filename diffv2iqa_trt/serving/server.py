@@ -43,7 +43,16 @@ import numpy as np
 
 from ..errors import BackendError
 from .environment import Interpreter, check_ports, use_own_libpython
-from .requests import IMAGE, MODEL_NAME, PIXELS, RequestLimits, ServedRequest, error_responses, score_requests
+from .requests import (
+    IMAGE,
+    MODEL_NAME,
+    PIXELS,
+    PlainRequest,
+    RequestLimits,
+    ServedRequest,
+    error_responses,
+    score_requests,
+)
 
 if TYPE_CHECKING:
     from ..api import Scorer
@@ -102,12 +111,6 @@ def _synthetic_rgb(height: int = 256, width: int = 320) -> np.ndarray:
     return rgb.astype(np.uint8)
 
 
-@dataclass(frozen=True)
-class _WarmUpRequest:
-    data: dict[str, np.ndarray]
-    parameters: dict[str, Any] | None = None
-
-
 def warm_up(infer: InferFunction) -> float:
     """Run the infer function once on a `pixels` request and an encoded `image` request; seconds taken.
     BackendError if either is not scored (the bundle, backend or decoder cannot serve)."""
@@ -116,7 +119,7 @@ def warm_up(infer: InferFunction) -> float:
     rgb = _synthetic_rgb()
     png = io.BytesIO()
     Image.fromarray(rgb).save(png, format="PNG")
-    requests = [_WarmUpRequest({PIXELS: rgb[None]}), _WarmUpRequest({IMAGE: np.array([[png.getvalue()]], object)})]
+    requests = [PlainRequest({PIXELS: rgb[None]}), PlainRequest({IMAGE: np.array([[png.getvalue()]], object)})]
     start = time.perf_counter()
     responses = infer(requests)
     seconds = time.perf_counter() - start

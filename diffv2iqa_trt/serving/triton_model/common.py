@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import numpy as np
 
 from ...api import Scorer
 from ...errors import DiffV2IQAError
-from ..requests import INPUTS, RequestLimits, error_responses, score_requests
+from ..requests import INPUTS, PlainRequest, RequestLimits, error_responses, score_requests
 
 
 def model_parameters(args: Mapping[str, str]) -> dict[str, str]:
@@ -35,15 +34,8 @@ def version_dir(args: Mapping[str, str]) -> Path:
     return Path(args["model_repository"]) / str(args["model_version"])
 
 
-@dataclass(frozen=True)
-class _Request:
+def _served(pb_utils: Any, request: Any) -> PlainRequest:
     """A Python-backend request as serving/requests.py takes one (PyTriton's `Request` has the same two fields)."""
-
-    data: Mapping[str, np.ndarray]
-    parameters: Mapping[str, Any] | None
-
-
-def _served(pb_utils: Any, request: Any) -> _Request:
     data = {}
     for name in INPUTS:
         tensor = pb_utils.get_input_tensor_by_name(request, name)
@@ -51,7 +43,7 @@ def _served(pb_utils: Any, request: Any) -> _Request:
             data[name] = np.asarray(tensor.as_numpy())
     parameters = getattr(request, "parameters", None)
     text = parameters() if callable(parameters) else None  # the Python backend gives them as a JSON string
-    return _Request(data, json.loads(text) if text else None)
+    return PlainRequest(data, json.loads(text) if text else None)
 
 
 def execute(pb_utils: Any, scorer: Scorer, requests: Sequence[Any]) -> list[Any]:
