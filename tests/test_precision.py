@@ -4,7 +4,9 @@ bad requests refused with exit code 2 and nothing written."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -23,7 +25,7 @@ from diffv2iqa_trt.cli import app
 from diffv2iqa_trt.contract import GRAPH_NAMES, RESTORE_STEP, VCG, VDA
 from diffv2iqa_trt.data.distortions import distort
 from diffv2iqa_trt.data.photos import photos
-from diffv2iqa_trt.errors import BundleError, ConfigError
+from diffv2iqa_trt.errors import BundleError, ConfigError, ExportError
 from diffv2iqa_trt.metrics import srcc
 from diffv2iqa_trt.precision.evaluate import Budget, score_deltas, step_errors
 from diffv2iqa_trt.precision.groups import GROUPS, excluded_nodes
@@ -271,6 +273,26 @@ def test_node_groups_find_real_nodes(demo_bundle: Bundle) -> None:
     with pytest.raises(ConfigError, match="unknown node group 'heads' for restore_step"):
         excluded_nodes(onnx.ModelProto(), RESTORE_STEP, ["heads"])
 
+
+
+class _KilledPool(concurrent.futures.ProcessPoolExecutor):
+    """A real process pool whose worker dies without an exception, as the kernel's OOM killer makes it die."""
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def,override]
+        return super().submit(os._exit, 9)
+
+
+def test_a_killed_int8_cpu_quantizer_is_named_as_such(demo_bundle: Bundle, image_sets: tuple[Path, Path],
+                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # On a 24 GB machine shared with another build, the kernel killed quantize_static's process (15 GB for the paper
+    # restore_step); the build reported only "BrokenProcessPool: A process in the process pool was terminated".
+    cs, _ = calibration_set(demo_bundle, [image_sets[0]], max_crops=8, cache_dir=tmp_path / "cache")
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", _KilledPool)
+    dst = tmp_path / "vda.int8-cpu.onnx"
+    with pytest.raises(ExportError, match=r"quantizer of vda was killed by the system, most likely out of memory.*"
+                                          r"its 8 calibration rows.*smaller --calib-crops"):
+        make_variant(demo_bundle.onnx_path(VDA), dst, VDA, Recipe("int8-cpu", (), "max"), cs, tmp_path / "scratch")
+    assert not dst.exists()
 
 # --- bad requests -----------------------------------------------------------------------------------------------------
 

@@ -281,11 +281,24 @@ def _int8_ort_isolated(src: Path, graph: str, names: list[str], cs: CalibrationS
     quantize_static loses tensor ranges. A spawned process has never imported ModelOpt."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        path = pool.submit(_int8_ort_worker, str(src), graph, names, cs.arrays(), dict(cs.meta), str(scratch),
-                           batch_size, method).result()
+        try:
+            path = pool.submit(_int8_ort_worker, str(src), graph, names, cs.arrays(), dict(cs.meta), str(scratch),
+                               batch_size, method).result()
+        except BrokenProcessPool:
+            raise ExportError(killed_quantizer_message(graph, cs)) from None
     return onnx.load(path)
+
+
+def killed_quantizer_message(graph: str, cs: CalibrationSet) -> str:
+    """Why the int8-cpu quantizer's process died without an exception: the kernel killed it, nearly always for
+    memory (quantize_static keeps every intermediate tensor of every calibration row: 15 GB for the paper
+    restore_step's 88 rows at 224²)."""
+    return (f"the int8-cpu quantizer of {graph} was killed by the system, most likely out of memory (ONNX Runtime's "
+            f"quantize_static holds every intermediate tensor of its {cs.rows(graph)} calibration rows); record "
+            f"fewer rows with a smaller --calib-crops, or stop other large jobs on this machine, and build again")
 
 
 def _int8_ort_worker(src: str, graph: str, names: list[str], arrays: dict[str, np.ndarray], meta: dict[str, Any],
