@@ -19,9 +19,10 @@ from typer.testing import CliRunner
 
 from diffv2iqa_trt.assemble import BuildOptions, build_onnx_bundle
 from diffv2iqa_trt.benchmarks.parity import variants as parity_variants
+from diffv2iqa_trt.benchmarks.precision_report import PrecisionReport
 from diffv2iqa_trt.bundle import Bundle, load_bundle, sha256_file
 from diffv2iqa_trt.calibration import MIN_IMAGES, calibration_set
-from diffv2iqa_trt.cli import app
+from diffv2iqa_trt.cli import _print_precision, app
 from diffv2iqa_trt.contract import GRAPH_NAMES, RESTORE_STEP, VCG, VDA
 from diffv2iqa_trt.data.distortions import distort
 from diffv2iqa_trt.data.photos import photos
@@ -218,6 +219,17 @@ def test_variants_are_listed_hashed_measured_and_chosen(mixed: Bundle) -> None:
         ops = {n.op_type for n in onnx.load(str(mixed.onnx_path(VDA, p))).graph.node}
         assert {"QuantizeLinear", "DequantizeLinear"} <= ops
 
+
+
+def test_a_built_bundles_precision_report_reads_back(mixed: Bundle, capsys: pytest.CaptureFixture[str]) -> None:
+    # `build --precision` ended in a TypeError after writing the bundle: the typed report did not know the
+    # calibration set's sha256 the build records (the committed reports predate it).
+    doc = mixed.manifest.precision.report  # type: ignore[union-attr]
+    report = PrecisionReport.from_bundle(mixed)
+    assert report.report.calibration is not None and report.report.calibration.to_dict() == doc["calibration"]
+    assert re.fullmatch(r"[0-9a-f]{64}", report.report.calibration.sha256 or "")
+    _print_precision(mixed.root)  # what `build` prints at its end
+    assert "plan end to end on" in capsys.readouterr().out
 
 def test_runtime_runs_the_chosen_plan_and_the_cpu_layout(mixed: Bundle, image_sets: tuple[Path, Path]) -> None:
     images = [load_image(p) for p in sorted(image_sets[1].glob("*.png"))[:6]]

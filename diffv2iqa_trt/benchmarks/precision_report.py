@@ -203,9 +203,13 @@ class CalibrationRecord:
     crops: int
     restore_rows: int
     noise_rows: int
+    sha256: str | None = None  # the calibration arrays' hash; absent in reports written before it was recorded
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if self.sha256 is None:
+            del out["sha256"]
+        return out
 
 
 @dataclass(frozen=True)
