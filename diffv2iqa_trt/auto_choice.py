@@ -4,7 +4,7 @@ The candidates (`candidates`):
 - ONNX Runtime FP32, always: the reference, bit-reproducible (its scores do not depend on the thread count);
 - OpenVINO f32: the same FP32 graphs (scores within float rounding of the reference, not bit-identical);
 - OpenVINO bf16, where the CPU has BF16 instructions and the bundle holds a bf16 record inside its budget
-  (precision/bf16.py), running the measured bf16 plan;
+  (precision/bf16.py), running the measured plan (bf16, and the int8-cpu variants on OpenVINO where measured);
 - the plan the bundle's build chose (FP16/INT8 variants, int8 in its int8-cpu layout), where its recorded end-to-end
   score deltas keep the budget;
 each at a few thread counts (1, half and all of the CPUs this process may use; only the given one with --threads).
@@ -44,7 +44,7 @@ from .atomic import atomic_path
 from .cache_dirs import cache_root
 from .contract import COEF, GAMMA, GRAPH_NAMES, RESTORE_STEP, X, Y, Z, input_shapes
 from .errors import ConfigError
-from .precision_plan import BF16, PrecisionPlan, parse_plan, runnable_plan
+from .precision_plan import BF16, INT8_CPU, PrecisionPlan, parse_plan, runnable_plan
 
 if TYPE_CHECKING:
     from .bundle.store import Bundle
@@ -179,7 +179,7 @@ def candidates(bundle: Bundle, *, backend: str | None = None, precision: str | N
         bf16_problem = _bf16_problem_here()
     if bf16_problem:
         skipped["openvino bf16"] = str(bf16_problem)
-    elif wanted is not None and wanted != "fp32" and all(parse_plan(wanted)[g] in (BF16, "fp32")
+    elif wanted is not None and wanted != "fp32" and all(parse_plan(wanted)[g] in (BF16, INT8_CPU, "fp32")
                                                          for g in GRAPH_NAMES):
         offer("openvino", wanted, None if record is None else record.plan_scores)  # asked for by name
     elif record is None:

@@ -407,7 +407,7 @@ def _print_bf16(path: Path) -> None:
     if r is None:
         return
     over = "" if r.within_budget else " (over the budget: " + "; ".join(r.over_budget) + ")"
-    out.print(f"bf16 plan {_show(r.plan_label)}: SRCC {r.plan_scores['srcc']:.5f}, max |Δ| "
+    out.print(f"OpenVINO plan {_show(r.plan_label)}: SRCC {r.plan_scores['srcc']:.5f}, max |Δ| "
               f"{100 * r.plan_scores['max_abs_fraction']:.2f} % of the score range vs fp32{_show(over)}")
 
 

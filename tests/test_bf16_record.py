@@ -72,7 +72,7 @@ def test_bf16_record_is_measured_and_held_to_the_budget(auto_built: tuple[Any, s
     out = load_bundle(tmp_path / "with-bf16")
     record = bf16_record(out)
     assert record is not None
-    assert f"bf16 plan {record.plan_label}: SRCC {record.plan_scores['srcc']:.5f}" in result.stdout
+    assert f"OpenVINO plan {record.plan_label}: SRCC {record.plan_scores['srcc']:.5f}" in result.stdout
     # Per graph: tensor errors on recorded calls and the scores with only that graph in bf16; the plan, its deltas.
     for g in GRAPH_NAMES:
         entry = record.graphs[g]

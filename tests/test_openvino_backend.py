@@ -167,8 +167,8 @@ def test_bf16_refused_on_a_cpu_without_bf16(auto_built: tuple[Any, str], monkeyp
 
 
 @pytest.mark.parametrize("options, error, words", [
-    (BackendOptions(precision="fp16"), ConfigError, "runs fp32 or bf16 .*the plan asks for fp16: pass --precision "
-                                                    "fp32 or --precision bf16, or use --backend onnxruntime"),
+    (BackendOptions(precision="fp16"), ConfigError, "runs fp32, bf16 .*the plan asks for fp16: pass --precision "
+                                                    "fp32, bf16 or int8-cpu, or use --backend onnxruntime for fp16"),
     (BackendOptions(precision="bf8"), ConfigError, "unknown precision 'bf8'"),
     (BackendOptions(device="cuda"), ConfigError, "runs on the CPU"),
     (BackendOptions(threads=0), ConfigError, "threads must be a positive integer"),

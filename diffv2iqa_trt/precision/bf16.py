@@ -1,4 +1,5 @@
-"""BF16 as a measured precision: how far OpenVINO's bf16 hint moves the bundle's scores, recorded in the manifest.
+"""BF16 as a measured precision: how far OpenVINO's bf16 hint moves the bundle's scores, recorded in the manifest;
+with it, the bundle's int8-cpu variants as OpenVINO runs them.
 
 bf16 has no ONNX variant of its own: OpenVINO runs the bundle's FP32 graphs with BF16 matrix kernels (precision_plan
 HINTS). Its accuracy is measured like an FP16/INT8 variant's, against ONNX Runtime FP32 on an evaluation set:
@@ -6,9 +7,12 @@ HINTS). Its accuracy is measured like an FP16/INT8 variant's, against ONNX Runti
 1. the evaluation set is scored with ONNX Runtime FP32 (the reference), and a few calls of each graph are recorded on
    the way (restore_step's spread over the loop steps);
 2. per graph: the tensor errors of OpenVINO bf16 on those recorded inputs, and the end-to-end score deltas of the plan
-   that runs only that graph in bf16 (the others on the reference);
-3. the bf16 plan: search.choose over (bf16, fp32) per graph, so the plan holds the budget as a whole (all graphs in
-   bf16 when that keeps it);
+   that runs only that graph in bf16 (the others on the reference); the same for the graph's int8-cpu variant on
+   OpenVINO where the bundle holds one (`build --precision GRAPH=int8-cpu` made it, from the toolkit's calibration
+   set): OpenVINO's integer kernels round differently from ONNX Runtime's, so the variant's own record (measured on
+   ONNX Runtime) does not stand for them;
+3. the OpenVINO plan: search.choose over (int8-cpu, bf16, fp32) per graph, so the plan holds the budget as a whole
+   (the lowest precision each graph keeps it with, raised where the combination breaks it);
 4. the record goes into `precision.report["bf16"]` of a new bundle (the files are copied unchanged): the per-graph
    measurements, the plan and its score deltas, the budget, and the machine that measured it (CPU model, ISA flags,
    OpenVINO version), since BF16 kernels differ between AVX-512 BF16 and AMX.
@@ -20,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,7 +36,7 @@ from ..bundle import Bundle, write_bundle
 from ..bundle.manifest import PrecisionSection
 from ..contract import GRAPH_NAMES, GRAPH_OUTPUTS, RESTORE_STEP
 from ..errors import ConfigError
-from ..precision_plan import BF16, PrecisionPlan
+from ..precision_plan import BF16, INT8_CPU, PrecisionPlan
 from ..runtime.backends import BackendOptions, create_executor
 from ..runtime.executor import Executor
 from .evaluate import Budget, EvalSet, score_deltas
@@ -54,10 +58,11 @@ class Bf16Record:
     measured: str  # ISO date
     cpu: Mapping[str, Any]  # model, isa_flags
     graphs: Mapping[str, Any]
+    int8: Mapping[str, Any] = field(default_factory=dict)  # graph -> its int8-cpu variant on OpenVINO, where measured
 
     @property
     def within_budget(self) -> bool:
-        return not self.over_budget and any(self.plan[g] == BF16 for g in GRAPH_NAMES)
+        return not self.over_budget and any(self.plan[g] != "fp32" for g in GRAPH_NAMES)
 
     @property
     def plan_label(self) -> str:
@@ -71,7 +76,7 @@ class Bf16Record:
                    budget=Budget(float(b.get("min_srcc", Budget.min_srcc)),
                                  float(b.get("max_abs_fraction", Budget.max_abs_fraction))),
                    measured=str(d.get("measured", "")), cpu=dict(d.get("cpu") or {}),
-                   graphs=dict(d.get("graphs") or {}))
+                   graphs=dict(d.get("graphs") or {}), int8=dict(d.get("int8") or {}))
 
 
 def bf16_record(bundle: Bundle) -> Bf16Record | None:
@@ -148,11 +153,11 @@ class _Recorder:
 
 
 class _Mixed:
-    """Each graph on the executor its plan names: bf16 graphs on OpenVINO bf16, the others on the reference."""
+    """Each graph on the executor its plan names (`executors`: precision -> executor; fp32 is the reference)."""
 
-    def __init__(self, plan: Mapping[str, str], bf16: Executor, reference: Executor) -> None:
+    def __init__(self, plan: Mapping[str, str], executors: Mapping[str, Executor]) -> None:
         self.name = "mixed"
-        self._by = {g: bf16 if plan[g] == BF16 else reference for g in GRAPH_NAMES}
+        self._by = {g: executors[plan[g]] for g in GRAPH_NAMES}
 
     def upload(self, array: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(array, dtype=np.float32)
@@ -197,15 +202,28 @@ def measure_bf16(bundle: Bundle, evaluation: EvalSet, *, budget: Budget | None =
         fp32_names, {g: [t.name for t in evaluation.io[g][0]] for g in GRAPH_NAMES},
         {g: GRAPH_OUTPUTS[g][0] for g in GRAPH_NAMES}, device="cpu", threads=threads,
         io={g: evaluation.io[g] for g in GRAPH_NAMES})
-    bf16 = create_executor("openvino", bundle, BackendOptions(precision=BF16, threads=threads))
+    executors: dict[str, Executor] = {
+        "fp32": reference, BF16: create_executor("openvino", bundle, BackendOptions(precision=BF16, threads=threads))}
+    quantised = [g for g in GRAPH_NAMES if INT8_CPU in bundle.precisions(g)]
+    if quantised:
+        int8_plan = PrecisionPlan({g: INT8_CPU if g in quantised else "fp32" for g in GRAPH_NAMES})
+        executors[INT8_CPU] = create_executor("openvino", bundle, BackendOptions(precision=int8_plan.label(),
+                                                                                 threads=threads))
     say("scoring the evaluation set with ONNX Runtime FP32")
     recorder = _Recorder(reference, keep_calls, max(1, evaluation.spec.steps // keep_calls))
     ref_scores = evaluation.scores_with(recorder)
 
     def deltas(plan: Mapping[str, str]) -> dict[str, Any]:
-        return score_deltas(ref_scores, evaluation.scores_with(_Mixed(plan, bf16, reference)))
+        return score_deltas(ref_scores, evaluation.scores_with(_Mixed(plan, executors)))
+
+    def alone(g: str, precision: str) -> dict[str, Any]:
+        say(f"{g}: measuring {precision} on OpenVINO")
+        scores = deltas({h: precision if h == g else "fp32" for h in GRAPH_NAMES})
+        return {"tensor": _tensor_errors(executors[precision], g, recorder.calls[g]), "scores": scores,
+                "over_budget": budget.failures(scores)}
 
     graphs: dict[str, Any] = {}
+    int8: dict[str, Any] = {}
     cands: dict[str, list[Candidate]] = {}
     for g in GRAPH_NAMES:
         if not recorder.calls[g]:  # a branch with fusion weight 0: the pipeline never runs it, bf16 cannot matter
@@ -213,22 +231,25 @@ def measure_bf16(bundle: Bundle, evaluation: EvalSet, *, budget: Budget | None =
                          "not_run": "the pipeline never calls this graph (its fusion weight is 0)"}
             cands[g] = [Candidate(FP32_CANDIDATE, "fp32")]
             continue
-        say(f"{g}: measuring bf16")
-        alone = deltas({h: BF16 if h == g else "fp32" for h in GRAPH_NAMES})
-        failures = budget.failures(alone)
-        graphs[g] = {"tensor": _tensor_errors(bf16, g, recorder.calls[g]), "scores": alone, "over_budget": failures}
-        cands[g] = [Candidate(BF16, BF16, alone, failures), Candidate(FP32_CANDIDATE, "fp32")]
+        cands[g] = []
+        if g in quantised:
+            int8[g] = alone(g, INT8_CPU)
+            int8[g]["hint"] = executors[INT8_CPU].inference_precision(g)  # type: ignore[attr-defined]
+            cands[g].append(Candidate(INT8_CPU, INT8_CPU, int8[g]["scores"], int8[g]["over_budget"]))
+        graphs[g] = alone(g, BF16)
+        cands[g] += [Candidate(BF16, BF16, graphs[g]["scores"], graphs[g]["over_budget"]),
+                     Candidate(FP32_CANDIDATE, "fp32")]
 
     def measure_plan(plan: Mapping[str, Candidate]) -> Mapping[str, Any]:
         return deltas({g: c.precision for g, c in plan.items()})
 
-    say("bf16 plan: measuring end to end")
+    say("OpenVINO plan: measuring end to end")
     result = choose(cands, budget, measure_plan)
     plan = {g: c.precision for g, c in result.chosen.items()}
     return {"precision": BF16, "backend": "openvino", "openvino": ov_version(), "cpu": cpu_info.identity(),
             "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"), "budget": budget.to_dict(),
             "evaluation": {"images": len(evaluation.prepared), "reference": "onnxruntime fp32"},
-            "graphs": graphs, "plan": plan, "plan_scores": dict(result.plan_deltas),
+            "graphs": graphs, "int8": int8, "plan": plan, "plan_scores": dict(result.plan_deltas),
             "over_budget": budget.failures(result.plan_deltas), "search": result.rounds}
 
 

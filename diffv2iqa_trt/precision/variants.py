@@ -338,8 +338,11 @@ def _write(bundle: Bundle, request: PrecisionPlan, chosen: Mapping[str, Measured
         "failed": work.failed,
     })
     prior = bundle.manifest.precision
-    if prior is not None and BF16 in prior.report:
-        # The bf16 record measures the FP32 graphs, which this build copies unchanged: it stays valid.
+    remade = {g for g in GRAPH_NAMES if any(v is not None and v.recipe.precision == INT8_CPU
+                                            for v in (chosen[g], cpu.get(g)))}
+    if prior is not None and BF16 in prior.report and not remade & set(prior.report[BF16].get("int8") or {}):
+        # The bf16 record measures the FP32 graphs, which this build copies unchanged, and int8-cpu variants on
+        # OpenVINO: it stays valid unless this build replaced one of those (then `build --precision bf16` again).
         report[BF16] = prior.report[BF16]
     doc["precision"] = PrecisionSection(plan=plan, requested=request.label(), report=report).to_dict()
     return write_bundle(out, doc, files, overwrite=options.overwrite)

@@ -1,4 +1,4 @@
-"""OpenVINO executor: the bundle's ONNX graphs on the CPU through the OpenVINO runtime, in FP32 or in BF16.
+"""OpenVINO executor: the bundle's ONNX graphs on the CPU through the OpenVINO runtime, in FP32, BF16 or INT8.
 
 OpenVINO reads the bundle's ONNX files as they are. Each graph is compiled with an inference-precision hint from the
 precision plan: `fp32` -> f32 (parity with ONNX Runtime FP32 within float rounding), `bf16` -> bf16: the same FP32
@@ -6,6 +6,11 @@ graph, which OpenVINO's CPU plugin runs with BF16 matrix kernels (AVX-512 BF16 o
 such a CPU is bf16; here it is only what the plan asks for, and bf16 is refused, with the reason, on a CPU without
 BF16 instructions (OpenVINO would otherwise run f32, or emulate, without saying so). Each compiled model's hint is
 read back and checked.
+
+`int8-cpu` (and `int8`, where the bundle holds the int8-cpu variant) runs the bundle's int8-cpu variant: the
+toolkit's own calibration in Q/DQ form, whose quantised convolutions and matmuls OpenVINO runs with integer kernels
+(AVX-512 VNNI, AMX-INT8). Its unquantised operations take bf16 where the CPU has BF16 instructions (what OpenVINO
+does by default; on the paper restore_step 9 % faster than f32 there, with the same error), f32 elsewhere.
 
 Handles are NumPy arrays. OpenVINO compiles fastest code for static shapes, so a graph is reshaped to the shapes of
 each call and compiled once per input-shape set; the last MAX_SHAPES compiled models of each graph are kept (the
@@ -34,15 +39,16 @@ import numpy as np
 from ...cache_dirs import CACHE_ENV, cache_root
 from ...contract import GRAPH_NAMES, GRAPH_OUTPUTS, RESTORE_STEP, TensorSpec
 from ...errors import BackendError, BundleError, ConfigError
-from ...precision_plan import BF16, runnable_plan, variant_of
+from ...precision_plan import BF16, INT8, INT8_CPU, runnable_plan, variant_of
 from .onnxruntime_backend import bundle_key, io_mismatches
 
 if TYPE_CHECKING:
     from ...bundle.store import Bundle
     from . import BackendOptions
 
-# Plan precision -> OpenVINO's INFERENCE_PRECISION_HINT.
-OV_PRECISIONS = {"fp32": "f32", BF16: "bf16"}
+# Plan precision -> OpenVINO's INFERENCE_PRECISION_HINT (int8-cpu: for its unquantised operations; f32 where the CPU
+# has no BF16 instructions).
+OV_PRECISIONS = {"fp32": "f32", BF16: "bf16", INT8_CPU: "bf16"}
 OV_CACHE_DIR = "openvino"  # under the cache root: one folder per bundle and OpenVINO version
 MAX_SHAPES = 8  # compiled models kept per graph, one per input-shape set
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of the BF16 instructions OpenVINO's kernels use
@@ -145,13 +151,13 @@ class OpenVinoExecutor:
         precisions = dict(precisions or {})
         unknown = sorted({p for p in precisions.values() if p not in OV_PRECISIONS})
         if unknown:
-            raise ConfigError(f"the openvino backend runs {' or '.join(OV_PRECISIONS)} (the FP32 graphs with an f32 or "
-                              f"bf16 inference hint), not {', '.join(unknown)}; use --backend onnxruntime for the "
-                              f"bundle's fp16 / int8 variants")
-        if BF16 in precisions.values():
-            problem = bf16_problem_here(self._core)
-            if problem:
-                raise ConfigError(problem)
+            raise ConfigError(f"the openvino backend runs {', '.join(OV_PRECISIONS)} (the FP32 graphs with an f32 or "
+                              f"bf16 inference hint, the int8-cpu variants), not {', '.join(unknown)}; use --backend "
+                              f"onnxruntime for the bundle's fp16 variants")
+        problem = bf16_problem_here(self._core) if {BF16, INT8_CPU} & set(precisions.values()) else None
+        if problem and BF16 in precisions.values():
+            raise ConfigError(problem)
+        self._hints = {**OV_PRECISIONS, INT8_CPU: "f32" if problem else "bf16"}
         if threads is not None and (isinstance(threads, bool) or threads < 1):
             raise ConfigError(f"threads must be a positive integer, got {threads!r}")
         if isinstance(streams, bool) or streams < 1:
@@ -200,8 +206,9 @@ class OpenVinoExecutor:
         return list(self._compiled[graph])
 
     def inference_precision(self, graph: str) -> str:
-        """The precision hint `graph` is compiled with (f32 or bf16)."""
-        return OV_PRECISIONS[self._precisions[graph]]
+        """The precision hint `graph` is compiled with (f32 or bf16; for an int8-cpu graph, its unquantised
+        operations')."""
+        return self._hints[self._precisions[graph]]
 
     def _request(self, graph: str, shapes: tuple[tuple[int, ...], ...]) -> Any:
         kept = self._compiled[graph]
@@ -276,21 +283,22 @@ def ov_version() -> str:
 
 
 def executor_from_bundle(bundle: Bundle, options: BackendOptions) -> OpenVinoExecutor:
-    """The registry's `openvino` factory: the bundle's FP32 graphs, each compiled with the hint its plan names
-    (`options.precision`: fp32, bf16, or per graph; None: the plan the bundle's build chose, which must then be fp32),
-    each checked to read only the bundle's listed files and to have the inputs and outputs the manifest
-    describes."""
+    """The registry's `openvino` factory: the bundle's FP32 graphs, each compiled with the hint its plan names, or
+    its int8-cpu variant (`options.precision`: fp32, bf16, int8-cpu, or per graph; int8 runs the int8-cpu variant;
+    None: the plan the bundle's build chose), each checked to read only the bundle's listed files and to have the
+    inputs and outputs the manifest describes."""
     if options.device != "cpu":
         raise ConfigError(f"the openvino backend runs on the CPU (--device cpu), not {options.device!r}")
     requested = bundle.run_plan(options.precision)
-    other = sorted({requested[g] for g in GRAPH_NAMES} - set(OV_PRECISIONS))
+    available = {g: bundle.graph(g).precisions for g in GRAPH_NAMES}
+    other = sorted({requested[g] for g in GRAPH_NAMES if not (
+        requested[g] in OV_PRECISIONS or requested[g] == INT8 and INT8_CPU in available[g])})
     if other:
         why = "this bundle's plan is" if options.precision is None else "the plan asks for"
-        raise ConfigError(f"the openvino backend runs fp32 or bf16 (the FP32 graphs with an f32 or bf16 hint); "
-                          f"{why} {requested.label()}: pass --precision fp32 or --precision bf16, or use --backend "
-                          f"onnxruntime for {', '.join(other)}")
-    plan = runnable_plan(requested, {g: bundle.graph(g).precisions for g in GRAPH_NAMES}, cpu=False,
-                         source=str(bundle.root), hints=(BF16,))
+        raise ConfigError(f"the openvino backend runs fp32, bf16 (the FP32 graphs with an f32 or bf16 hint) and the "
+                          f"bundle's int8-cpu variants; {why} {requested.label()}: pass --precision fp32, bf16 or "
+                          f"int8-cpu, or use --backend onnxruntime for {', '.join(other)}")
+    plan = runnable_plan(requested, available, cpu=True, source=str(bundle.root), hints=(BF16,))
     paths, inputs, outputs, io = {}, {}, {}, {}
     for graph in GRAPH_NAMES:
         entry = bundle.graph(graph)
