@@ -168,9 +168,10 @@ def _bundle_scorer(o: ScoreOptions) -> Scorer:
             threads = choice.option.threads
         except DiffV2IQAError:
             pass  # the backend's own thread default; the pipeline reports what is wrong where it always did
-    pipeline = bundle_pipeline(bundle, choose_backend(backend, o.bundle), precision=precision, device=o.device,
-                               scoring=scoring, batch_size=o.batch_size, threads=threads)
-    note = bf16_note(bundle, bundle.run_plan(precision))
+    backend = choose_backend(backend, o.bundle)
+    pipeline = bundle_pipeline(bundle, backend, precision=precision, device=o.device, scoring=scoring,
+                               batch_size=o.batch_size, threads=threads)
+    note = bf16_note(bundle, bundle.run_plan(precision), backend)
     if note is not None:
         notes.append(f"note: {note}")
     return Scorer(pipeline, bundle.manifest.model.label, bundle.trained, choice, tuple(notes))

@@ -70,14 +70,19 @@ def test_markdown_reports_peaks_choices_and_profile() -> None:
         "versions": {"openvino": "2026.4"}, "load_before": [1.0, 1.5, 2.0], "load_after": [1.2, 1.5, 2.0],
         "threads": 2, "batch": 1, "crop_size": 224, "gflop": 9.0, "peak_n": 2048, "rounds": 3,
         "peaks": {"f32": {"torch": 150.0, "openvino": 160.0, "peak": 160.0},
-                  "bf16": {"torch": 250.0, "openvino": 300.0, "peak": 300.0}},
+                  "bf16": {"torch": 250.0, "openvino": 300.0, "peak": 300.0},
+                  "i8": {"openvino": 600.0, "peak": 600.0}},
         "choices": {"onnxruntime fp32": {"median_s": 0.2, "speedup": 1.0, "gflop_per_s": 45.0, "of_peak": 0.28125,
                                          "peak_precision": "f32"}},
         "profiles": {"bf16": {"runs": 2, "wall_s": 0.006, "layer_ms_per_run": 5.0, "by_op_type": groups,
-                              "matrix_ops": matrix_summary(groups, 9e9, 2)}}}
+                              "matrix_ops": matrix_summary(groups, 9e9, 2)},
+                     "int8-cpu": {"runs": 2, "wall_s": 0.006, "layer_ms_per_run": 5.0, "by_op_type": groups,
+                                  "matrix_ops": matrix_summary(groups, 9e9, 2), "peak_precision": "i8"}}}
     text = markdown(result)
     assert "| bf16 | 250.0 | 300.0 | **300.0** |" in text
     assert "| onnxruntime fp32 | 200.0 | 1.00× | 45.0 | 28.1 % of f32 |" in text
     assert "Matrix op types: 90.0 % of the layer time, 4.5 ms per run" in text
     assert "2000.0 GFLOP/s (666.7 % of the bf16 peak)" in text
+    assert "| i8 | nan | 600.0 | **600.0** |" in text  # OpenVINO's INT8 MatMul; torch has none
+    assert "## OpenVINO int8-cpu profile" in text and "2000.0 GFLOP/s (333.3 % of the i8 peak)" in text
     assert "| Convolution (matrix) | 2 | 4.0 | 80.0 % | bf16 75 %, f32 25 % |" in text

@@ -20,7 +20,8 @@ from diffv2iqa_trt.contract import RESTORE_STEP, VDA
 from diffv2iqa_trt.data.distortions import distort
 from diffv2iqa_trt.data.photos import SET_DISTORTIONS
 from diffv2iqa_trt.errors import ConfigError
-from diffv2iqa_trt.precision.bf16 import bf16_record
+from diffv2iqa_trt.precision.bf16 import bf16_note, bf16_record
+from diffv2iqa_trt.precision_plan import parse_plan
 from diffv2iqa_trt.runtime.backends import BackendOptions, create_executor
 
 pytest.importorskip("openvino", reason="OpenVINO is not installed: pip install 'diffv2iqa-trt[openvino]'")
@@ -142,3 +143,17 @@ def test_a_remade_int8_cpu_variant_drops_the_openvino_record(measured: tuple[Bun
         "--calib-images", str(image_sets[0]), "--calib-crops", "8", "--calib-methods", "max", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert bf16_record(measured[0]) is not None and bf16_record(load_bundle(out)) is None
+
+
+def test_an_unmeasured_openvino_int8_run_is_noted(quantised: Bundle, measured: tuple[Bundle, str],
+                                                  image_sets: tuple[Path, Path]) -> None:
+    plan = parse_plan("restore_step=int8-cpu")
+    note = bf16_note(quantised, plan, "openvino")
+    assert note is not None and "int8-cpu on OpenVINO is not measured on this bundle for restore_step" in note
+    assert bf16_note(quantised, plan, "onnxruntime") is None  # the variant's own record is ONNX Runtime's
+    assert bf16_note(measured[0], plan, "openvino") is None
+    image = str(next(image_sets[1].iterdir()))
+    result = CliRunner().invoke(app, ["score", "--bundle", str(quantised.root), "--backend", "openvino",
+                                      "--precision", "restore_step=int8-cpu", "--threads", "1", image])
+    assert result.exit_code == 0, result.output
+    assert "note: int8-cpu on OpenVINO is not measured on this bundle for restore_step" in result.stderr

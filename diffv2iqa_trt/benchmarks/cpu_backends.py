@@ -1,4 +1,4 @@
-"""The CPU engines side by side: ONNX Runtime FP32, OpenVINO f32, OpenVINO bf16 (and ONNX Runtime int8-cpu).
+"""The CPU engines side by side: ONNX Runtime FP32, OpenVINO f32, OpenVINO bf16 (and int8-cpu on both engines).
 
 python -m diffv2iqa_trt.benchmarks.cpu_backends --bundle DIR [--threads 2] [--batch 1] [--rounds 5]
        [--images 4] [--end-to-end-rounds 2] [--end-to-end-choices A,B] [--no-onnxruntime-warm-up]
@@ -6,7 +6,7 @@ python -m diffv2iqa_trt.benchmarks.cpu_backends --bundle DIR [--threads 2] [--ba
 
 Each choice is the toolkit's own executor, as `score --backend B --precision P` makes it. Per graph (restore_step,
 vcg, vda): the same input for every choice (a real photograph's crop; restore_step at the middle step), one warm-up
-call each (OpenVINO compiles for the shape then), then interleaved rounds (fp32, f32, bf16, int8-cpu, fp32, ...) so
+call each (OpenVINO compiles for the shape then), then interleaved rounds (fp32, f32, bf16, the int8-cpus, fp32, ...) so
 the drift of a machine shared with other work hits every choice alike; the median seconds per call, its ratio to
 ONNX Runtime FP32, the max |Δ| of the output against ONNX Runtime FP32 (also as a fraction of that output's range),
 and GFLOP/s from the model's MAC count. End to end: `--images` distorted photographs scored together, as `score`
@@ -63,9 +63,12 @@ def choices(bundle: Bundle) -> tuple[dict[str, tuple[str, str]], dict[str, str]]
         skipped["openvino bf16"] = problem
     int8 = [g for g in GRAPH_NAMES if "int8-cpu" in bundle.precisions(g)]
     if int8:
-        chosen["onnxruntime int8-cpu"] = ("onnxruntime", ",".join(f"{g}=int8-cpu" for g in int8))
+        plan = ",".join(f"{g}=int8-cpu" for g in int8)
+        chosen["onnxruntime int8-cpu"] = ("onnxruntime", plan)
+        chosen["openvino int8-cpu"] = ("openvino", plan)  # its float parts in bf16 where the CPU has BF16
     else:
-        skipped["onnxruntime int8-cpu"] = "the bundle has no int8-cpu variant (build --precision int8 adds one)"
+        for label in ("onnxruntime int8-cpu", "openvino int8-cpu"):
+            skipped[label] = "the bundle has no int8-cpu variant (build --precision int8 adds one)"
     return chosen, skipped
 
 

@@ -5,17 +5,19 @@ python -m diffv2iqa_trt.benchmarks.cpu_profile --bundle DIR [--graph restore_ste
        [--rounds 3] [--profile-runs 2] [--peak-n 2048] [--out benchmarks/results/cpu] [--name NAME]
 
 1. Peaks: the best of a few n x n x n matrix products per engine and precision at `--threads` threads (torch.matmul
-   in float32 and bfloat16; an OpenVINO MatMul compiled with the f32 and the bf16 hint): the machine's measured FP32
-   and BF16 matrix peaks are the best engine's figure of each precision.
+   in float32 and bfloat16; an OpenVINO MatMul compiled with the f32 and the bf16 hint; with OpenVINO, an INT8
+   MatMul: uint8 activations times int8 weights, Q/DQ as in the int8-cpu variants): the machine's measured FP32,
+   BF16 and INT8 matrix peaks are the best engine's figure of each precision (INT8: integer operations per second).
 2. Choices: the graph on the toolkit's own executors (ONNX Runtime FP32, OpenVINO f32, OpenVINO bf16 where the CPU
-   has BF16), the same feed, interleaved rounds (cpu_backends.time_graphs); GFLOP/s from the model's MAC count
-   (roofline.stage_macs) and the fraction of the peak of the precision the choice computes in.
+   has BF16, the int8-cpu variant on ONNX Runtime and OpenVINO where the bundle holds it), the same feed,
+   interleaved rounds (cpu_backends.time_graphs); GFLOP/s from the model's MAC count (roofline.stage_macs) and the
+   fraction of the peak of the precision the choice computes its matrix products in.
 3. Profile: the graph compiled by OpenVINO as the openvino backend compiles it (NUM_STREAMS 1, the thread count, the
-   precision hint) plus PERF_COUNT; after a warm-up, `--profile-runs` inferences, each one's per-layer counters
-   (request.get_profiling_info()) summed; layers grouped by node type and by the precision their kernel ran in (the
-   suffix of exec_type, e.g. brgconv_avx512_BF16), with each group's share of the summed layer time. If every FLOP
-   sat in the matrix op types (Convolution, MatMul, FullyConnected, ...), the graph's FLOPs over their time is the
-   speed those kernels reached: the `matrix ops` line.
+   precision hint; the int8-cpu variant too, where the bundle holds it) plus PERF_COUNT; after a warm-up,
+   `--profile-runs` inferences, each one's per-layer counters (request.get_profiling_info()) summed; layers grouped
+   by node type and by the precision their kernel ran in (the suffix of exec_type, e.g. brgconv_avx512_BF16), with
+   each group's share of the summed layer time. If every FLOP sat in the matrix op types (Convolution, MatMul,
+   FullyConnected, ...), the graph's FLOPs over their time is the speed those kernels reached: the `matrix ops` line.
 """
 
 from __future__ import annotations
@@ -51,7 +53,9 @@ MATRIX_OPS = frozenset({"Convolution", "GroupConvolution", "Deconvolution", "Mat
 _PRECISIONS = {"FP32": "f32", "F32": "f32", "BF16": "bf16", "FP16": "f16", "F16": "f16", "I8": "i8", "U8": "u8",
                "I32": "i32", "I64": "i64", "U1": "u1", "BOOLEAN": "boolean"}
 # The precision a choice's matrix products compute in, for its peak.
-CHOICE_PEAK = {"onnxruntime fp32": "f32", "openvino f32": "f32", "openvino bf16": "bf16"}
+CHOICE_PEAK = {"onnxruntime fp32": "f32", "openvino f32": "f32", "openvino bf16": "bf16",
+               "onnxruntime int8-cpu": "i8", "openvino int8-cpu": "i8"}
+INT8_PROFILE = "int8-cpu"  # the profile of the int8-cpu variant (its float parts under the bf16 hint, or f32)
 
 
 @dataclass(frozen=True)
@@ -146,28 +150,52 @@ def openvino_peak(hint: str, n: int, threads: int, repeats: int = 5) -> float:
     return gflop_per_s(2 * n ** 3, best_seconds(lambda: request.infer({"a": x}, share_inputs=True), repeats))
 
 
+def openvino_int8_peak(n: int, threads: int, repeats: int = 5) -> float:
+    """Integer GOP/s of the best of `repeats` n x n x n products of an OpenVINO MatMul between uint8-quantised
+    activations and int8-quantised weights (FakeQuantize on both sides, as OpenVINO reads the Q/DQ pairs of an
+    int8-cpu variant), which its CPU plugin runs with integer kernels."""
+    ov = importlib.import_module("openvino")
+    ops = importlib.import_module("openvino.opset13")
+
+    def fq(node: Any, low: float, high: float, levels: int) -> Any:
+        lo, hi = ops.constant(np.float32(low)), ops.constant(np.float32(high))
+        return ops.fake_quantize(node, lo, hi, lo, hi, levels)
+
+    a = ops.parameter([n, n], np.float32, name="a")
+    w = np.random.default_rng(0).uniform(-1, 1, (n, n)).astype(np.float32)
+    model = ov.Model([ops.matmul(fq(a, 0.0, 4.0, 256), fq(ops.constant(w), -1.0, 1.0, 255), False, False)], [a],
+                     "gemm_int8")
+    compiled = ov.Core().compile_model(model, "CPU", {"NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": threads})
+    request = compiled.create_infer_request()
+    x = np.random.default_rng(1).uniform(0, 4, (n, n)).astype(np.float32)
+    return gflop_per_s(2 * n ** 3, best_seconds(lambda: request.infer({"a": x}, share_inputs=True), repeats))
+
+
 def peaks(n: int, threads: int, openvino: bool, bf16: bool) -> dict[str, dict[str, float]]:
-    """Measured GEMM GFLOP/s per precision and engine, and the best engine's as `peak`."""
+    """Measured GEMM GFLOP/s per precision and engine, and the best engine's as `peak` (i8: OpenVINO only)."""
     out: dict[str, dict[str, float]] = {}
     for p in ("f32", "bf16") if bf16 else ("f32",):
         engines = {"torch": torch_peak(p, n, threads)}
         if openvino:
             engines["openvino"] = openvino_peak(p, n, threads)
         out[p] = {**engines, "peak": max(engines.values())}
+    if openvino:
+        i8 = openvino_int8_peak(n, threads)
+        out["i8"] = {"openvino": i8, "peak": i8}
     return out
 
 
 # -------------------------------------------------------------------------------------------------------- profile
 
 
-def profile_openvino(bundle: Bundle, graph: str, hint: str, feed: Sequence[np.ndarray], threads: int, runs: int
-                     ) -> tuple[list[LayerRow], list[float]]:
-    """Every layer's counters summed over `runs` inferences (after a warm-up) of `graph` compiled with `hint` as the
-    openvino backend compiles it, plus PERF_COUNT; and each inference's wall seconds."""
+def profile_openvino(bundle: Bundle, graph: str, hint: str, feed: Sequence[np.ndarray], threads: int, runs: int,
+                     variant: str = "fp32") -> tuple[list[LayerRow], list[float]]:
+    """Every layer's counters summed over `runs` inferences (after a warm-up) of `graph`'s `variant` compiled with
+    `hint` as the openvino backend compiles it, plus PERF_COUNT; and each inference's wall seconds."""
     ov = importlib.import_module("openvino")
     entry = bundle.graph(graph)
     core = ov.Core()
-    model = core.read_model(bundle.onnx_path(graph, "fp32"))
+    model = core.read_model(bundle.onnx_path(graph, variant))
     names = list(entry.input_names)
     model.reshape({nm: ov.PartialShape(list(a.shape)) for nm, a in zip(names, feed, strict=True)})
     compiled = core.compile_model(model, "CPU", {"NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": threads,
@@ -221,7 +249,8 @@ def markdown(r: Mapping[str, Any], top: int = 12) -> str:
              f"## Matrix peaks ({r['peak_n']}³ matrix products, best of 5)", "",
              "| precision | torch.matmul GFLOP/s | OpenVINO MatMul GFLOP/s | peak |", "|---|---|---|---|"]
     for p, v in r["peaks"].items():
-        lines.append(f"| {p} | {v['torch']:.1f} | {v.get('openvino', float('nan')):.1f} | **{v['peak']:.1f}** |")
+        lines.append(f"| {p} | {v.get('torch', float('nan')):.1f} | {v.get('openvino', float('nan')):.1f} | "
+                     f"**{v['peak']:.1f}** |")
     lines += ["", f"## {g} per choice (median of {r['rounds']} interleaved rounds, the toolkit's executors)", "",
               "| choice | median ms | × vs ORT FP32 | GFLOP/s | of the peak |", "|---|---|---|---|---|"]
     for k, v in r["choices"].items():
@@ -229,12 +258,13 @@ def markdown(r: Mapping[str, Any], top: int = 12) -> str:
                      f"{_pct(v['of_peak'])} of {v['peak_precision']} |")
     for hint, prof in r["profiles"].items():
         m = prof["matrix_ops"]
+        peak = prof.get("peak_precision", hint)
         lines += ["", f"## OpenVINO {hint} profile by op type ({prof['runs']} runs, per-layer counters; "
                       f"median wall {1e3 * prof['wall_s']:.0f} ms, layers sum to {prof['layer_ms_per_run']:.0f} ms "
                       "per run)", "",
                   f"Matrix op types: {_pct(m['share'])} of the layer time, {m['ms_per_run']:.1f} ms per run: all "
                   f"of the graph's FLOPs in that time would be {m['gflop_per_s']:.1f} GFLOP/s "
-                  f"({_pct(m['gflop_per_s'] / r['peaks'][hint]['peak'])} of the {hint} peak).", "",
+                  f"({_pct(m['gflop_per_s'] / r['peaks'][peak]['peak'])} of the {peak} peak).", "",
                   "| node type | layers | ms per run | share | kernel precision (share of the type's time) | "
                   "main kernels |", "|---|---|---|---|---|---|"]
         rows = prof["by_op_type"]
@@ -272,7 +302,8 @@ def run(bundle: Bundle, graph: str, threads: int, batch: int, rounds: int, profi
                           "'diffv2iqa-trt[torch]') to run it")
     measured_peaks = peaks(peak_n, threads, openvino, bf16)
     chosen, skipped = choices(bundle)
-    chosen.pop("onnxruntime int8-cpu", None)
+    if "i8" not in measured_peaks:  # no INT8 peak to compare with (it needs OpenVINO)
+        chosen.pop("onnxruntime int8-cpu", None)
     executors = {k: create_executor(b, bundle, BackendOptions(precision=p, threads=threads))
                  for k, (b, p) in chosen.items()}
     timed = time_graphs(bundle, executors, rounds, batch, graphs=(graph,))[graph]
@@ -283,11 +314,15 @@ def run(bundle: Bundle, graph: str, threads: int, batch: int, rounds: int, profi
         per_choice[k] = {**v, "peak_precision": p, "of_peak": v["gflop_per_s"] / measured_peaks[p]["peak"]}
     feed = list(graph_inputs(bundle, graph, batch).values())
     profiles = {}
-    for hint in ("bf16", "f32") if bf16 else ("f32",):
-        rows, walls = profile_openvino(bundle, graph, hint, feed, threads, profile_runs)
+    runs = [(hint, hint, "fp32") for hint in (("bf16", "f32") if bf16 else ("f32",))]
+    if "int8-cpu" in bundle.precisions(graph):
+        runs.append((INT8_PROFILE, "bf16" if bf16 else "f32", "int8-cpu"))
+    for label, hint, variant in runs:
+        rows, walls = profile_openvino(bundle, graph, hint, feed, threads, profile_runs, variant)
         groups = group_layers(rows)
         layer_ms = sum(o["real_ms"] for o in groups)
-        profiles[hint] = {"runs": profile_runs, "wall_s": statistics.median(walls), "walls_s": walls,
+        profiles[label] = {"runs": profile_runs, "peak_precision": "i8" if variant == "int8-cpu" else hint,
+                          "wall_s": statistics.median(walls), "walls_s": walls,
                           "layer_ms_per_run": layer_ms / profile_runs, "by_op_type": groups,
                           "matrix_ops": matrix_summary(groups, flop, profile_runs),
                           "top_layers": [{"node_name": r.node_name, "node_type": r.node_type,

@@ -36,7 +36,7 @@ from ..bundle import Bundle, write_bundle
 from ..bundle.manifest import PrecisionSection
 from ..contract import GRAPH_NAMES, GRAPH_OUTPUTS, RESTORE_STEP
 from ..errors import ConfigError
-from ..precision_plan import BF16, INT8_CPU, PrecisionPlan
+from ..precision_plan import BF16, INT8, INT8_CPU, PrecisionPlan
 from ..runtime.backends import BackendOptions, create_executor
 from ..runtime.executor import Executor
 from .evaluate import Budget, EvalSet, score_deltas
@@ -97,23 +97,30 @@ def bundle_budget(bundle: Bundle) -> Budget:
     return Budget()
 
 
-def bf16_note(bundle: Bundle, plan: PrecisionPlan) -> str | None:
-    """What a user running `plan` (some graph in bf16) should know about its accuracy: unmeasured, or over budget;
-    None when the bundle's record covers the plan and keeps its budget."""
-    if not any(plan[g] == BF16 for g in GRAPH_NAMES):
-        return None
+def bf16_note(bundle: Bundle, plan: PrecisionPlan, backend: str | None = None) -> str | None:
+    """What a user running `plan` should know about its accuracy: bf16 graphs unmeasured, or over budget; on the
+    openvino `backend`, int8 graphs whose variant OpenVINO's run was never measured (their record is ONNX
+    Runtime's). None when the bundle's record covers the plan and keeps its budget."""
     fix = (f"measure it with `diffv2iqa-trt build --precision bf16 --from-bundle {bundle.root} --eval-images DIR "
            f"--out OUT`")
     record = bf16_record(bundle)
-    if record is None:
-        return f"bf16 is not measured on this bundle: its scores' distance from fp32 is unknown; {fix}"
-    extra = [g for g in GRAPH_NAMES if plan[g] == BF16 and record.plan[g] != BF16]
-    if record.over_budget or extra:
-        why = "; ".join(record.over_budget) if record.over_budget else (
-            f"{', '.join(extra)} in bf16 broke the budget when measured")
-        return f"bf16 on this bundle is over its accuracy budget ({why}); the measured bf16 plan is " \
-               f"{record.plan_label}"
-    return None
+    notes = []
+    if any(plan[g] == BF16 for g in GRAPH_NAMES):
+        extra = [g for g in GRAPH_NAMES if plan[g] == BF16 and (record is None or record.plan[g] != BF16)]
+        if record is None:
+            notes.append(f"bf16 is not measured on this bundle: its scores' distance from fp32 is unknown; {fix}")
+        elif record.over_budget or extra:
+            why = "; ".join(record.over_budget) if record.over_budget else (
+                f"{', '.join(extra)} in bf16 broke the budget when measured")
+            notes.append(f"bf16 on this bundle is over its accuracy budget ({why}); the measured bf16 plan is "
+                         f"{record.plan_label}")
+    if backend == "openvino":
+        measured = set() if record is None else set(record.int8)
+        unmeasured = [g for g in GRAPH_NAMES if plan[g] in (INT8, INT8_CPU) and g not in measured]
+        if unmeasured:
+            notes.append(f"int8-cpu on OpenVINO is not measured on this bundle for {', '.join(unmeasured)} (the "
+                         f"variant's recorded accuracy is ONNX Runtime's run of it); {fix}")
+    return "; ".join(notes) or None
 
 
 class _Recorder:
