@@ -173,8 +173,9 @@ def score(
              "count measured once unless --threads), torch without.")] = None,
     precision: Annotated[str | None, typer.Option(
         help="Precision plan of the bundle's graphs for onnxruntime: fp32, fp16, int8, int8-cpu or per graph "
-             "(restore_step=fp16,vcg=fp16,vda=int8); for openvino: fp32 or bf16 (the fp32 graphs with OpenVINO's "
-             "bf16 hint), also per graph; auto: the fastest plan inside the budget (as --backend auto). Default: "
+             "(restore_step=fp16,vcg=fp16,vda=int8); for openvino: fp32, bf16 (the fp32 graphs with OpenVINO's "
+             "bf16 hint) or int8-cpu (the bundle's int8-cpu variants on OpenVINO's integer kernels), also per "
+             "graph; auto: the fastest plan inside the budget (as --backend auto). Default: "
              "the plan the bundle was built with (fp32 if none). On the CPU, int8 runs the int8-cpu variant where "
              "the bundle has one.")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="Native checkpoint (.safetensors). Default: the embedded "
@@ -317,8 +318,8 @@ def build(
              "restore_step=fp16,vcg=fp16,vda=int8 (graphs not named stay fp32). best searches, per graph, the lowest "
              "precision whose scores stay within the budget on --eval-images. int8 also makes an int8-cpu variant "
              "for the CPU backend. bf16 (with --from-bundle and --eval-images, on a CPU with AVX-512 BF16 or AMX): "
-             "measure OpenVINO's bf16 hint on the FP32 graphs and record its accuracy, so `score --backend auto` "
-             "may choose it.")] = "fp32",
+             "measure OpenVINO's bf16 hint on the FP32 graphs, and the bundle's int8-cpu variants on OpenVINO, and "
+             "record their accuracy and the plan within the budget, for `score --backend auto`.")] = "fp32",
     from_bundle: Annotated[Path | None, typer.Option(
         "--from-bundle", help="Add the --precision variants to this bundle's FP32 graphs instead of exporting "
                               "(--out may be the same bundle, with --overwrite).")] = None,
