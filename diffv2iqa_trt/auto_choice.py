@@ -366,7 +366,6 @@ def _confirm(eligible: Sequence[Option], seconds: dict[str, float], fresh: dict[
         fresh[key] = {"s": seconds[key], "measured": stamp, "first": fresh[key]["s"]}
 
 
-
 def choose(bundle: Bundle, *, backend: str | None = None, precision: str | None = None, threads: int | None = None,
            timer: Timer | None = None, cache_dir: Path | None = None, use_cache: bool = True,
            batch: int | None = None,
